@@ -1,0 +1,28 @@
+"""Repository-wide pytest configuration: the hypothesis profiles (dev, ci, fuzz).
+
+The profile is chosen with the environment variable ``TSGU_HYPOTHESIS_PROFILE`` (default ``dev``).
+Registered here once, from :func:`tsgu_ops.testing.register_profiles` when tsgu-ops is installed,
+or with the same settings when a package that does not depend on tsgu-ops is tested alone.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from tsgu_ops.testing import register_profiles
+except ImportError:  # e.g. tsgu-indexed tested in a venv that holds only it and torch
+    from hypothesis import HealthCheck, settings
+
+    def register_profiles() -> None:
+        common = {
+            "deadline": None,
+            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+        }
+        settings.register_profile("dev", max_examples=15, **common)
+        settings.register_profile("ci", max_examples=40, derandomize=True, **common)
+        settings.register_profile("fuzz", max_examples=3000, **common)
+        settings.load_profile(os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev"))
+
+
+register_profiles()

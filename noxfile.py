@@ -1,0 +1,205 @@
+"""Every repeatable job of the tsgu monorepo.
+
+Default sessions (``nox`` with no arguments; what CI runs): ``lint``, ``tests``, ``isolated``,
+``integration``.  On request: ``torch_matrix`` (torch 2.5.1 / 2.9.1 / 2.13.0 / 2.14.1; all but
+2.13.0 are multi-GB CUDA builds), ``fuzz``, ``bench``, ``bump -- NEW_VERSION``.
+
+Virtual environments are made with uv when it is installed (much faster than pip).  uv does not read
+pip's configuration, so a ``find-links`` folder configured for pip (where a CPU build of torch may
+lie) is handed to uv through ``UV_FIND_LINKS``; torch is always pinned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+VERSION = (ROOT / "VERSION").read_text().strip()
+TORCH = os.environ.get("TSGU_TORCH", "2.13.0")
+TORCH_MATRIX = ["2.5.1", "2.9.1", "2.13.0", "2.14.1"]
+TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
+
+# package -> (import name, extras needed by its tests)
+PACKAGES = {
+    "tsgu-ops": ("tsgu_ops", "[testing]"),
+    "tsgu-indexed": ("tsgu_indexed", ""),
+    "tsgu-krylov": ("tsgu_krylov", ""),
+    "tsgu-bridges": ("tsgu_bridges", ""),
+    "tsgu-distributions": ("tsgu_distributions", ""),
+    "tsgu-encoders": ("tsgu_encoders", ""),
+    "torchsparsegradutils": ("torchsparsegradutils", ""),
+}
+# internal dependencies, for installing one package from local paths without an index
+INTERNAL = {
+    "tsgu-ops": [],
+    "tsgu-indexed": [],
+    "tsgu-krylov": ["tsgu-ops"],
+    "tsgu-bridges": ["tsgu-ops"],
+    "tsgu-distributions": ["tsgu-ops"],
+    "tsgu-encoders": ["tsgu-ops"],
+    "torchsparsegradutils": [p for p in PACKAGES if p != "torchsparsegradutils"],
+}
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests", "isolated", "integration"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _pip_find_links() -> str | None:
+    """The find-links folder configured for pip, if any (uv ignores pip's config)."""
+    if os.environ.get("UV_FIND_LINKS"):
+        return os.environ["UV_FIND_LINKS"]
+    try:
+        out = subprocess.run(
+            ["python3", "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        m = re.match(r"^[\w:.]*find-links='?([^']+)'?$", line.strip())
+        if m and Path(m.group(1).split()[0]).is_dir():
+            return m.group(1).split()[0]
+    return None
+
+
+FIND_LINKS = _pip_find_links()
+if FIND_LINKS:
+    os.environ.setdefault("UV_FIND_LINKS", FIND_LINKS)
+    os.environ.setdefault("PIP_FIND_LINKS", FIND_LINKS)
+
+
+def _install_torch(session: nox.Session, version: str = TORCH) -> None:
+    session.install(f"torch=={version}")
+
+
+def _local(pkg: str, extras: str = "") -> str:
+    return f"{ROOT / 'packages' / pkg}{extras}"
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff on everything, mypy on every package's src/."""
+    _install_torch(session)
+    session.install("ruff>=0.6", "mypy>=1.10", "numpy", "scipy", "hypothesis>=6.100")
+    session.run("ruff", "check", ".")
+    srcs = [str(p / "src") for p in sorted((ROOT / "packages").iterdir()) if (p / "src").is_dir()]
+    for src in srcs:
+        session.run("mypy", src, env={"MYPYPATH": os.pathsep.join(srcs)})
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every package's tests and doctests, with all packages installed editable."""
+    _install_torch(session)
+    session.install("-r", "requirements-dev.txt")
+    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci")}
+    session.run("pytest", "packages", "tests-integration/test_versions.py", *session.posargs, env=env)
+
+
+def _isolated_run(session: nox.Session, pkg: str, torch_version: str) -> None:
+    """A venv holding only ``pkg``, its declared dependencies, pytest and hypothesis."""
+    module, extras = PACKAGES[pkg]
+    _install_torch(session, torch_version)
+    local = [_local(dep) for dep in INTERNAL[pkg]]
+    session.install(*TEST_TOOLS, *local, _local(pkg, extras))
+    tests_dir = ROOT / "packages" / pkg / "tests"
+    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
+    # Run from a scratch folder against the installed package, not the source tree.
+    tmp = session.create_tmp()
+    session.chdir(tmp)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(ROOT),
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        str(tests_dir),
+        *session.posargs,
+        env=env,
+    )
+    session.run("python", "-c", f"import {module}; assert {module}.__version__ == '{VERSION}'")
+
+
+@nox.session
+@nox.parametrize("pkg", list(PACKAGES))
+def isolated(session: nox.Session, pkg: str) -> None:
+    """Each package alone: an import it does not declare fails here."""
+    _isolated_run(session, pkg, TORCH)
+
+
+@nox.session
+@nox.parametrize("torch_version", TORCH_MATRIX)
+def torch_matrix(session: nox.Session, torch_version: str) -> None:
+    """tsgu-ops and tsgu-indexed against one torch release (all but 2.13.0 are CUDA builds)."""
+    for pkg in ("tsgu-ops", "tsgu-indexed"):
+        _isolated_run(session, pkg, torch_version)
+
+
+@nox.session
+def integration(session: nox.Session) -> None:
+    """Build wheel + sdist of all seven with hatch; install from those files only; run tests-integration."""
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    session.install("hatch>=1.12")
+    for pkg in PACKAGES:
+        with session.chdir(ROOT / "packages" / pkg):
+            session.run("hatch", "build", "-t", "wheel", "-t", "sdist", str(dist))
+    built = sorted(p.name for p in dist.iterdir())
+    session.log(f"built: {built}")
+    _install_torch(session)
+    session.install(*TEST_TOOLS, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
+    session.install("--no-deps", "--find-links", str(dist), "--reinstall", f"tsgu-ops[testing]=={VERSION}")
+    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
+    tmp = session.create_tmp()
+    session.chdir(tmp)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(ROOT),
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        str(ROOT / "tests-integration"),
+        *session.posargs,
+        env=env,
+    )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The property-based tests with the hypothesis ``fuzz`` profile (thousands of examples)."""
+    _install_torch(session)
+    session.install("-r", "requirements-dev.txt")
+    session.run(
+        "pytest", "packages", "-p", "no:doctest", *session.posargs, env={"TSGU_HYPOTHESIS_PROFILE": "fuzz"}
+    )
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark suite on its built-in problems (``nox -s bench -- --full`` for larger sizes)."""
+    _install_torch(session)
+    session.install("-r", "requirements-dev.txt")
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def bump(session: nox.Session) -> None:
+    """Move VERSION, every package's version and every internal pin: ``nox -s bump -- 0.3.1``."""
+    if len(session.posargs) != 1:
+        session.error("usage: nox -s bump -- NEW_VERSION")
+    session.run("python3", str(ROOT / "scripts" / "bump_version.py"), session.posargs[0])

@@ -1,0 +1,189 @@
+"""``segment_mm`` and ``gather_mm``: many small matrix products selected by segment or index.
+
+Both reduce to one *tiled grouped product*: the rows of ``a`` that use the same matrix ``b[r]`` are
+contiguous (segments; ``gather_mm`` sorts its rows by relation once to get there), each segment is
+cut into tiles of at most ``T`` rows, the tiles are zero-padded into one ``(tiles, T, D1)`` tensor
+and multiplied by their matrices with a single ``torch.bmm``.  No Python loop over segments or
+relations; the only copies of ``b`` are one per tile (``(N/T + R) · D1 · D2`` elements), never the
+``N × D1 × D2`` tensor that ``torch.bmm(a[:, None], b[idx])`` builds.  Gradients for ``a`` and ``b``
+come from autograd through the same gather/scatter and ``bmm`` operations.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+#: Whether DGL is importable.  Kept for compatibility with torchsparsegradutils 0.2.7; the tiled
+#: path is used either way (it is vectorised and supports every float dtype).
+dgl_installed = importlib.util.find_spec("dgl") is not None
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MAX_TILE = 256
+
+
+def _check_torch_version() -> None:
+    parts = torch.__version__.split("+")[0].split(".")
+    major, minor = int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    if (major, minor) < (2, 4):
+        raise NotImplementedError("PyTorch version is too old for nested tensors")
+
+
+def _check_operands(a: Any, b: Any) -> None:
+    if a.dim() != 2 or b.dim() != 3:
+        raise ValueError("Input tensors have unexpected dimensions")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError("Incompatible size for inputs")
+    if a.layout != torch.strided or b.layout != torch.strided:
+        raise ValueError(f"a and b must be dense (strided) tensors, got {a.layout} and {b.layout}")
+    if a.dtype not in _FLOATS or a.dtype != b.dtype:
+        raise TypeError(
+            f"a and b must share one floating dtype (float16, bfloat16, float32, float64), "
+            f"got a: {a.dtype}, b: {b.dtype}"
+        )
+    if a.device != b.device:
+        raise ValueError(f"a and b must be on the same device, got a: {a.device}, b: {b.device}")
+
+
+def _check_index(name: str, idx: Any) -> None:
+    if not isinstance(idx, torch.Tensor):
+        raise ValueError("Inputs should be instances of torch.Tensor")
+    if idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must have dtype torch.int32 or torch.int64, got {idx.dtype}")
+    if idx.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(idx.shape)}")
+
+
+def _grouped_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch.Tensor:
+    """Rows of ``a`` in contiguous segments (``seglen``, int64 on ``a``'s device) times ``b[r]``."""
+    N, D1 = a.shape
+    R, _, D2 = b.shape
+    if N == 0 or R == 0:
+        return a.new_zeros(N, D2)
+    T = int(min(_MAX_TILE, max(8, -(-N // R))))
+    tiles_per_seg = torch.div(seglen + T - 1, T, rounding_mode="floor")
+    num_tiles = int(tiles_per_seg.sum())
+    tile_seg = torch.repeat_interleave(torch.arange(R, device=a.device), tiles_per_seg, output_size=num_tiles)
+    seg_start = torch.cumsum(seglen, 0) - seglen
+    tile_first = torch.cumsum(tiles_per_seg, 0) - tiles_per_seg
+    row_seg = torch.repeat_interleave(torch.arange(R, device=a.device), seglen, output_size=N)
+    pos = torch.arange(N, device=a.device) - seg_start[row_seg]
+    slot = (tile_first[row_seg] + torch.div(pos, T, rounding_mode="floor")) * T + pos % T
+    padded = a.new_zeros(num_tiles * T, D1).index_copy(0, slot, a).reshape(num_tiles, T, D1)
+    out = torch.bmm(padded, b.index_select(0, tile_seg))
+    return out.reshape(num_tiles * T, D2).index_select(0, slot)
+
+
+def segment_mm(a: torch.Tensor, b: torch.Tensor, seglen_a: torch.Tensor) -> torch.Tensor:
+    """Multiply contiguous segments of rows of ``a`` by one matrix each.
+
+    The rows of ``a`` are split, in order, into ``R`` segments of lengths ``seglen_a``; segment
+    ``r`` is multiplied by ``b[r]``.  Zero-length segments are allowed.
+
+    Parameters
+    ----------
+    a : Tensor
+        ``(N, D1)``, float16/bfloat16/float32/float64, CPU or CUDA.
+    b : Tensor
+        ``(R, D1, D2)``, same dtype and device as ``a``.
+    seglen_a : Tensor
+        ``(R,)`` int32 or int64 on any device, non-negative, summing to ``N``.
+
+    Returns
+    -------
+    Tensor
+        ``(N, D2)``, differentiable with respect to ``a`` and ``b``.
+
+    Raises
+    ------
+    NotImplementedError
+        "PyTorch version is too old for nested tensors" below torch 2.4 (checked at call time).
+    ValueError
+        "Input tensors have unexpected dimensions" (ranks), "Incompatible size for inputs"
+        (``D1`` or ``R`` mismatch), negative lengths, or lengths not summing to ``N`` (0.2.7 did
+        not check this).
+    TypeError
+        Non-float or mismatched dtypes, or a non-integer ``seglen_a``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_indexed import segment_mm
+    >>> a = torch.ones(3, 2)
+    >>> b = torch.stack([torch.eye(2), 2 * torch.eye(2)])
+    >>> segment_mm(a, b, torch.tensor([1, 2]))
+    tensor([[1., 1.],
+            [2., 2.],
+            [2., 2.]])
+    """
+    _check_torch_version()
+    if not all(isinstance(x, torch.Tensor) for x in (a, b, seglen_a)):
+        raise ValueError("Inputs should be instances of torch.Tensor")
+    _check_operands(a, b)
+    _check_index("seglen_a", seglen_a)
+    if seglen_a.shape[0] != b.shape[0]:
+        raise ValueError("Incompatible size for inputs")
+    seglen = seglen_a.to(device=a.device, dtype=torch.int64)
+    if seglen.numel() and int(seglen.min()) < 0:
+        raise ValueError("seglen_a must be non-negative")
+    total = int(seglen.sum())
+    if total != a.shape[0]:
+        raise ValueError(f"seglen_a must sum to the number of rows of a ({a.shape[0]}), got {total}")
+    return _grouped_mm(a, b, seglen)
+
+
+def gather_mm(a: torch.Tensor, b: torch.Tensor, idx_b: torch.Tensor) -> torch.Tensor:
+    """Row-wise product with a gathered matrix: ``out[i] = a[i] @ b[idx_b[i]]``.
+
+    Rows are sorted by ``idx_b`` once and handed to the segment path, so the work is one batched
+    product whatever the number of relations ``R``; ``b[idx_b]`` is never materialised.
+
+    Parameters
+    ----------
+    a : Tensor
+        ``(N, D1)``, float16/bfloat16/float32/float64.
+    b : Tensor
+        ``(R, D1, D2)``, same dtype and device.
+    idx_b : Tensor
+        ``(N,)`` int32/int64 on any device, each in ``[0, R)``.
+
+    Returns
+    -------
+    Tensor
+        ``(N, D2)``, differentiable with respect to ``a`` and ``b``.
+
+    Raises
+    ------
+    ValueError
+        "Inputs should be instances of torch.Tensor", "Input tensors have unexpected
+        dimensions", "Incompatible size for inputs" (``N`` or ``D1`` mismatch), and indices out of
+        range (0.2.7 left those rows uninitialised).
+    TypeError
+        Non-float or mismatched dtypes, or a non-integer ``idx_b``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_indexed import gather_mm
+    >>> b = torch.stack([torch.eye(2), 3 * torch.eye(2)])
+    >>> gather_mm(torch.ones(2, 2), b, torch.tensor([1, 0]))
+    tensor([[3., 3.],
+            [1., 1.]])
+    """
+    _check_torch_version()
+    if not all(isinstance(x, torch.Tensor) for x in (a, b, idx_b)):
+        raise ValueError("Inputs should be instances of torch.Tensor")
+    _check_operands(a, b)
+    _check_index("idx_b", idx_b)
+    if idx_b.shape[0] != a.shape[0]:
+        raise ValueError("Incompatible size for inputs")
+    idx = idx_b.to(device=a.device, dtype=torch.int64)
+    R = b.shape[0]
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= R):
+        raise ValueError(f"idx_b must lie in [0, {R}) (the number of matrices in b)")
+    order = torch.argsort(idx, stable=True)
+    seglen = torch.bincount(idx, minlength=R)
+    out_sorted = _grouped_mm(a.index_select(0, order), b, seglen)
+    return out_sorted.new_empty(out_sorted.shape).index_copy(0, order, out_sorted)

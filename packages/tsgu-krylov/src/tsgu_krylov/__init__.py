@@ -1,0 +1,9 @@
+"""tsgu-krylov: Krylov solvers (CG, MINRES, BiCGSTAB, GMRES, LSMR), preconditioners, generic solves.
+
+The package is installable and versioned with the rest of tsgu; its public API is being built
+(see the project's issue tracker) and is not part of this release yet.
+"""
+
+from ._version import __version__
+
+__all__ = ["__version__"]

@@ -1,0 +1,226 @@
+"""Implicit differentiation of a linear solve ``X = A⁻¹ B`` given any forward solver.
+
+For ``A X = B`` and an upstream gradient ``G = ∂L/∂X``:
+
+* ``dB = A⁻ᵀ G`` (one solve with the transpose), and
+* ``dA = −dB Xᵀ``, needed only at ``A``'s stored entries: ``dA[i, j] = −dB[i] · X[j]``, a sampled
+  product, so the gradient keeps ``A``'s sparsity pattern.
+
+For the transposed system ``Aᵀ X = B`` the roles swap: ``dB = A⁻¹ G`` and ``dA[i, j] = −X[i] · dB[j]``.
+The transposed solve in the backward pass is the same autograd Function with the flag flipped, so the
+backward is itself differentiable (Hessian-vector products, ``create_graph=True``).
+
+The Function works on ``A``'s stored values (a dense tensor; see :func:`tsgu_ops.sparse_values`)
+so that, in a double backward, the gradients of ``A`` from the forward and the backward pass add up
+as dense values; the public wrappers turn them into one sparse gradient with ``A``'s layout.
+
+One transpose convention everywhere in the project: ``transpose_solve(A, G)`` receives ``A`` itself
+(never ``Aᵀ``) and returns ``A⁻ᵀ G``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.autograd.function import Function
+
+from . import _checks
+from .pattern import SparsePattern
+from .sampled import SampledProduct, differentiable_values, sparse_grad
+
+SolveFn = Callable[..., torch.Tensor]
+#: ``kernel(A, values, B, transposed) -> X``: ``A`` is the detached sparse matrix, ``values`` its
+#: stored values in pattern order (detached), ``B`` a right-hand side shaped like the caller's.
+Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def solve_grad_values(
+    pattern: SparsePattern,
+    Gb: torch.Tensor,
+    X: torch.Tensor,
+    transposed: bool,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dA`` of a linear solve at the stored entries (values in pattern order).
+
+    ``Gb`` is the gradient of the right-hand side (the transposed solve of the upstream gradient)
+    and ``X`` the solution, both shaped like the right-hand side.  ``mask`` (bool, per entry)
+    zeroes entries that the forward solve did not read.
+    """
+    U, V = pattern.flat_rhs(Gb), pattern.flat_rhs(X)
+    values = SampledProduct.apply(V, U, pattern) if transposed else SampledProduct.apply(U, V, pattern)
+    values = -values
+    if mask is not None:
+        values = values * mask
+    return values  # type: ignore[no-any-return]
+
+
+class SolveOnValues(Function):
+    """``X = op(A)⁻¹ B`` as a function of ``A``'s values; ``op`` is ``A`` or ``Aᵀ`` (``transposed``).
+
+    ``SolveOnValues.apply(values, B, A, pattern, kernel, transposed, mask)``.  The backward calls
+    the same Function with ``transposed`` flipped, so it is differentiable to any order.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        values: torch.Tensor,
+        B: torch.Tensor,
+        A: torch.Tensor,
+        pattern: SparsePattern,
+        kernel: Kernel,
+        transposed: bool,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        X = kernel(A, values.detach(), B.detach(), transposed)
+        ctx.A, ctx.pattern, ctx.kernel, ctx.transposed, ctx.mask = A, pattern, kernel, transposed, mask
+        ctx.save_for_backward(values, X)
+        return X
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        values, X = ctx.saved_tensors
+        Gb = SolveOnValues.apply(values, G, ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask)
+        dv = None
+        if ctx.needs_input_grad[0]:
+            dv = solve_grad_values(ctx.pattern, Gb, X, ctx.transposed, ctx.mask)
+        dB = Gb if ctx.needs_input_grad[1] else None
+        return dv, dB, None, None, None, None, None
+
+
+def solve_sparse(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    kernel: Kernel,
+    *,
+    transposed: bool = False,
+    mask: torch.Tensor | None = None,
+    pattern: SparsePattern | None = None,
+) -> torch.Tensor:
+    """Differentiable ``op(A)⁻¹ B`` for a sparse ``A`` through ``kernel`` (no validation)."""
+    pattern = pattern if pattern is not None else SparsePattern(A)
+    values = differentiable_values(A, pattern)
+    return SolveOnValues.apply(values, B, A.detach(), pattern, kernel, transposed, mask)  # type: ignore[no-any-return]
+
+
+def _user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
+    def kernel(A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool) -> torch.Tensor:
+        X = (transpose_solve if transposed else solve)(A, B)
+        if not isinstance(X, torch.Tensor) or X.shape != B.shape:
+            got = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+            raise ValueError(
+                f"the {'transpose_solve' if transposed else 'solve'} callable must return a tensor "
+                f"of the right-hand side's shape {tuple(B.shape)}, got {got}"
+            )
+        return X.to(B.dtype)
+
+    return kernel
+
+
+class ImplicitSolve(Function):
+    """``X = A⁻¹ B`` through user solvers, as an autograd Function taking the sparse ``A``.
+
+    ``ImplicitSolve.apply(A, B, solve, transpose_solve)``: ``solve(A, B)`` returns ``A⁻¹ B`` and
+    ``transpose_solve(A, B)`` returns ``A⁻ᵀ B``; both receive the detached ``A`` and a detached
+    right-hand side shaped like ``B``.  :func:`implicit_solve` validates its arguments and runs the
+    same computation on ``A``'s values (:class:`SolveOnValues`), which is what packages build on.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn
+    ) -> torch.Tensor:
+        pattern = SparsePattern(A)
+        kernel = _user_kernel(solve, transpose_solve)
+        X = kernel(A.detach(), pattern.values(A), B.detach(), False)
+        ctx.pattern, ctx.kernel = pattern, kernel
+        ctx.save_for_backward(A, X)
+        return X
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        A, X = ctx.saved_tensors
+        Gb = solve_sparse(A, G, ctx.kernel, transposed=True, pattern=ctx.pattern)
+        dA = None
+        if ctx.needs_input_grad[0]:
+            dA = sparse_grad(ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False))
+        return dA, (Gb if ctx.needs_input_grad[1] else None), None, None
+
+
+def implicit_solve(
+    A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn
+) -> torch.Tensor:
+    """Solve ``A X = B`` with a black-box solver and differentiate it implicitly.
+
+    ``X = solve(A, B)`` is computed without autograd; the backward pass calls
+    ``transpose_solve(A, G)`` for ``dB = A⁻ᵀ G`` and returns ``dA = −dB Xᵀ`` at ``A``'s stored
+    entries (``A``'s layout, indices and index dtype).  Second derivatives are supported: the
+    backward is built from the same differentiable pieces.
+
+    Parameters
+    ----------
+    A : Tensor
+        Sparse COO or CSR, square, ``(n, n)`` or batched ``(b, n, n)``.
+    B : Tensor
+        Dense ``(n,)``, ``(n, k)`` or, for a batched ``A``, ``(b, n, k)``; same dtype as ``A``.
+    solve : callable
+        ``solve(A, B) -> X`` with ``X`` shaped like ``B`` (``B`` is always at least 2-D here).
+    transpose_solve : callable
+        ``transpose_solve(A, G) -> A⁻ᵀ G``; it receives ``A`` itself, not its transpose.
+
+    Returns
+    -------
+    Tensor
+        ``X`` with ``B``'s shape.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For arguments of the wrong kind or shape, or a solver returning the wrong shape.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_ops import implicit_solve
+    >>> A = torch.tensor([[4.0, 1.0], [0.0, 2.0]], dtype=torch.float64).to_sparse().requires_grad_()
+    >>> solve = lambda A, B: torch.linalg.solve(A.to_dense(), B)
+    >>> tsolve = lambda A, B: torch.linalg.solve(A.to_dense().mT, B)
+    >>> X = implicit_solve(A, torch.ones(2, dtype=torch.float64), solve, tsolve)
+    >>> X.detach()
+    tensor([0.1250, 0.5000], dtype=torch.float64)
+    >>> X.sum().backward()
+    >>> A.grad.to_dense()
+    tensor([[-0.0312, -0.1250],
+            [ 0.0000, -0.2188]], dtype=torch.float64)
+    """
+    check_square_sparse("A", A)
+    _checks.require_tensor("B", B)
+    if B.layout != torch.strided:
+        raise ValueError(f"B must be a dense (strided) tensor, got {B.layout}")
+    if not callable(solve) or not callable(transpose_solve):
+        raise TypeError("solve and transpose_solve must be callables")
+    vector = B.dim() == 1 and A.dim() == 2
+    if not vector and B.dim() != A.dim():
+        raise ValueError(
+            f"B must be (n,) or (n, k) for a 2-D A and (b, n, k) for a batched A, got shape "
+            f"{tuple(B.shape)} with A of shape {tuple(A.shape)}"
+        )
+    if B.shape[-2 if not vector else 0] != A.shape[-1] or (A.dim() == 3 and B.shape[0] != A.shape[0]):
+        raise ValueError(
+            f"Incompatible dimensions: A has shape {tuple(A.shape)}, B has shape {tuple(B.shape)}"
+        )
+    _checks.require_same_dtype("A", A, "B", B)
+    Bm = B.unsqueeze(-1) if vector else B
+    X = solve_sparse(A, Bm, _user_kernel(solve, transpose_solve))
+    return X.squeeze(-1) if vector else X
+
+
+def check_square_sparse(name: str, A: Any) -> None:
+    _checks.require_tensor(name, A)
+    _checks.require_layout(name, A, _checks.SPARSE_LAYOUTS)
+    _checks.require_no_dense_dims(name, A)
+    if A.dim() not in (2, 3) or A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"{name} must be square (n, n) or batched (b, n, n), got shape {tuple(A.shape)}")

@@ -1,0 +1,292 @@
+"""Hypothesis strategies and checks for sparse matrices (install ``tsgu-ops[testing]``).
+
+Like ``hypothesis.extra.numpy``, this module gives property-based tests sparse inputs that cover the
+cases that break sparse code: both layouts, int32/int64 indices, float32/float64 values, batched and
+unbatched, ``nnz = 0``, empty rows and columns, duplicate COO entries, triangular (strict, unit,
+non-unit) and symmetric positive definite matrices.  Every strategy draws a :class:`SparseCase`: the
+sparse tensor and its dense reference.
+
+Examples
+--------
+>>> from hypothesis import given, settings
+>>> from tsgu_ops.testing import sparse_matrices
+>>> @settings(max_examples=5)
+... @given(sparse_matrices())
+... def test_dense_roundtrip(case):
+...     assert (case.sparse.to_dense() == case.dense).all()
+>>> test_dense_roundtrip()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+try:
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("tsgu_ops.testing needs hypothesis: pip install 'tsgu-ops[testing]'") from exc
+
+from .pattern import quiet
+
+LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
+INDEX_DTYPES = (torch.int32, torch.int64)
+VALUE_DTYPES = (torch.float32, torch.float64)
+STRUCTURES = ("general", "lower", "upper", "strict_lower", "strict_upper", "spd")
+
+PROFILE_ENV = "TSGU_HYPOTHESIS_PROFILE"
+
+
+def register_profiles() -> None:
+    """Register the ``dev`` (fast), ``ci`` and ``fuzz`` (thousands of examples) profiles.
+
+    The profile named by the environment variable ``TSGU_HYPOTHESIS_PROFILE`` (default ``dev``)
+    is loaded.
+    """
+    common: dict[str, Any] = {
+        "deadline": None,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
+    settings.register_profile("dev", max_examples=15, **common)
+    settings.register_profile("ci", max_examples=40, derandomize=True, print_blob=True, **common)
+    settings.register_profile("fuzz", max_examples=3000, **common)
+    settings.load_profile(os.environ.get(PROFILE_ENV, "dev"))
+
+
+@dataclass(frozen=True)
+class SparseCase:
+    """A sparse tensor and its dense reference (duplicates of an uncoalesced COO summed)."""
+
+    sparse: torch.Tensor
+    dense: torch.Tensor
+    structure: str = "general"
+
+    @property
+    def layout(self) -> torch.layout:
+        return self.sparse.layout
+
+    @property
+    def batched(self) -> bool:
+        return self.sparse.dim() == 3
+
+
+def _allowed(n: int, m: int, structure: str) -> torch.Tensor:
+    r = torch.arange(n)[:, None]
+    c = torch.arange(m)[None, :]
+    return {
+        "general": torch.ones(n, m, dtype=torch.bool),
+        "spd": torch.ones(n, m, dtype=torch.bool),
+        "lower": r >= c,
+        "upper": r <= c,
+        "strict_lower": r > c,
+        "strict_upper": r < c,
+    }[structure]
+
+
+def build_case(
+    seed: int,
+    shape: Sequence[int],
+    density: float,
+    layout: torch.layout,
+    index_dtype: torch.dtype,
+    value_dtype: torch.dtype,
+    structure: str = "general",
+    duplicates: int = 0,
+) -> SparseCase:
+    """Deterministically build a :class:`SparseCase` (the engine behind the strategies).
+
+    The same number of entries is stored in every batch item (a CSR rule).  Triangular structures
+    with a diagonal get a well-conditioned diagonal (|d| in [1, 2]) so that solves are stable;
+    ``"spd"`` is symmetric and strictly diagonally dominant.
+    """
+    g = torch.Generator().manual_seed(seed)
+    b = shape[0] if len(shape) == 3 else 1
+    n, m = shape[-2], shape[-1]
+    allowed = _allowed(n, m, structure)
+    diag_needed = structure in ("lower", "upper", "spd")
+    if diag_needed:
+        allowed = allowed & ~torch.eye(n, m, dtype=torch.bool)
+    cells = allowed.nonzero()
+    k = round(density * cells.shape[0])
+    if structure == "spd":
+        k = k // 2
+        cells = (torch.arange(n)[:, None] > torch.arange(m)[None, :]).nonzero()
+        k = min(k, cells.shape[0])
+    dense = torch.zeros(b, n, m, dtype=torch.float64)
+    for item in range(b):  # test data only: tiny sizes
+        pick = cells[torch.randperm(cells.shape[0], generator=g)[:k]]
+        vals = torch.rand(k, generator=g, dtype=torch.float64) * 2 - 1
+        dense[item, pick[:, 0], pick[:, 1]] = torch.where(vals == 0, 0.5, vals)
+        if structure == "spd":
+            dense[item] = dense[item] + dense[item].T
+            dense[item] += torch.diag(dense[item].abs().sum(1) + 1.0)
+        elif diag_needed:
+            sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
+            dense[item] += torch.diag(sign * (1 + torch.rand(n, generator=g, dtype=torch.float64)))
+    dense = dense.to(value_dtype)
+    ref = dense if len(shape) == 3 else dense[0]
+    if layout == torch.sparse_csr:
+        if len(shape) == 3:
+            parts = [ref[i].to_sparse_csr() for i in range(b)]
+            crow = torch.stack([p.crow_indices() for p in parts]).to(index_dtype)
+            col = torch.stack([p.col_indices() for p in parts]).to(index_dtype)
+            vals = torch.stack([p.values() for p in parts])
+            sp = quiet(lambda: torch.sparse_csr_tensor(crow, col, vals, tuple(shape)))
+        else:
+            p = ref.to_sparse_csr()
+            sp = quiet(
+                lambda: torch.sparse_csr_tensor(
+                    p.crow_indices().to(index_dtype),
+                    p.col_indices().to(index_dtype),
+                    p.values(),
+                    tuple(shape),
+                )
+            )
+        return SparseCase(sp, ref, structure)
+    coo = ref.to_sparse()
+    idx, vals = coo.indices().to(index_dtype), coo.values()
+    if duplicates and vals.numel():
+        which = torch.randint(0, vals.numel(), (duplicates,), generator=g)
+        part = (torch.rand(duplicates, generator=g, dtype=torch.float64) - 0.5).to(value_dtype)
+        vals = vals.index_add(0, which, -part)
+        idx = torch.cat([idx, idx[:, which]], 1)
+        vals = torch.cat([vals, part])
+        perm = torch.randperm(vals.numel(), generator=g)
+        idx, vals = idx[:, perm], vals[perm]
+        ref = torch.sparse_coo_tensor(idx, vals, tuple(shape)).to_dense()
+    sp = torch.sparse_coo_tensor(idx, vals, tuple(shape), is_coalesced=not duplicates)
+    return SparseCase(sp, ref, structure)
+
+
+@st.composite
+def sparse_matrices(
+    draw: Any,
+    *,
+    layouts: Sequence[torch.layout] = LAYOUTS,
+    index_dtypes: Sequence[torch.dtype] = INDEX_DTYPES,
+    value_dtypes: Sequence[torch.dtype] = VALUE_DTYPES,
+    batch: bool | None = None,
+    max_batch: int = 3,
+    min_size: int = 1,
+    max_size: int = 6,
+    square: bool = False,
+    structures: Sequence[str] = ("general",),
+    allow_duplicates: bool = True,
+    allow_empty: bool = True,
+) -> SparseCase:
+    """Strategy for :class:`SparseCase` values.
+
+    Parameters
+    ----------
+    layouts, index_dtypes, value_dtypes : sequences
+        Choices drawn from.
+    batch : bool or None
+        ``True`` only batched ``(b, n, m)``, ``False`` only 2-D, ``None`` either.
+    max_batch, min_size, max_size : int
+        Size bounds.
+    square : bool
+        Draw ``n == m`` (forced by every structure other than ``"general"``).
+    structures : sequence of str
+        Any of ``"general"``, ``"lower"``, ``"upper"``, ``"strict_lower"``, ``"strict_upper"``,
+        ``"spd"``.
+    allow_duplicates : bool
+        Let uncoalesced COO tensors with duplicate coordinates be drawn.
+    allow_empty : bool
+        Let ``nnz = 0`` be drawn.
+    """
+    layout = draw(st.sampled_from(list(layouts)))
+    index_dtype = draw(st.sampled_from(list(index_dtypes)))
+    value_dtype = draw(st.sampled_from(list(value_dtypes)))
+    structure = draw(st.sampled_from(list(structures)))
+    batched = draw(st.booleans()) if batch is None else batch
+    n = draw(st.integers(min_size, max_size))
+    m = n if (square or structure != "general") else draw(st.integers(min_size, max_size))
+    shape = (draw(st.integers(1, max_batch)), n, m) if batched else (n, m)
+    density = draw(st.sampled_from([0.0, 0.2, 0.5, 1.0] if allow_empty else [0.2, 0.5, 1.0]))
+    dups = 0
+    if layout == torch.sparse_coo and allow_duplicates and density > 0:
+        dups = draw(st.sampled_from([0, 0, 2]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return build_case(seed, shape, density, layout, index_dtype, value_dtype, structure, dups)
+
+
+@st.composite
+def dense_like(draw: Any, case_or_shape: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Strategy for a dense float tensor of a given shape (values in [-1, 1))."""
+    shape = tuple(case_or_shape)
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1).to(dtype or torch.float64)
+
+
+def stored_entries(A: torch.Tensor) -> torch.Tensor:
+    """``(ndim, nnz)`` int64 coordinates of the stored entries of COO/CSR ``A`` (storage order)."""
+    if A.layout == torch.sparse_coo:
+        return A._indices()
+    if A.dim() == 2:
+        crow, col = A.crow_indices(), A.col_indices()
+        rows = torch.repeat_interleave(torch.arange(A.shape[0]), (crow[1:] - crow[:-1]).long())
+        return torch.stack([rows, col.long()])
+    out = []
+    for i in range(A.shape[0]):
+        crow, col = A.crow_indices()[i], A.col_indices()[i]
+        rows = torch.repeat_interleave(torch.arange(A.shape[1]), (crow[1:] - crow[:-1]).long())
+        out.append(torch.stack([torch.full_like(rows, i), rows, col.long()]))
+    return torch.cat(out, 1)
+
+
+def assert_sparse_grad_matches(
+    A: torch.Tensor,
+    grad: torch.Tensor | None,
+    dense_grad: torch.Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-6,
+) -> None:
+    """Assert that ``grad`` is a sparse gradient of ``A`` equal to ``dense_grad`` at the stored entries.
+
+    Checks: same layout, shape and indices as ``A`` (and, for CSR, the same index dtype), and each
+    stored entry's value equal to the dense reference gradient at that coordinate.
+    """
+    assert grad is not None, "no gradient was computed"
+    assert grad.layout == A.layout, f"gradient layout {grad.layout} != input layout {A.layout}"
+    assert grad.shape == A.shape, f"gradient shape {tuple(grad.shape)} != {tuple(A.shape)}"
+    if A.layout == torch.sparse_csr:
+        assert grad.crow_indices().dtype == A.crow_indices().dtype, "index dtype changed"
+        assert torch.equal(grad.crow_indices(), A.crow_indices()), "crow_indices changed"
+        assert torch.equal(grad.col_indices(), A.col_indices()), "col_indices changed"
+        values = grad.values().reshape(-1)
+    else:
+        assert torch.equal(grad._indices(), A._indices()), "COO indices changed"
+        values = grad._values()
+    coords = stored_entries(A)
+    expected = dense_grad[tuple(coords)]
+    torch.testing.assert_close(values, expected.to(values.dtype), rtol=rtol, atol=atol)
+
+
+def clone_input(x: Any) -> Any:
+    """A deep copy of a tensor (sparse included) to check later that a call left it unchanged."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().clone()
+    return x
+
+
+def assert_unchanged(before: Any, after: Any) -> None:
+    """Assert that a tensor equals the copy taken by :func:`clone_input` (values and indices)."""
+    if not isinstance(before, torch.Tensor):
+        return
+    assert before.layout == after.layout and before.shape == after.shape and before.dtype == after.dtype
+    if before.layout == torch.sparse_coo:
+        assert torch.equal(before._indices(), after._indices())
+        assert torch.equal(before._values(), after._values().detach())
+    elif before.layout == torch.sparse_csr:
+        assert torch.equal(before.crow_indices(), after.crow_indices())
+        assert torch.equal(before.col_indices(), after.col_indices())
+        assert torch.equal(before.values(), after.values().detach())
+    else:
+        assert torch.equal(before, after.detach())
