@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tsgu_ops import sparse_bidir_logsumexp, sparse_logsumexp
 from tsgu_ops.testing import assert_sparse_grad_matches, assert_unchanged, clone_input, sparse_matrices
 

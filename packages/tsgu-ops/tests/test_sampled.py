@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import tsgu_ops.pattern as pattern_module
 from hypothesis import given
 from hypothesis import strategies as st
+
+import tsgu_ops.pattern as pattern_module
 from tsgu_ops import SparsePattern, sampled_product, sparse_values, sparse_with_values
 from tsgu_ops.testing import (
     assert_sparse_grad_matches,

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from tsgu_ops import DtypeMismatchError, SparseMatMul, sparse_mm, sparse_values, sparse_with_values
 from tsgu_ops.testing import (
     assert_sparse_grad_matches,

@@ -14,11 +14,14 @@ Examples
 torch.sparse_csr
 """
 
-from tsgu_indexed import gather_mm, segment_mm
-from tsgu_ops import sparse_bidir_logsumexp, sparse_logsumexp, sparse_mm, sparse_triangular_solve
-
+# Names are imported through their 0.2.7 submodules, so that ``torchsparsegradutils.sparse_logsumexp``
+# stays the function (as in 0.2.7) even after ``import torchsparsegradutils.sparse_logsumexp``.
 from . import utils as utils
 from ._version import __version__ as __version__
+from .indexed_matmul import gather_mm, segment_mm
+from .sparse_logsumexp import sparse_bidir_logsumexp, sparse_logsumexp
+from .sparse_matmul import sparse_mm
+from .sparse_solve import sparse_triangular_solve
 
 __all__ = [
     "gather_mm",

@@ -60,8 +60,8 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch
     """Rows of ``a`` in contiguous segments (``seglen``, int64 on ``a``'s device) times ``b[r]``."""
     N, D1 = a.shape
     R, _, D2 = b.shape
-    if N == 0 or R == 0:
-        return a.new_zeros(N, D2)
+    if N == 0 or R == 0:  # (0, D2), still connected to a and b for autograd
+        return a @ b.sum(0)
     T = int(min(_MAX_TILE, max(8, -(-N // R))))
     tiles_per_seg = torch.div(seglen + T - 1, T, rounding_mode="floor")
     num_tiles = int(tiles_per_seg.sum())

@@ -194,7 +194,7 @@ def implicit_solve(
     >>> X.sum().backward()
     >>> A.grad.to_dense()
     tensor([[-0.0312, -0.1250],
-            [ 0.0000, -0.2188]], dtype=torch.float64)
+            [ 0.0000, -0.1875]], dtype=torch.float64)
     """
     check_square_sparse("A", A)
     _checks.require_tensor("B", B)

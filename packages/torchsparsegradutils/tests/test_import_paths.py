@@ -1,0 +1,113 @@
+"""The 0.2.7 import paths that exist so far re-export the tsgu objects (no logic of their own)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+import tsgu_indexed
+import tsgu_ops
+
+
+def test_top_level_names_are_the_tsgu_objects():
+    import torchsparsegradutils as t
+
+    assert t.sparse_mm is tsgu_ops.sparse_mm
+    assert t.sparse_triangular_solve is tsgu_ops.sparse_triangular_solve
+    assert t.sparse_logsumexp is tsgu_ops.sparse_logsumexp
+    assert t.sparse_bidir_logsumexp is tsgu_ops.sparse_bidir_logsumexp
+    assert t.segment_mm is tsgu_indexed.segment_mm and t.gather_mm is tsgu_indexed.gather_mm
+    assert t.__version__ == tsgu_ops.__version__
+    for name in t.__all__:
+        assert callable(getattr(t, name))
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("torchsparsegradutils.sparse_matmul", ["sparse_mm", "SparseMatMul"]),
+        ("torchsparsegradutils.sparse_solve", ["sparse_triangular_solve", "SparseTriangularSolve"]),
+        (
+            "torchsparsegradutils.sparse_logsumexp",
+            [
+                "sparse_logsumexp",
+                "sparse_bidir_logsumexp",
+                "_scatter_logsumexp",
+                "_row_col_val",
+                "_logsumexp_2d",
+                "_logsumexp_batched",
+                "_bidir_2d",
+                "_bidir_batched",
+            ],
+        ),
+        ("torchsparsegradutils.indexed_matmul", ["segment_mm", "gather_mm", "dgl_installed"]),
+        ("torchsparsegradutils._compat", ["linalg_solve_triangular_compat"]),
+        (
+            "torchsparsegradutils.utils.utils",
+            [
+                "stack_csr",
+                "convert_coo_to_csr_indices_values",
+                "convert_coo_to_csr",
+                "sparse_block_diag",
+                "sparse_block_diag_split",
+                "sparse_eye",
+                "_sort_coo_indices",
+                "_compress_row_indices",
+                "_demcompress_crow_indices",
+            ],
+        ),
+    ],
+)
+def test_module_paths(module, names):
+    mod = importlib.import_module(module)
+    for name in names:
+        assert hasattr(mod, name), f"{module}.{name}"
+
+
+def test_utils_all_matches_0_2_7_for_the_implemented_names():
+    from torchsparsegradutils import utils
+
+    assert {"rand_sparse", "rand_sparse_tri", "sparse_eye", "stack_csr", "sparse_block_diag"} <= set(
+        utils.__all__
+    )
+    assert "make_spd_sparse" not in utils.__all__ and not hasattr(utils, "make_spd_sparse")
+
+
+def test_random_sparse_all_is_the_0_2_7_list():
+    from torchsparsegradutils.utils import random_sparse
+
+    assert random_sparse.__all__ == [
+        "rand_sparse",
+        "rand_sparse_tri",
+        "make_spd_sparse",
+        "generate_random_sparse_coo_matrix",
+        "generate_random_sparse_csr_matrix",
+        "generate_random_sparse_strictly_triangular_coo_matrix",
+        "generate_random_sparse_strictly_triangular_csr_matrix",
+        "generate_random_sparse_triangular_coo_matrix",
+        "generate_random_sparse_triangular_csr_matrix",
+    ]
+
+
+def test_import_does_not_load_optional_backends():
+    import torchsparsegradutils  # noqa: F401
+
+    assert "torchsparsegradutils.cupy" not in sys.modules
+    assert "torchsparsegradutils.jax" not in sys.modules
+
+
+def test_a_0_2_7_style_program_runs():
+    from torchsparsegradutils import sparse_mm, sparse_triangular_solve
+    from torchsparsegradutils.utils import rand_sparse_tri
+
+    A = rand_sparse_tri(
+        (10, 10), 20, torch.sparse_csr, upper=False, well_conditioned=True, values_dtype=torch.float64
+    ).requires_grad_()
+    B = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    X = sparse_triangular_solve(A, sparse_mm(A, B), upper=False)
+    X.sum().backward()
+    torch.testing.assert_close(X, B)
+    assert A.grad.layout == torch.sparse_csr
