@@ -194,7 +194,10 @@ class SparsePattern:
     def _transposed_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._transpose is None:
             # Entries are sorted by row; a stable sort by column gives the transpose's CSR order.
-            perm_t = torch.argsort(self.sorted_cols, stable=True)
+            keys = self.sorted_cols
+            if self.M < 2**31 - 1 and keys.dtype != torch.int32:
+                keys = keys.to(torch.int32)  # sorting 32-bit keys is about twice as fast
+            perm_t = torch.argsort(keys, stable=True)
             crow_t = compress_rows(self.sorted_cols[perm_t].to(torch.int64), self.M)
             col_t = self.sorted_rows[perm_t]
             self._transpose = (crow_t, col_t, perm_t)

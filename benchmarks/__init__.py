@@ -1,0 +1,1 @@
+"""The tsgu benchmark suite: ``python -m benchmarks`` (see ``--help``)."""

@@ -1,0 +1,100 @@
+"""``python -m benchmarks``: tsgu against what users would pick instead, with tables and plots.
+
+Every variant runs in a fresh subprocess (so its peak memory is its own); results go to
+``benchmarks/results/``: ``results.csv`` (one row per variant), ``summary.md`` (a markdown table,
+with each tsgu row's ratio to the alternative of the same case) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cases import all_cases
+from .report import write_reports
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _progress(items: list[Any], desc: str) -> Any:
+    try:
+        from tqdm import tqdm
+
+        return tqdm(items, desc=desc, unit="variant", file=sys.stderr)
+    except ImportError:  # pragma: no cover
+        return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="larger problem sizes")
+    parser.add_argument("--only", action="append", default=[], help="run cases whose name contains NAME")
+    parser.add_argument("--matrix", help="run the matmul and solver cases on this Matrix Market file")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
+    parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per variant")
+    parser.add_argument("--dense-limit-gib", type=float, default=8.0, help="skip dense alternatives above this")
+    parser.add_argument("--out", default=str(ROOT / "results"), help="output folder")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda needs a GPU")
+    cases = all_cases(args.full, args.matrix)
+    if args.only:
+        cases = [c for c in cases if any(o in c.name for o in args.only)]
+    if args.list:
+        for c in cases:
+            print(f"{c.name:28s} {c.op:28s} {c.size}: " + ", ".join(v.name for v in c.variants))
+        return 0
+    if not cases:
+        parser.error("no case matches --only")
+    worker_args = {
+        "full": args.full, "matrix": args.matrix, "device": args.device, "repeats": args.repeats,
+        "budget_s": args.budget, "dense_limit": int(args.dense_limit_gib * 2**30),
+    }
+    jobs = [(c, v) for c in cases for v in c.variants]
+    rows = []
+    bar = _progress(jobs, "benchmarks")
+    for case, variant in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"{case.name}: {variant.name}")
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.worker", case.name, variant.name, json.dumps(worker_args)],
+            capture_output=True, text=True, cwd=ROOT.parent, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
+        marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")]
+        if marker:
+            result = json.loads(marker[-1][len("@@RESULT@@"):])
+        elif proc.returncode < 0 or proc.returncode == 137:
+            result = {"status": "out of memory (killed)"}
+        else:
+            result = {"status": "error", "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
+        rows.append({
+            "case": case.name, "op": case.op, "variant": variant.name, "size": case.size,
+            "device": args.device, "baseline": variant.baseline, "wall_s": round(time.perf_counter() - t0, 1),
+            **result,
+        })
+    env = {
+        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cores": os.cpu_count(), "device": args.device, "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    paths = write_reports(rows, env, Path(args.out))
+    print(Path(paths["summary"]).read_text())
+    for name, path in paths.items():
+        print(f"wrote {name}: {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
