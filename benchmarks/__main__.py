@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per variant")
-    parser.add_argument("--dense-limit-gib", type=float, default=8.0, help="skip dense alternatives above this")
+    parser.add_argument(
+        "--dense-limit-gib", type=float, default=8.0, help="skip dense alternatives above this"
+    )
     parser.add_argument("--out", default=str(ROOT / "results"), help="output folder")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
@@ -58,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         parser.error("no case matches --only")
     worker_args = {
-        "full": args.full, "matrix": args.matrix, "device": args.device, "repeats": args.repeats,
-        "budget_s": args.budget, "dense_limit": int(args.dense_limit_gib * 2**30),
+        "full": args.full,
+        "matrix": args.matrix,
+        "device": args.device,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "dense_limit": int(args.dense_limit_gib * 2**30),
     }
     jobs = [(c, v) for c in cases for v in c.variants]
     rows = []
@@ -70,23 +76,37 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "benchmarks.worker", case.name, variant.name, json.dumps(worker_args)],
-            capture_output=True, text=True, cwd=ROOT.parent, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            capture_output=True,
+            text=True,
+            cwd=ROOT.parent,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
         )
         marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")]
         if marker:
-            result = json.loads(marker[-1][len("@@RESULT@@"):])
+            result = json.loads(marker[-1][len("@@RESULT@@") :])
         elif proc.returncode < 0 or proc.returncode == 137:
             result = {"status": "out of memory (killed)"}
         else:
             result = {"status": "error", "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-        rows.append({
-            "case": case.name, "op": case.op, "variant": variant.name, "size": case.size,
-            "device": args.device, "baseline": variant.baseline, "wall_s": round(time.perf_counter() - t0, 1),
-            **result,
-        })
+        rows.append(
+            {
+                "case": case.name,
+                "op": case.op,
+                "variant": variant.name,
+                "size": case.size,
+                "device": args.device,
+                "baseline": variant.baseline,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                **result,
+            }
+        )
     env = {
-        "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cores": os.cpu_count(), "device": args.device, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "device": args.device,
+        "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
     }
     paths = write_reports(rows, env, Path(args.out))

@@ -68,8 +68,13 @@ def mm_variant(impl: str, layout: str, k: int, p: int) -> Callable[[dict[str, An
         A = _layout(_matrix(ctx, k), layout).to(dev).requires_grad_()
         B = torch.randn(A.shape[1], p, device=dev, requires_grad=True)
         fn = sparse_mm if impl == "tsgu" else torch.sparse.mm
-        meta = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float32", "layout": layout,
-                "bytes_B_plus_out": 2 * B.numel() * 4}
+        meta = {
+            "nnz": A._nnz(),
+            "rows": A.shape[0],
+            "dtype": "float32",
+            "layout": layout,
+            "bytes_B_plus_out": 2 * B.numel() * 4,
+        }
         return Run(lambda: fn(A, B), lambda out: _backward_sum(out, A, B), meta)
 
     return setup
@@ -89,8 +94,9 @@ def mm_batched_variant(impl: str, b: int, k: int, p: int) -> Callable[[dict[str,
             return Run(lambda: sparse_mm(A, B), lambda out: _backward_sum(out, A, B), meta)
         if impl == "loop":
             items = [
-                torch.sparse_csr_tensor(A.crow_indices()[i], A.col_indices()[i], A.values()[i], (n, n))
-                .requires_grad_()
+                torch.sparse_csr_tensor(
+                    A.crow_indices()[i], A.col_indices()[i], A.values()[i], (n, n)
+                ).requires_grad_()
                 for i in range(b)
             ]
             fwd = lambda: torch.stack([torch.sparse.mm(items[i], B[i]) for i in range(b)])  # noqa: E731
@@ -172,36 +178,79 @@ def all_cases(full: bool = False, matrix: str | None = None) -> list[Case]:
     k_mm = 60 if full else 40
     cases: list[Case] = []
     for layout in ("csr", "coo"):
-        cases.append(Case(
-            f"sparse_mm_{layout}", "sparse_mm", f"lap3d {k_mm}^3, p=32", [
-                Variant("tsgu", mm_variant("tsgu", layout, k_mm, 32)),
-                Variant("torch.sparse.mm", mm_variant("torch", layout, k_mm, 32), baseline=True),
-            ], {"layout": layout}))
-    cases.append(Case("sparse_mm_grad_memory", "sparse_mm", f"lap3d {k_mm}^3, p=256", [
-        Variant("tsgu", mm_variant("tsgu", "csr", k_mm, 256)),
-        Variant("torch.sparse.mm", mm_variant("torch", "csr", k_mm, 256), baseline=True),
-    ]))
-    for k in ((20, 30, 40, 60) if full else (20, 30, 40)):
-        cases.append(Case(f"sparse_mm_scaling_{k}", "sparse_mm scaling", f"lap3d {k}^3, p=32", [
-            Variant("tsgu", mm_variant("tsgu", "csr", k, 32)),
-            Variant("torch.sparse.mm", mm_variant("torch", "csr", k, 32), baseline=True),
-        ], {"k": k}))
-    cases.append(Case("sparse_mm_batched", "sparse_mm batched", "16 x lap3d 20^3, p=16", [
-        Variant("tsgu", mm_batched_variant("tsgu", 16, 20, 16)),
-        Variant("loop of torch.sparse.mm", mm_batched_variant("loop", 16, 20, 16), baseline=True),
-        Variant("torch.bmm (dense)", mm_batched_variant("bmm", 16, 20, 16)),
-    ]))
-    cases.append(Case("triangular_solve", "sparse_triangular_solve", "tril(lap3d 30^3), p=8", [
-        Variant("tsgu", tri_variant("tsgu", 30, 8)),
-        Variant("torch.triangular_solve", tri_variant("torch", 30, 8), baseline=True),
-    ]))
+        cases.append(
+            Case(
+                f"sparse_mm_{layout}",
+                "sparse_mm",
+                f"lap3d {k_mm}^3, p=32",
+                [
+                    Variant("tsgu", mm_variant("tsgu", layout, k_mm, 32)),
+                    Variant("torch.sparse.mm", mm_variant("torch", layout, k_mm, 32), baseline=True),
+                ],
+                {"layout": layout},
+            )
+        )
+    cases.append(
+        Case(
+            "sparse_mm_grad_memory",
+            "sparse_mm",
+            f"lap3d {k_mm}^3, p=256",
+            [
+                Variant("tsgu", mm_variant("tsgu", "csr", k_mm, 256)),
+                Variant("torch.sparse.mm", mm_variant("torch", "csr", k_mm, 256), baseline=True),
+            ],
+        )
+    )
+    for k in (20, 30, 40, 60) if full else (20, 30, 40):
+        cases.append(
+            Case(
+                f"sparse_mm_scaling_{k}",
+                "sparse_mm scaling",
+                f"lap3d {k}^3, p=32",
+                [
+                    Variant("tsgu", mm_variant("tsgu", "csr", k, 32)),
+                    Variant("torch.sparse.mm", mm_variant("torch", "csr", k, 32), baseline=True),
+                ],
+                {"k": k},
+            )
+        )
+    cases.append(
+        Case(
+            "sparse_mm_batched",
+            "sparse_mm batched",
+            "16 x lap3d 20^3, p=16",
+            [
+                Variant("tsgu", mm_batched_variant("tsgu", 16, 20, 16)),
+                Variant("loop of torch.sparse.mm", mm_batched_variant("loop", 16, 20, 16), baseline=True),
+                Variant("torch.bmm (dense)", mm_batched_variant("bmm", 16, 20, 16)),
+            ],
+        )
+    )
+    cases.append(
+        Case(
+            "triangular_solve",
+            "sparse_triangular_solve",
+            "tril(lap3d 30^3), p=8",
+            [
+                Variant("tsgu", tri_variant("tsgu", 30, 8)),
+                Variant("torch.triangular_solve", tri_variant("torch", 30, 8), baseline=True),
+            ],
+        )
+    )
     N = 200_000
     for op in ("gather", "segment"):
-        cases.append(Case(f"{op}_mm", f"{op}_mm", f"N={N}, R=64, D1=D2=64", [
-            Variant("tsgu", indexed_variant(op, "tsgu", N, 64, 64)),
-            Variant("python loop", indexed_variant(op, "loop", N, 64, 64), baseline=True),
-            Variant("torch.bmm(a[:, None], b[idx])", indexed_variant(op, "bmm", N, 64, 64)),
-        ]))
+        cases.append(
+            Case(
+                f"{op}_mm",
+                f"{op}_mm",
+                f"N={N}, R=64, D1=D2=64",
+                [
+                    Variant("tsgu", indexed_variant(op, "tsgu", N, 64, 64)),
+                    Variant("python loop", indexed_variant(op, "loop", N, 64, 64), baseline=True),
+                    Variant("torch.bmm(a[:, None], b[idx])", indexed_variant(op, "bmm", N, 64, 64)),
+                ],
+            )
+        )
     if matrix:
         name = os.path.basename(matrix)
         cases = [c for c in cases if c.name in ("sparse_mm_csr", "sparse_mm_coo", "triangular_solve")]

@@ -29,7 +29,9 @@ def lower_triangle(A: torch.Tensor) -> torch.Tensor:
     return torch.sparse_coo_tensor(i[:, keep], v[keep], A.shape).coalesce()
 
 
-def batched_laplacians(b: int, k: int, dtype: torch.dtype = torch.float32, layout=torch.sparse_csr) -> torch.Tensor:
+def batched_laplacians(
+    b: int, k: int, dtype: torch.dtype = torch.float32, layout=torch.sparse_csr
+) -> torch.Tensor:
     """``b`` copies of the ``k³`` Laplacian with different diagonals, batched ``(b, n, n)``."""
     L = laplacian_3d(k, dtype)
     n = L.shape[0]

@@ -8,10 +8,29 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "case", "op", "variant", "size", "nnz", "rows", "dtype", "layout", "device", "status",
-    "fwd_s", "fwd_spread_s", "bwd_s", "bwd_spread_s", "total_s", "runs",
-    "fwd_peak_bytes", "bwd_peak_bytes", "peak_bytes", "time_ratio_vs_alternative",
-    "memory_ratio_vs_alternative", "note", "error",
+    "case",
+    "op",
+    "variant",
+    "size",
+    "nnz",
+    "rows",
+    "dtype",
+    "layout",
+    "device",
+    "status",
+    "fwd_s",
+    "fwd_spread_s",
+    "bwd_s",
+    "bwd_spread_s",
+    "total_s",
+    "runs",
+    "fwd_peak_bytes",
+    "bwd_peak_bytes",
+    "peak_bytes",
+    "time_ratio_vs_alternative",
+    "memory_ratio_vs_alternative",
+    "note",
+    "error",
 ]
 
 
@@ -122,12 +141,18 @@ def _plots(by_case: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, str
     fig.savefig(ops_path, dpi=110)
     plt.close(fig)
     paths = {"ops_plot": str(ops_path)}
-    scaling = sorted((c for c in by_case if c.startswith("sparse_mm_scaling")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    scaling = sorted(
+        (c for c in by_case if c.startswith("sparse_mm_scaling")), key=lambda c: int(c.rsplit("_", 1)[1])
+    )
     if scaling:
         fig, ax = plt.subplots(1, 2, figsize=(10, 4))
         for variant in sorted({r["variant"] for c in scaling for r in by_case[c]}):
-            pts = [(r["nnz"], r["total_s"], r["peak_bytes"]) for c in scaling for r in by_case[c]
-                   if r["variant"] == variant and r.get("status") == "ok"]
+            pts = [
+                (r["nnz"], r["total_s"], r["peak_bytes"])
+                for c in scaling
+                for r in by_case[c]
+                if r["variant"] == variant and r.get("status") == "ok"
+            ]
             if pts:
                 ax[0].loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=variant)
                 ax[1].loglog([p[0] for p in pts], [p[2] / 2**20 for p in pts], "o-", label=variant)
