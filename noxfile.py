@@ -102,17 +102,9 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "packages", "tests-integration/test_versions.py", *session.posargs, env=env)
 
 
-def _isolated_run(session: nox.Session, pkg: str, torch_version: str) -> None:
-    """A venv holding only ``pkg``, its declared dependencies, pytest and hypothesis."""
-    module, extras = PACKAGES[pkg]
-    _install_torch(session, torch_version)
-    local = [_local(dep) for dep in INTERNAL[pkg]]
-    session.install(*TEST_TOOLS, *local, _local(pkg, extras))
-    tests_dir = ROOT / "packages" / pkg / "tests"
-    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
-    # Run from a scratch folder against the installed package, not the source tree.
-    tmp = session.create_tmp()
-    session.chdir(tmp)
+def _pytest_outside_tree(session: nox.Session, tests: Path, env: dict[str, str]) -> None:
+    """Run pytest from a scratch folder, so the installed packages are tested, not the source tree."""
+    session.chdir(session.create_tmp())
     session.run(
         "python",
         "-m",
@@ -123,10 +115,21 @@ def _isolated_run(session: nox.Session, pkg: str, torch_version: str) -> None:
         str(ROOT),
         "-c",
         str(ROOT / "pyproject.toml"),
-        str(tests_dir),
+        str(tests),
         *session.posargs,
         env=env,
     )
+
+
+def _isolated_run(session: nox.Session, pkg: str, torch_version: str) -> None:
+    """A venv holding only ``pkg``, its declared dependencies, pytest and hypothesis."""
+    module, extras = PACKAGES[pkg]
+    _install_torch(session, torch_version)
+    local = [_local(dep) for dep in INTERNAL[pkg]]
+    session.install(*TEST_TOOLS, *local, _local(pkg, extras))
+    tests_dir = ROOT / "packages" / pkg / "tests"
+    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
+    _pytest_outside_tree(session, tests_dir, env)
     session.run("python", "-c", f"import {module}; assert {module}.__version__ == '{VERSION}'")
 
 
@@ -161,22 +164,7 @@ def integration(session: nox.Session) -> None:
     _install_torch(session)
     session.install(*TEST_TOOLS, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
-    tmp = session.create_tmp()
-    session.chdir(tmp)
-    session.run(
-        "python",
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "--rootdir",
-        str(ROOT),
-        "-c",
-        str(ROOT / "pyproject.toml"),
-        str(ROOT / "tests-integration"),
-        *session.posargs,
-        env=env,
-    )
+    _pytest_outside_tree(session, ROOT / "tests-integration", env)
 
 
 @nox.session

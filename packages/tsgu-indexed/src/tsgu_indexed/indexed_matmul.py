@@ -56,6 +56,17 @@ def _check_index(name: str, idx: Any) -> None:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(idx.shape)}")
 
 
+def _validate(a: Any, b: Any, name: str, index: Any, expected_len: int) -> None:
+    """The checks shared by both functions, in the order (and with the messages) of 0.2.7."""
+    _check_torch_version()
+    if not all(isinstance(x, torch.Tensor) for x in (a, b, index)):
+        raise ValueError("Inputs should be instances of torch.Tensor")
+    _check_operands(a, b)
+    _check_index(name, index)
+    if index.shape[0] != expected_len:
+        raise ValueError("Incompatible size for inputs")
+
+
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` in contiguous segments (``seglen``, int64 on ``a``'s device) times ``b[r]``."""
     N, D1 = a.shape
@@ -118,13 +129,7 @@ def segment_mm(a: torch.Tensor, b: torch.Tensor, seglen_a: torch.Tensor) -> torc
             [2., 2.],
             [2., 2.]])
     """
-    _check_torch_version()
-    if not all(isinstance(x, torch.Tensor) for x in (a, b, seglen_a)):
-        raise ValueError("Inputs should be instances of torch.Tensor")
-    _check_operands(a, b)
-    _check_index("seglen_a", seglen_a)
-    if seglen_a.shape[0] != b.shape[0]:
-        raise ValueError("Incompatible size for inputs")
+    _validate(a, b, "seglen_a", seglen_a, b.shape[0] if isinstance(b, torch.Tensor) else -1)
     seglen = seglen_a.to(device=a.device, dtype=torch.int64)
     if seglen.numel() and int(seglen.min()) < 0:
         raise ValueError("seglen_a must be non-negative")
@@ -172,13 +177,7 @@ def gather_mm(a: torch.Tensor, b: torch.Tensor, idx_b: torch.Tensor) -> torch.Te
     tensor([[3., 3.],
             [1., 1.]])
     """
-    _check_torch_version()
-    if not all(isinstance(x, torch.Tensor) for x in (a, b, idx_b)):
-        raise ValueError("Inputs should be instances of torch.Tensor")
-    _check_operands(a, b)
-    _check_index("idx_b", idx_b)
-    if idx_b.shape[0] != a.shape[0]:
-        raise ValueError("Incompatible size for inputs")
+    _validate(a, b, "idx_b", idx_b, a.shape[0] if isinstance(a, torch.Tensor) else -1)
     idx = idx_b.to(device=a.device, dtype=torch.int64)
     R = b.shape[0]
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= R):
