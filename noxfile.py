@@ -29,7 +29,7 @@ TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 PACKAGES = {
     "tsgu-ops": ("tsgu_ops", "[testing]"),
     "tsgu-indexed": ("tsgu_indexed", ""),
-    "tsgu-krylov": ("tsgu_krylov", ""),
+    "tsgu-krylov": ("tsgu_krylov", "[test]"),
     "tsgu-bridges": ("tsgu_bridges", ""),
     "tsgu-distributions": ("tsgu_distributions", ""),
     "tsgu-encoders": ("tsgu_encoders", ""),

@@ -14,6 +14,11 @@ import tsgu_ops
 
 def test_top_level_names_are_the_tsgu_objects():
     import torchsparsegradutils as t
+    import tsgu_krylov
+
+    assert t.sparse_generic_solve is tsgu_krylov.sparse_generic_solve
+    assert t.sparse_generic_lstsq is tsgu_krylov.sparse_generic_lstsq
+    assert t.utils.linear_cg is tsgu_krylov.linear_cg and t.utils.lsmr is tsgu_krylov.lsmr
 
     assert t.sparse_mm is tsgu_ops.sparse_mm
     assert t.sparse_triangular_solve is tsgu_ops.sparse_triangular_solve
@@ -29,7 +34,15 @@ def test_top_level_names_are_the_tsgu_objects():
     ("module", "names"),
     [
         ("torchsparsegradutils.sparse_matmul", ["sparse_mm", "SparseMatMul"]),
-        ("torchsparsegradutils.sparse_solve", ["sparse_triangular_solve", "SparseTriangularSolve"]),
+        (
+            "torchsparsegradutils.sparse_solve",
+            ["sparse_triangular_solve", "SparseTriangularSolve", "sparse_generic_solve", "SparseGenericSolve"],
+        ),
+        ("torchsparsegradutils.sparse_lstsq", ["sparse_generic_lstsq", "SparseGenericLstsq"]),
+        ("torchsparsegradutils.utils.linear_cg", ["linear_cg", "LinearCGSettings", "CGInfo"]),
+        ("torchsparsegradutils.utils.minres", ["minres", "MINRESSettings"]),
+        ("torchsparsegradutils.utils.bicgstab", ["bicgstab", "BICGSTABSettings"]),
+        ("torchsparsegradutils.utils.lsmr", ["lsmr"]),
         (
             "torchsparsegradutils.sparse_logsumexp",
             [
@@ -62,7 +75,8 @@ def test_top_level_names_are_the_tsgu_objects():
     ],
 )
 def test_module_paths(module, names):
-    mod = importlib.import_module(module)
+    importlib.import_module(module)
+    mod = sys.modules[module]  # the module itself (a same-named function may shadow the attribute)
     for name in names:
         assert hasattr(mod, name), f"{module}.{name}"
 
@@ -74,6 +88,8 @@ def test_utils_all_matches_0_2_7_for_the_implemented_names():
         utils.__all__
     )
     assert "make_spd_sparse" not in utils.__all__ and not hasattr(utils, "make_spd_sparse")
+    solvers = ["linear_cg", "LinearCGSettings", "CGInfo", "minres", "MINRESSettings", "bicgstab"]
+    assert set(solvers + ["BICGSTABSettings", "lsmr"]) <= set(utils.__all__)
 
 
 def test_random_sparse_all_is_the_0_2_7_list():

@@ -106,7 +106,9 @@ def solve_sparse(
     return SolveOnValues.apply(values, B, A.detach(), pattern, kernel, transposed, mask)  # type: ignore[no-any-return]
 
 
-def _user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
+def user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
+    """A kernel calling ``solve(A, B)`` / ``transpose_solve(A, B)`` and checking what they return."""
+
     def kernel(A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool) -> torch.Tensor:
         X = (transpose_solve if transposed else solve)(A, B)
         if not isinstance(X, torch.Tensor) or X.shape != B.shape:
@@ -118,6 +120,29 @@ def _user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
         return X.to(B.dtype)
 
     return kernel
+
+
+def kernel_forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+    """Forward of an autograd Function taking the sparse ``A``: ``X = kernel(A, ·, B, False)``.
+
+    With :func:`kernel_backward` this is the whole of :class:`ImplicitSolve`, and of the autograd
+    Functions of other packages that solve with their own kernel (generic solve, bridges).
+    """
+    pattern = SparsePattern(A)
+    X = kernel(A.detach(), pattern.values(A), B.detach(), False)
+    ctx.pattern, ctx.kernel = pattern, kernel
+    ctx.save_for_backward(A, X)
+    return X
+
+
+def kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dA, dB)`` for :func:`kernel_forward`: a differentiable transposed solve and a sampled product."""
+    A, X = ctx.saved_tensors
+    Gb = solve_sparse(A, G, ctx.kernel, transposed=True, pattern=ctx.pattern)
+    dA = None
+    if ctx.needs_input_grad[0]:
+        dA = sparse_grad(ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False))
+    return dA, (Gb if ctx.needs_input_grad[1] else None)
 
 
 class ImplicitSolve(Function):
@@ -133,21 +158,11 @@ class ImplicitSolve(Function):
     def forward(  # type: ignore[override]
         ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn
     ) -> torch.Tensor:
-        pattern = SparsePattern(A)
-        kernel = _user_kernel(solve, transpose_solve)
-        X = kernel(A.detach(), pattern.values(A), B.detach(), False)
-        ctx.pattern, ctx.kernel = pattern, kernel
-        ctx.save_for_backward(A, X)
-        return X
+        return kernel_forward(ctx, A, B, user_kernel(solve, transpose_solve))
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        A, X = ctx.saved_tensors
-        Gb = solve_sparse(A, G, ctx.kernel, transposed=True, pattern=ctx.pattern)
-        dA = None
-        if ctx.needs_input_grad[0]:
-            dA = sparse_grad(ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False))
-        return dA, (Gb if ctx.needs_input_grad[1] else None), None, None
+        return (*kernel_backward(ctx, G), None, None)
 
 
 def implicit_solve(
@@ -214,7 +229,7 @@ def implicit_solve(
         )
     _checks.require_same_dtype("A", A, "B", B)
     Bm = B.unsqueeze(-1) if vector else B
-    X = solve_sparse(A, Bm, _user_kernel(solve, transpose_solve))
+    X = solve_sparse(A, Bm, user_kernel(solve, transpose_solve))
     return X.squeeze(-1) if vector else X
 
 

@@ -81,6 +81,8 @@ def _allowed(n: int, m: int, structure: str) -> torch.Tensor:
     return {
         "general": torch.ones(n, m, dtype=torch.bool),
         "spd": torch.ones(n, m, dtype=torch.bool),
+        "symmetric": torch.ones(n, m, dtype=torch.bool),
+        "dominant": torch.ones(n, m, dtype=torch.bool),
         "lower": r >= c,
         "upper": r <= c,
         "strict_lower": r > c,
@@ -102,18 +104,20 @@ def build_case(
 
     The same number of entries is stored in every batch item (a CSR rule).  Triangular structures
     with a diagonal get a well-conditioned diagonal (|d| in [1, 2]) so that solves are stable;
-    ``"spd"`` is symmetric and strictly diagonally dominant.
+    ``"spd"`` is symmetric and strictly diagonally dominant, ``"symmetric"`` symmetric indefinite
+    (dominant diagonal of alternating sign) and ``"dominant"`` non-symmetric and strictly
+    diagonally dominant (so every one of them is well conditioned and invertible).
     """
     g = torch.Generator().manual_seed(seed)
     b = shape[0] if len(shape) == 3 else 1
     n, m = shape[-2], shape[-1]
     allowed = _allowed(n, m, structure)
-    diag_needed = structure in ("lower", "upper", "spd")
+    diag_needed = structure in ("lower", "upper", "spd", "symmetric", "dominant")
     if diag_needed:
         allowed = allowed & ~torch.eye(n, m, dtype=torch.bool)
     cells = allowed.nonzero()
     k = round(density * cells.shape[0])
-    if structure == "spd":
+    if structure in ("spd", "symmetric"):
         k = k // 2
         cells = (torch.arange(n)[:, None] > torch.arange(m)[None, :]).nonzero()
         k = min(k, cells.shape[0])
@@ -124,6 +128,12 @@ def build_case(
         dense[item, pick[:, 0], pick[:, 1]] = torch.where(vals == 0, 0.5, vals)
         if structure == "spd":
             dense[item] = dense[item] + dense[item].T
+            dense[item] += torch.diag(dense[item].abs().sum(1) + 1.0)
+        elif structure == "symmetric":  # indefinite: diagonal of both signs, dominant
+            dense[item] = dense[item] + dense[item].T
+            sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).double()
+            dense[item] += torch.diag(sign * (dense[item].abs().sum(1) + 1.0))
+        elif structure == "dominant":  # non-symmetric, strictly diagonally dominant by rows
             dense[item] += torch.diag(dense[item].abs().sum(1) + 1.0)
         elif diag_needed:
             sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0).double()
@@ -290,3 +300,44 @@ def assert_unchanged(before: Any, after: Any) -> None:
         assert torch.equal(before.values(), after.values().detach())
     else:
         assert torch.equal(before, after.detach())
+
+
+def grid_operator(
+    shape: Sequence[int],
+    convection: float = 0.0,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """Finite-difference Laplacian on a grid of ``shape`` (Dirichlet), with upwind convection.
+
+    ``2·d + c`` on the diagonal, ``−1`` towards lower neighbours and ``−1 − c`` towards upper ones
+    along every axis (``c = convection``): SPD for ``c = 0`` (the 5-/7-point Laplacian),
+    non-symmetric and still diagonally dominant for ``c > 0`` (a convection–diffusion operator).
+    Returns a coalesced COO tensor ``(N, N)`` with ``N = prod(shape)``.
+
+    Examples
+    --------
+    >>> grid_operator((3,)).to_dense()
+    tensor([[ 2., -1.,  0.],
+            [-1.,  2., -1.],
+            [ 0., -1.,  2.]], dtype=torch.float64)
+    """
+    shape = tuple(int(s) for s in shape)
+    n = 1
+    for s in shape:
+        n *= s
+    idx = torch.arange(n).reshape(shape)
+    rows, cols = [idx.reshape(-1)], [idx.reshape(-1)]
+    vals = [torch.full((n,), 2.0 * len(shape) + convection, dtype=dtype)]
+    for d in range(len(shape)):
+        if shape[d] < 2:
+            continue
+        a = idx.narrow(d, 0, shape[d] - 1).reshape(-1)
+        b = idx.narrow(d, 1, shape[d] - 1).reshape(-1)
+        rows += [a, b]
+        cols += [b, a]
+        vals += [
+            torch.full((a.numel(),), -1.0, dtype=dtype),
+            torch.full((a.numel(),), -1.0 - convection, dtype=dtype),
+        ]
+    i = torch.stack([torch.cat(rows), torch.cat(cols)])
+    return torch.sparse_coo_tensor(i, torch.cat(vals), (n, n)).coalesce()

@@ -41,18 +41,31 @@ def _triangle_mask(pattern: SparsePattern, upper: bool) -> torch.Tensor:
     return pattern.cols >= pattern.rows if upper else pattern.cols <= pattern.rows
 
 
+def csr_triangular_solve(
+    S: torch.Tensor, B: torch.Tensor, *, upper: bool, unitriangular: bool = False, transpose: bool = False
+) -> torch.Tensor:
+    """``op(S)⁻¹ B`` for a 2-D CSR triangular ``S`` (sorted columns) and a dense ``(n, p)`` ``B``.
+
+    The bare native kernel, without validation or autograd: what the differentiable solve and
+    tsgu-krylov's incomplete-factorisation preconditioners run.
+    """
+    if S._nnz() == 0:  # no stored entry: the identity, or a zero (singular) diagonal
+        return B.clone() if unitriangular else B / torch.zeros((), dtype=B.dtype, device=B.device)
+    Bc = B.contiguous()
+    return quiet(
+        lambda: (
+            torch.triangular_solve(
+                Bc, S, upper=upper, transpose=transpose, unitriangular=unitriangular
+            ).solution
+        )
+    )
+
+
 def _triangular_kernel(pattern: SparsePattern, upper: bool, unitriangular: bool) -> Kernel:
     def kernel(A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool) -> torch.Tensor:
-        if pattern.n_canonical == 0:  # no stored entry: the identity, or a zero (singular) diagonal
-            return B.clone() if unitriangular else B / torch.zeros((), dtype=B.dtype, device=B.device)
         S = pattern.csr(values)
-        Bf = pattern.flat_rhs(B).contiguous()
-        X = quiet(
-            lambda: (
-                torch.triangular_solve(
-                    Bf, S, upper=upper, transpose=transposed, unitriangular=unitriangular
-                ).solution
-            )
+        X = csr_triangular_solve(
+            S, pattern.flat_rhs(B), upper=upper, unitriangular=unitriangular, transpose=transposed
         )
         return pattern.unflat(X, B, pattern.n)
 

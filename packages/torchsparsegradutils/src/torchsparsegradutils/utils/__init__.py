@@ -1,9 +1,15 @@
-"""0.2.7 path ``torchsparsegradutils.utils``: format utilities and random generators.
+"""0.2.7 path ``torchsparsegradutils.utils``: solvers, format utilities and random generators.
 
 As in 0.2.7, ``make_spd_sparse`` and the ``generate_*`` functions are not re-exported here (import
 them from :mod:`torchsparsegradutils.utils.random_sparse`).
 """
 
+# Names come through their 0.2.7 submodules, so that e.g. ``utils.linear_cg`` is the function (as in
+# 0.2.7) and ``torchsparsegradutils.utils.linear_cg`` the module only through ``sys.modules``.
+from .bicgstab import BICGSTABSettings, bicgstab
+from .linear_cg import CGInfo, LinearCGSettings, linear_cg
+from .lsmr import lsmr
+from .minres import MINRESSettings, minres
 from .random_sparse import rand_sparse, rand_sparse_tri
 from .utils import (
     convert_coo_to_csr,
@@ -15,8 +21,16 @@ from .utils import (
 )
 
 __all__ = [
+    "BICGSTABSettings",
+    "CGInfo",
+    "LinearCGSettings",
+    "MINRESSettings",
+    "bicgstab",
     "convert_coo_to_csr",
     "convert_coo_to_csr_indices_values",
+    "linear_cg",
+    "lsmr",
+    "minres",
     "rand_sparse",
     "rand_sparse_tri",
     "sparse_block_diag",

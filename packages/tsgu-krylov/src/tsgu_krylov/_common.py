@@ -1,0 +1,199 @@
+"""What every solver shares: its result report, the non-convergence signal, keyword aliases."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ._operator import MatVec, col_norm
+
+OnFailure = Literal["warn", "raise", "ignore"]
+_ON_FAILURE = ("warn", "raise", "ignore")
+
+
+class ConvergenceWarning(UserWarning):
+    """A solver stopped before every right-hand side reached its tolerance."""
+
+
+class ConvergenceError(RuntimeError):
+    """Raised instead of :class:`ConvergenceWarning` when ``on_failure="raise"``."""
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """What a Krylov solve did (returned with ``return_info=True``).
+
+    Attributes
+    ----------
+    iterations : int
+        Iterations run (the largest over the right-hand sides).
+    matvecs : int
+        Operator applications, the final residual check included.
+    converged : Tensor
+        Bool, ``(*batch, k)``: whether each right-hand side met its tolerance (true residual).
+    relative_residual : Tensor
+        ``‖b − A x‖ / ‖b‖`` per right-hand side, recomputed from the returned solution (for
+        least squares: the stopping test's value).
+    tolerance : float
+        The relative tolerance that was asked for.
+    breakdown : Tensor
+        Bool, ``(*batch, k)``: right-hand sides whose recurrence broke down (a zero denominator);
+        they were frozen at their last iterate.
+    reason : str
+        ``"converged"``, ``"max_iter"`` or ``"breakdown"``.
+    """
+
+    iterations: int
+    matvecs: int
+    converged: torch.Tensor
+    relative_residual: torch.Tensor
+    tolerance: float
+    breakdown: torch.Tensor
+    reason: str
+
+
+def check_on_failure(on_failure: Any) -> None:
+    if on_failure not in _ON_FAILURE:
+        raise ValueError(f"on_failure must be one of {_ON_FAILURE}, got {on_failure!r}")
+
+
+def check_tolerance(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "nonnegative"
+        raise ValueError(f"{name} must be finite and {kind}, got {value}")
+    return value
+
+
+def resolve_check_every(check_every: Any, device: torch.device) -> int:
+    """Iterations between host-side looks at the convergence flags.
+
+    On the CPU the flags are already on the host, so every iteration; on an accelerator reading
+    them waits for the queue to drain, so every 8 iterations by default (a converged column is
+    frozen on the device meanwhile, so the extra iterations do not change the answer).
+    """
+    if check_every is None:
+        return 1 if device.type == "cpu" else 8
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive int, got {check_every!r}")
+    return check_every
+
+
+def check_iterations(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be nonnegative, got {value}")
+    return value
+
+
+def alias(primary_name: str, primary: Any, **aliases: Any) -> Any:
+    """One value from a keyword and its aliases (``rtol``/``tol``, ``max_iter``/``maxiter``)."""
+    given = {k: v for k, v in aliases.items() if v is not None}
+    if primary is not None:
+        given = {primary_name: primary, **given}
+    if len({repr(v) for v in given.values()}) > 1:
+        names = " and ".join(given)
+        raise ValueError(f"{names} are aliases of one setting; give one of them, got {given}")
+    return next(iter(given.values()), None)
+
+
+def check_rhs(rhs: Any) -> torch.Tensor:
+    if not isinstance(rhs, torch.Tensor) or rhs.is_complex() or not rhs.is_floating_point():
+        raise TypeError("rhs must be a real floating-point torch.Tensor")
+    if rhs.dim() == 0:
+        raise ValueError("rhs must have at least one dimension")
+    if rhs.layout != torch.strided:
+        raise TypeError(f"rhs must be a dense (strided) tensor, got {rhs.layout}")
+    return rhs
+
+
+def check_x0(
+    x0: Any, rhs: torch.Tensor, block: torch.Tensor, name: str = "initial_guess"
+) -> torch.Tensor | None:
+    """The initial guess as a block like ``block`` (``(n, 1)`` accepted for a vector rhs)."""
+    if x0 is None:
+        return None
+    if not isinstance(x0, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x0).__name__}")
+    if x0.dtype != rhs.dtype or x0.device != rhs.device:
+        raise ValueError(f"{name} must share rhs device and dtype")
+    if x0.shape == rhs.shape:
+        return x0.reshape(block.shape)
+    if x0.shape == block.shape:
+        return x0
+    raise ValueError(f"{name} must have shape {tuple(rhs.shape)}, got {tuple(x0.shape)}")
+
+
+def apply_checked(op: MatVec, X: torch.Tensor, name: str, what: str) -> torch.Tensor:
+    """``op(X)``, checked once for shape, dtype and device (the first application of a solve)."""
+    Y = op(X)
+    if not isinstance(Y, torch.Tensor) or Y.shape != X.shape or Y.dtype != X.dtype or Y.device != X.device:
+        raise RuntimeError(f"{name} output must match {what} shape, device, and dtype")
+    return Y
+
+
+def true_relative_residual(
+    op: MatVec, X: torch.Tensor, B: torch.Tensor, b_norm: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(‖B − A X‖ / ‖B‖, ‖B − A X‖)`` per column; a zero column is measured absolutely."""
+    r = col_norm(B - op(X))
+    return r / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)), r
+
+
+def finish(
+    solver: str,
+    *,
+    iterations: int,
+    matvecs: int,
+    rel: torch.Tensor,
+    abs_res: torch.Tensor,
+    rtol: float,
+    atol: float,
+    breakdown: torch.Tensor,
+    on_failure: str,
+) -> SolveInfo:
+    """Build the report and signal non-convergence as asked (warning by default)."""
+    converged = (rel <= rtol) | (abs_res <= atol)
+    n_bad = int((~converged).sum())
+    n_broken = int(breakdown.sum())
+    reason = "converged" if n_bad == 0 else ("breakdown" if n_broken else "max_iter")
+    info = SolveInfo(
+        iterations=iterations,
+        matvecs=matvecs,
+        converged=converged.detach(),
+        relative_residual=rel.detach(),
+        tolerance=rtol,
+        breakdown=breakdown.detach(),
+        reason=reason,
+    )
+    if n_bad:
+        worst = float(rel.max()) if rel.numel() else float("nan")
+        msg = (
+            f"{solver} terminated in {iterations} iterations with maximum true relative residual "
+            f"{worst:.3e} which is larger than the tolerance of {rtol}. {n_bad} of {converged.numel()} "
+            f"right-hand sides did not converge."
+        )
+        if n_broken:
+            msg += f" {n_broken} broke down (a zero denominator in the recurrence)."
+        signal(msg, on_failure)
+    return info
+
+
+def signal(msg: str, on_failure: str) -> None:
+    if on_failure == "raise":
+        raise ConvergenceError(msg)
+    if on_failure == "warn":
+        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+
+
+def safe_div(num: torch.Tensor, den: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``num / den`` where ``mask``, else 0, without dividing by zero anywhere."""
+    ok = mask & (den != 0)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))

@@ -1,0 +1,296 @@
+"""``sparse_generic_solve``: ``X = A⁻¹ B`` with any solver, differentiated implicitly.
+
+The forward pass runs a solver; the backward pass runs the transposed solve ``Gb = A⁻ᵀ G`` and
+returns ``dB = Gb`` and ``dA = −Gb Xᵀ`` at ``A``'s stored entries (tsgu-ops' implicit solve, so the
+backward is differentiable again: Hessian-vector products work).
+
+Solvers follow the 0.2.7 protocol ``solve(A, B, **kwargs) -> X`` where ``A`` is the detached sparse
+tensor.  The transpose convention is the project's one: ``transpose_solve(A, G, **kwargs)`` receives
+``A`` itself and returns ``A⁻ᵀ G``.  What changed from 0.2.7 (where both defaults were MINRES, which
+is wrong for a non-symmetric ``A``, and a lone ``solve`` was reused with ``A`` for the transpose):
+
+* ``solve=None`` picks from ``A``: symmetric → MINRES (CG with ``structure="spd"``), otherwise
+  GMRES; built-in solvers solve the transpose with ``Aᵀ`` themselves;
+* a lone user ``solve`` is called with ``Aᵀ`` (a sparse tensor of ``A``'s layout) for the
+  transpose, which is right for every ``A`` and the same as before for a symmetric one;
+* built-in solvers accept ``tol``/``rtol``/``atol``/``maxiter``/``x0`` and a ``preconditioner``
+  given by name (``"jacobi"``, ``"ic0"``, ``"ilu0"``), built once per call and transposed for the
+  backward solve;
+* batched ``A`` ``(b, n, n)`` with ``B`` ``(b, n)`` or ``(b, n, k)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.autograd.function import Function
+
+from tsgu_ops.implicit import Kernel, kernel_backward, kernel_forward, solve_sparse
+from tsgu_ops.pattern import SparsePattern
+
+from ._operator import SparseOperator
+from .bicgstab import bicgstab
+from .gmres import gmres
+from .linear_cg import linear_cg
+from .minres import minres
+from .preconditioners import Preconditioner, make_preconditioner
+
+__all__ = ["SparseGenericSolve", "sparse_generic_solve"]
+
+BUILTIN: dict[str, Callable[..., Any]] = {
+    "cg": linear_cg,
+    "linear_cg": linear_cg,
+    "minres": minres,
+    "bicgstab": bicgstab,
+    "gmres": gmres,
+}
+_BUILTIN_FUNCS = {id(f) for f in BUILTIN.values()}
+_TOL_KEYS = ("tol", "rtol", "tolerance", "settings")
+
+
+def check_generic_inputs(A: Any, B: Any, *, batched: bool = True) -> None:
+    """The 0.2.7 validation order and messages (batched ``A`` accepted when ``batched``)."""
+    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
+        raise ValueError("Both A and B should be instances of torch.Tensor")
+    if A.layout not in (torch.sparse_coo, torch.sparse_csr):
+        raise TypeError(f"Unsupported sparse layout: {A.layout}. Only COO and CSR are supported.")
+    if A.dim() != 2 and not (batched and A.dim() == 3):
+        extra = " (or a batched 3D tensor (b, n, n))" if batched else ""
+        raise ValueError(f"A must be a 2D tensor{extra}, got shape {tuple(A.shape)}")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError("A must be square")
+    lo = A.dim() - 1
+    if B.dim() not in (lo, lo + 1):
+        if A.dim() == 2:
+            raise ValueError("B must be a 1D or 2D tensor")
+        raise ValueError(f"B must be a 2D (b, n) or 3D (b, n, k) tensor for a batched A, got {B.dim()}D")
+    if B.shape[lo - 1] != A.shape[-1] or (A.dim() == 3 and B.shape[0] != A.shape[0]):
+        raise ValueError(
+            f"Incompatible dimensions: A has shape {tuple(A.shape)}, B has shape {tuple(B.shape)}"
+        )
+    if B.layout != torch.strided:
+        raise TypeError("B must be a dense (strided) tensor")
+    if A.dense_dim() != 0:
+        raise ValueError(f"A must have no dense dimensions, got dense_dim()={A.dense_dim()}")
+    if A.device != B.device:
+        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
+
+
+def transposed_sparse(A: torch.Tensor, pattern: SparsePattern | None = None) -> torch.Tensor:
+    """``Aᵀ`` as a sparse tensor of ``A``'s layout (CSR stays CSR, with its index dtype)."""
+    if A.layout == torch.sparse_coo:
+        return A.detach().transpose(-2, -1)
+    pattern = pattern if pattern is not None else SparsePattern(A)
+    values = pattern.values(A.detach())
+    T = pattern.csr_t(values)
+    if pattern.batch is None:
+        return T
+    b, n = pattern.batch, pattern.n
+    # the flattened transpose is block diagonal: cut its rows back into the batch
+    crow = T.crow_indices().to(A.crow_indices().dtype)
+    per = A.col_indices().shape[-1]
+    crow_b = crow[1:].reshape(b, n) - (torch.arange(b, device=crow.device, dtype=crow.dtype) * per)[:, None]
+    crow_b = torch.cat([torch.zeros(b, 1, dtype=crow.dtype, device=crow.device), crow_b], dim=1)
+    col = T.col_indices().reshape(b, per)
+    col = col - (torch.arange(b, device=col.device, dtype=col.dtype) * n)[:, None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(
+            crow_b, col.to(crow_b.dtype), T.values().reshape(b, per), tuple(A.shape), check_invariants=False
+        )
+
+
+def _is_builtin(fn: Any) -> bool:
+    return id(fn) in _BUILTIN_FUNCS
+
+
+def _resolve(fn: Any, name: str) -> Any:
+    if fn is None or callable(fn):
+        return fn
+    if isinstance(fn, str):
+        if fn.lower() not in BUILTIN:
+            raise ValueError(f"{name} must be a callable or one of {sorted(BUILTIN)}, got {fn!r}")
+        return BUILTIN[fn.lower()]
+    raise TypeError(f"{name} must be a callable or a solver name, got {type(fn).__name__}")
+
+
+def _is_symmetric(A: torch.Tensor, pattern: SparsePattern) -> bool:
+    """Whether the stored entries of ``A`` are symmetric (pattern and values)."""
+    crow_t, col_t, perm_t = pattern._transposed_order()
+    if crow_t.shape != pattern.crow.shape or not torch.equal(
+        crow_t.to(torch.int64), pattern.crow.to(torch.int64)
+    ):
+        return False
+    if not torch.equal(col_t.to(torch.int64), pattern.sorted_cols.to(torch.int64)):
+        return False
+    v = pattern._sorted(pattern.values(A.detach()))
+    vt = v[perm_t]
+    tol = 8 * torch.finfo(v.dtype).eps * float(v.abs().max()) if v.numel() else 0.0
+    return bool(((v - vt).abs() <= tol).all())
+
+
+class _Kernel:
+    """Solver pair → tsgu-ops kernel, remembering per-call work (preconditioner, ``Aᵀ``)."""
+
+    def __init__(self, solve: Any, transpose_solve: Any, kwargs: dict[str, Any], vector: bool):
+        self.solve, self.transpose_solve, self.kwargs, self.vector = solve, transpose_solve, kwargs, vector
+        self._pc: Any = None
+        self._pc_built = False
+        self._At: torch.Tensor | None = None
+
+    def _preconditioner(self, A: torch.Tensor, transposed: bool) -> Any:
+        spec = self.kwargs.get("preconditioner")
+        if not self._pc_built:
+            self._pc = make_preconditioner(A, spec)
+            self._pc_built = True
+        pc = self._pc
+        if transposed and isinstance(pc, Preconditioner):
+            return pc.T
+        return pc
+
+    def _call(self, fn: Any, A: Any, B: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        Bc = B.squeeze(-1) if self.vector else B
+        X = fn(A, Bc, **kwargs)
+        if isinstance(X, tuple):  # a built-in solver asked for its info: keep the solution
+            X = X[0]
+        if not isinstance(X, torch.Tensor) or X.numel() != B.numel():
+            got = tuple(X.shape) if isinstance(X, torch.Tensor) else type(X).__name__
+            raise ValueError(f"the solver must return a tensor shaped like B {tuple(Bc.shape)}, got {got}")
+        return X.reshape(B.shape).to(B.dtype)
+
+    def __call__(
+        self, A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool
+    ) -> torch.Tensor:
+        fn = self.transpose_solve if transposed else self.solve
+        kwargs = dict(self.kwargs)
+        if _is_builtin(fn):
+            if "preconditioner" in kwargs:
+                kwargs["preconditioner"] = self._preconditioner(A, transposed)
+            kwargs.pop("return_info", None)
+            op = SparseOperator(A, transpose=transposed)
+            return self._call(fn, op, B, kwargs)
+        if fn is self.solve and transposed:  # a lone user solve: give it Aᵀ itself
+            if self._At is None:
+                self._At = transposed_sparse(A)
+            return self._call(fn, self._At, B, kwargs)
+        return self._call(fn, A, B, kwargs)
+
+
+def _make_kernel(
+    A: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any], vector: bool
+) -> Kernel:
+    solve = _resolve(solve, "solve")
+    transpose_solve = _resolve(transpose_solve, "transpose_solve")
+    kwargs = dict(kwargs)
+    structure = kwargs.pop("structure", None)
+    if structure not in (None, "spd", "symmetric", "general"):
+        raise ValueError(f"structure must be 'spd', 'symmetric', 'general' or None, got {structure!r}")
+    if solve is None and transpose_solve is None:
+        if structure is None:
+            structure = "symmetric" if _is_symmetric(A, SparsePattern(A)) else "general"
+        solve = {"spd": linear_cg, "symmetric": minres, "general": gmres}[structure]
+        if not any(k in kwargs for k in _TOL_KEYS):
+            # the default must give accurate gradients, not 0.2.7's loose MINRES tolerance
+            kwargs["rtol"] = 1e-10 if A.dtype == torch.float64 else 1e-6
+    if solve is None:
+        solve = transpose_solve
+    if transpose_solve is None:
+        transpose_solve = solve
+    return _Kernel(solve, transpose_solve, kwargs, vector)
+
+
+class SparseGenericSolve(Function):
+    """Autograd Function of :func:`sparse_generic_solve`.
+
+    ``SparseGenericSolve.apply(A, B, solve, transpose_solve, kwargs_dict)``: no validation, ``B``
+    at least 2-D; the backward is differentiable.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]
+    ) -> torch.Tensor:
+        vector = B.dim() == A.dim() - 1
+        Bm = B.unsqueeze(-1) if vector else B
+        X = kernel_forward(ctx, A, Bm, _make_kernel(A, solve, transpose_solve, kwargs or {}, vector))
+        ctx.vector = vector
+        return X.squeeze(-1) if vector else X
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if ctx.vector:
+            G = G.unsqueeze(-1)
+        dA, dB = kernel_backward(ctx, G)
+        if dB is not None and ctx.vector:
+            dB = dB.squeeze(-1)
+        return dA, dB, None, None, None
+
+
+def sparse_generic_solve(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    solve: Any = None,
+    transpose_solve: Any = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """Solve ``A X = B`` with an iterative or black-box solver; sparse gradient for ``A``.
+
+    Parameters
+    ----------
+    A : Tensor
+        Sparse COO or CSR, ``(n, n)`` or batched ``(b, n, n)``; any index dtype.
+    B : Tensor
+        Dense ``(n,)`` / ``(n, k)``, or ``(b, n)`` / ``(b, n, k)`` for a batched ``A``.
+    solve : callable or str, optional
+        ``solve(A, B, **kwargs) -> X``; a name (``"cg"``, ``"minres"``, ``"bicgstab"``,
+        ``"gmres"``) or one of this package's solvers.  ``None``: chosen from ``A`` (MINRES if
+        symmetric, GMRES otherwise, CG with ``structure="spd"``), with ``rtol`` 1e-10 in float64
+        (1e-6 in float32) unless a tolerance is given.
+    transpose_solve : callable or str, optional
+        ``transpose_solve(A, G, **kwargs) -> A⁻ᵀ G`` (it receives ``A``, not ``Aᵀ``).  Default: the
+        forward solver applied to ``Aᵀ``.
+    **kwargs
+        Passed to both solvers (e.g. ``settings=``, ``rtol=``, ``maxiter=``,
+        ``preconditioner="ilu0"``).  ``structure`` (``"spd"``, ``"symmetric"``, ``"general"``)
+        is read here and only steers the default choice.
+
+    Returns
+    -------
+    Tensor
+        ``X`` with ``B``'s shape, in ``A``'s dtype.
+
+    Raises
+    ------
+    ValueError, TypeError
+        The 0.2.7 messages (see spec §2.6); a dtype mismatch between ``A`` and ``B`` only warns
+        and ``B`` is cast to ``A``'s dtype.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_krylov import sparse_generic_solve
+    >>> A = torch.tensor([[4.0, 1.0], [2.0, 3.0]], dtype=torch.float64).to_sparse_csr().requires_grad_()
+    >>> B = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    >>> X = sparse_generic_solve(A, B)
+    >>> X.detach()
+    tensor([0.1000, 0.6000], dtype=torch.float64)
+    >>> X.sum().backward()
+    >>> A.grad.layout
+    torch.sparse_csr
+    """
+    check_generic_inputs(A, B)
+    if A.dtype != B.dtype:
+        warnings.warn(
+            f"A and B have different dtypes ({A.dtype} and {B.dtype}); B is cast to {A.dtype}",
+            UserWarning,
+            stacklevel=2,
+        )
+        B = B.to(A.dtype)
+    vector = B.dim() == A.dim() - 1
+    kernel = _make_kernel(A, solve, transpose_solve, kwargs, vector)
+    Bm = B.unsqueeze(-1) if vector else B
+    X = solve_sparse(A, Bm, kernel)
+    return X.squeeze(-1) if vector else X

@@ -1,0 +1,214 @@
+"""Restarted GMRES(m) with right preconditioning, for general non-symmetric systems.
+
+Each cycle runs ``m`` Arnoldi steps on ``A M⁻¹`` from the current residual, orthogonalising by
+classical Gram–Schmidt applied twice (two matrix products per step instead of a loop over the
+basis: as stable as modified Gram–Schmidt in practice, and vectorised), and keeps the Hessenberg
+matrix triangular with Givens rotations so that the residual norm ``|g_{j+1}|`` is known at every
+step without forming the iterate.  With right preconditioning that number is the true residual.
+
+All columns of a block right-hand side share the Arnoldi loop but have their own basis, rotations
+and stopping step: a column that converged at step ``j`` of a cycle takes the iterate of that
+step.  SciPy's ``gmres`` solves one vector and counts ``maxiter`` in restart cycles; here
+``max_iter`` counts Arnoldi steps (operator applications).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._common import (
+    alias,
+    apply_checked,
+    check_on_failure,
+    check_tolerance,
+    check_x0,
+    finish,
+    resolve_check_every,
+    true_relative_residual,
+)
+from ._operator import as_block, as_matvec, as_preconditioner, col_norm, from_block
+
+__all__ = ["gmres"]
+
+
+def gmres(
+    matmul_closure: Any,
+    rhs: torch.Tensor,
+    *,
+    x0: torch.Tensor | None = None,
+    initial_guess: torch.Tensor | None = None,
+    preconditioner: Any = None,
+    rtol: float | None = None,
+    tol: float | None = None,
+    atol: float = 0.0,
+    restart: int = 30,
+    max_iter: int | None = None,
+    maxiter: int | None = None,
+    return_info: bool = False,
+    check_every: int | None = None,
+    on_failure: str = "warn",
+) -> Any:
+    """Solve ``A x = b`` for a general square ``A`` by restarted GMRES.
+
+    Parameters
+    ----------
+    matmul_closure : Tensor or callable
+        ``A``: sparse COO/CSR or dense ``(n, n)`` / ``(*batch, n, n)``, or a callable on blocks.
+    rhs : Tensor
+        ``(n,)`` or ``(*batch, n, k)``.
+    x0, initial_guess : Tensor
+        Starting point (aliases).
+    preconditioner : Tensor or callable
+        Applies ``M⁻¹`` (right preconditioning: the residual that is tested is the true one).
+    rtol, tol : float
+        Relative residual tolerance (aliases; default 1e-5).
+    atol : float
+        Absolute residual tolerance.
+    restart : int
+        Arnoldi steps per cycle (the basis holds ``restart + 1`` blocks).
+    max_iter, maxiter : int
+        Cap on Arnoldi steps over all cycles (aliases; default ``min(10 n, 10000)``).
+    return_info : bool
+        Also return a :class:`~tsgu_krylov.SolveInfo`.
+    check_every : int, optional
+        Arnoldi steps between host-side convergence checks (default: 1 on the CPU, 8 on an
+        accelerator).
+    on_failure : {"warn", "raise", "ignore"}
+
+    Returns
+    -------
+    Tensor
+        ``x`` shaped like ``rhs`` (and the info with ``return_info=True``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_krylov import gmres
+    >>> A = torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64).to_sparse()
+    >>> gmres(A, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-10)
+    tensor([0.1429, 0.5714], dtype=torch.float64)
+    """
+    if not isinstance(rhs, torch.Tensor) or not rhs.is_floating_point():
+        raise TypeError("rhs must be a real floating-point torch.Tensor")
+    if rhs.dim() == 0:
+        raise ValueError("rhs must have at least one dimension")
+    A = as_matvec(matmul_closure)
+    M = as_preconditioner(preconditioner)
+    rtol = alias("rtol", rtol, tol=tol)
+    rtol = check_tolerance("rtol", 1e-5 if rtol is None else rtol)
+    atol = check_tolerance("atol", atol)
+    if isinstance(restart, bool) or not isinstance(restart, int) or restart < 1:
+        raise ValueError(f"restart must be a positive int, got {restart!r}")
+    check_on_failure(on_failure)
+    check_every = resolve_check_every(check_every, rhs.device)
+    B, vector = as_block(rhs)
+    X0 = check_x0(alias("x0", x0, initial_guess=initial_guess), rhs, B, "x0")
+    n = B.shape[-2]
+    max_iter = alias("max_iter", max_iter, maxiter=maxiter)
+    max_iter = min(10 * n, 10_000) if max_iter is None else int(max_iter)
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be nonnegative, got {max_iter}")
+    m = max(1, min(restart, n))
+
+    b_norm = col_norm(B)
+    target = torch.clamp(rtol * b_norm, min=atol)
+    X = torch.zeros_like(B) if X0 is None else X0.clone()
+    lead = B.shape[:-2] + B.shape[-1:]  # per-column scalar shape (*batch, k)
+    dtype, device = B.dtype, B.device
+    iterations = 0
+    matvecs = 0
+    first = True
+    breakdown = torch.zeros(lead, dtype=torch.bool, device=device)
+    while iterations < max_iter:
+        R = B - (apply_checked(A, X, "matmul_closure", "rhs") if first else A(X))
+        matvecs += 1
+        beta = col_norm(R)
+        active = beta > target
+        if not bool(active.any()):
+            break
+        steps = min(m, max_iter - iterations)
+        Vb = torch.zeros(steps + 1, *B.shape, dtype=dtype, device=device)
+        Vb[0] = R / torch.where(beta > 0, beta, 1.0).unsqueeze(-2)
+        H = torch.zeros(*lead, steps + 1, steps, dtype=dtype, device=device)
+        cs = torch.zeros(*lead, steps, dtype=dtype, device=device)
+        sn = torch.zeros_like(cs)
+        g = torch.zeros(*lead, steps + 1, dtype=dtype, device=device)
+        g[..., 0] = beta
+        stop = torch.full(lead, steps, dtype=torch.int64, device=device)  # steps used per column
+        live = active.clone()
+        j_done = 0
+        for j in range(steps):
+            Z = (
+                Vb[j]
+                if M is None
+                else (apply_checked(M, Vb[j], "preconditioner", "residual") if first else M(Vb[j]))
+            )
+            first = False
+            W = A(Z)
+            matvecs += 1
+            basis = Vb[: j + 1]  # (j+1, *batch, n, k)
+            h = (basis * W).sum(-2)  # (j+1, *lead)
+            W = W - (h.unsqueeze(-2) * basis).sum(0)
+            h2 = (basis * W).sum(-2)
+            W = W - (h2.unsqueeze(-2) * basis).sum(0)
+            h = h + h2
+            hn = col_norm(W)
+            Vb[j + 1] = W / torch.where(hn > 0, hn, 1.0).unsqueeze(-2)
+            col = torch.cat([h.movedim(0, -1), hn.unsqueeze(-1)], dim=-1)  # (*lead, j+2)
+            for i in range(j):  # earlier rotations
+                a, b = col[..., i].clone(), col[..., i + 1].clone()
+                col[..., i] = cs[..., i] * a + sn[..., i] * b
+                col[..., i + 1] = -sn[..., i] * a + cs[..., i] * b
+            a, b = col[..., j], col[..., j + 1]
+            r = torch.hypot(a, b)
+            safe = torch.where(r > 0, r, 1.0)
+            cs[..., j] = torch.where(r > 0, a / safe, 1.0)
+            sn[..., j] = torch.where(r > 0, b / safe, 0.0)
+            col[..., j] = r
+            col[..., j + 1] = 0
+            H[..., : j + 2, j] = col
+            g[..., j + 1] = -sn[..., j] * g[..., j]
+            g[..., j] = cs[..., j] * g[..., j]
+            res = g[..., j + 1].abs()
+            done_now = live & ((res <= target) | (hn == 0))
+            breakdown |= live & (r == 0)
+            stop = torch.where(done_now, torch.full_like(stop, j + 1), stop)
+            live = live & ~done_now & (r != 0)
+            j_done = j + 1
+            iterations += 1
+            if j_done % check_every == 0 and not bool(live.any()):
+                break
+        # y solves the leading stop×stop triangle of each column; the rest is zero
+        k = j_done
+        Rm = H[..., :k, :k]
+        gk = g[..., :k]
+        idx = torch.arange(k, device=device)
+        keep = idx < stop.unsqueeze(-1)  # (*lead, k)
+        Rm = torch.where(
+            keep.unsqueeze(-1) & keep.unsqueeze(-2), Rm, torch.zeros((), dtype=dtype, device=device)
+        )
+        Rm = Rm + torch.diag_embed((~keep).to(dtype))
+        diag_ok = torch.diagonal(Rm, dim1=-2, dim2=-1) != 0
+        Rm = Rm + torch.diag_embed((~diag_ok).to(dtype))  # broken-down columns: zero step there
+        gk = torch.where(keep & diag_ok, gk, 0.0)
+        gk = torch.where(active.unsqueeze(-1), gk, 0.0)
+        y = torch.linalg.solve_triangular(Rm, gk.unsqueeze(-1), upper=True).squeeze(-1)  # (*lead, k)
+        update = (Vb[:k] * y.movedim(-1, 0).unsqueeze(-2)).sum(0)
+        X = X + (update if M is None else M(update))
+    rel, abs_res = true_relative_residual(A, X, B, b_norm)
+    matvecs += 1
+    info = finish(
+        "GMRES",
+        iterations=iterations,
+        matvecs=matvecs,
+        rel=rel,
+        abs_res=abs_res,
+        rtol=rtol,
+        atol=atol,
+        breakdown=breakdown & ~((rel <= rtol) | (abs_res <= atol)),
+        on_failure=on_failure,
+    )
+    X = from_block(X, vector)
+    return (X, info) if return_info else X

@@ -1,0 +1,230 @@
+"""LSMR (Fong and Saunders, 2011) for least squares ``min ‖A x − b‖² + damp² ‖x‖²``.
+
+Golub–Kahan bidiagonalisation of ``A`` with a second QR step, so that ``‖Aᵀ r‖`` decreases
+monotonically; the stopping rules are the published ones (``atol``, ``btol``, ``conlim``), evaluated
+with the cheap norm estimates of the paper.  Written for blocks: the columns of ``b`` ``(m, k)``
+have their own scalars and stop on their own (a stopped column keeps its iterate), so several
+right-hand sides cost one operator application per step instead of ``k``.  SciPy's ``lsmr`` solves
+one vector; torchsparsegradutils 0.2.7 failed on ``maxiter=0`` and reshaped ``(m, k)`` wrongly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._common import resolve_check_every
+from ._operator import SparseOperator, col_norm
+
+__all__ = ["lsmr"]
+
+
+def _rot(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Givens rotation ``(c, s, r)`` with ``[c s; −s c] [a; b] = [r; 0]`` and ``r ≥ 0``."""
+    r = torch.hypot(a, b)
+    safe = torch.where(r > 0, r, torch.ones_like(r))
+    return (
+        torch.where(r > 0, a / safe, torch.ones_like(a)),
+        torch.where(r > 0, b / safe, torch.zeros_like(b)),
+        r,
+    )
+
+
+def _closure(op: Any, vector: bool) -> Any:
+    if isinstance(op, SparseOperator):
+        return op
+    if isinstance(op, torch.Tensor):
+        if op.layout in (torch.sparse_coo, torch.sparse_csr) and not op.is_complex():
+            return SparseOperator(op)
+        M = op.detach()
+        return lambda X: M @ X
+    if callable(op):
+        if vector:  # a user closure written for vectors (0.2.7) sees vectors
+            return lambda X: op(X.squeeze(-1)).unsqueeze(-1)
+        return op
+    raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
+
+
+def lsmr(
+    A: Any,
+    b: torch.Tensor,
+    Armat: Any = None,
+    n: int | None = None,
+    damp: float = 0.0,
+    atol: float = 1e-6,
+    btol: float = 1e-6,
+    conlim: float = 1e8,
+    maxiter: int | None = None,
+    x0: torch.Tensor | None = None,
+    check_nonzero: bool = True,
+) -> tuple[torch.Tensor, int]:
+    """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
+
+    Parameters
+    ----------
+    A : Tensor or callable
+        ``(m, n)`` dense or sparse tensor, or a callable ``x ↦ A x`` (then ``Armat`` and ``n``
+        are required).
+    b : Tensor
+        ``(m,)`` (``(m, 1)`` and ``(1, m)`` are treated as a vector, as in 0.2.7) or ``(m, k)``.
+    Armat : Tensor or callable
+        ``Aᴴ`` or ``y ↦ Aᴴ y`` (default: from ``A``).
+    n : int
+        Number of unknowns (default ``A.shape[1]``).
+    damp, atol, btol, conlim : float
+        Damping and the stopping tolerances of the paper (SciPy's meaning).
+    maxiter : int
+        Iteration cap (default ``min(m, n)``); ``0`` returns the initial guess.
+    x0 : Tensor
+        Initial guess ``(n,)`` or ``(n, k)``; not modified.
+    check_nonzero : bool
+        Return at once when ``b`` or ``Aᴴ b`` is zero.
+
+    Returns
+    -------
+    (Tensor, int)
+        ``x`` of shape ``(n,)`` or ``(n, k)`` and the number of iterations run.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_krylov import lsmr
+    >>> A = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]], dtype=torch.float64).to_sparse()
+    >>> x, itn = lsmr(A, torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64))
+    >>> x
+    tensor([1.0000, 1.0000], dtype=torch.float64)
+    """
+    if not isinstance(b, torch.Tensor):
+        raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
+    if b.dim() == 2 and 1 in b.shape:
+        b = b.reshape(-1)
+    if b.dim() not in (1, 2):
+        raise ValueError(f"b must be (m,) or (m, k), got shape {tuple(b.shape)}")
+    vector = b.dim() == 1
+    if isinstance(A, torch.Tensor):
+        if A.dim() != 2:
+            raise ValueError(f"A must be a 2-D (m, n) tensor, got shape {tuple(A.shape)}")
+        n = int(A.shape[1]) if n is None else n
+        if Armat is None:
+            if A.layout in (torch.sparse_coo, torch.sparse_csr) and not A.is_complex():
+                Aop = SparseOperator(A)
+                A, Armat = Aop, SparseOperator(A, transpose=True, pattern=Aop.pattern)
+            else:
+                Armat = A.detach().adjoint()
+    elif not callable(A):
+        raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
+    if n is None:
+        raise RuntimeError("n needs to be provided or computed from A given as a tensor")
+    if Armat is None or not (isinstance(Armat, torch.Tensor) or callable(Armat)):
+        raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
+    if maxiter is not None and maxiter < 0:
+        raise ValueError(f"maxiter must be nonnegative, got {maxiter}")
+    Aop = _closure(A, vector)
+    Atop = _closure(Armat, vector)
+    B = b.unsqueeze(-1) if vector else b
+    m, k = B.shape
+    maxiter = min(m, n) if maxiter is None else maxiter
+    real = torch.empty((), dtype=B.dtype).real.dtype
+    every = resolve_check_every(None, B.device)
+    with torch.no_grad():
+        if x0 is None:
+            X = torch.zeros(n, k, dtype=B.dtype, device=B.device)
+            U = B.clone()
+        else:
+            X = (x0.unsqueeze(-1) if x0.dim() == 1 else x0).to(B.dtype).clone()
+            U = B - Aop(X)
+        beta = col_norm(U).to(real)
+        U = U / torch.where(beta > 0, beta, 1.0).unsqueeze(0)
+        V = Atop(U)
+        alpha = col_norm(V).to(real)
+        V = V / torch.where(alpha > 0, alpha, 1.0).unsqueeze(0)
+        if maxiter == 0 or (check_nonzero and bool(((alpha * beta) == 0).all())):
+            return (X.squeeze(-1) if vector else X), 0
+        zero = torch.zeros_like(beta)
+        one = torch.ones_like(beta)
+        zetabar, alphabar = alpha * beta, alpha
+        rho, rhobar, cbar, sbar = one, one, one, zero
+        Hv, Hbar = V.clone(), torch.zeros_like(V)
+        betadd, betad, rhodold, tautildeold, thetatilde, zeta, d = beta, zero, one, zero, zero, zero, zero
+        normA2 = alpha * alpha
+        maxrbar, minrbar = zero, torch.full_like(beta, 1e100)
+        normb = beta
+        ctol = 1.0 / conlim if conlim > 0 else 0.0
+        active = (alpha * beta) != 0
+        itn = 0
+        last = torch.zeros(k, dtype=torch.int64, device=B.device)
+        while itn < maxiter:
+            itn += 1
+            U = Aop(V) - alpha.to(B.dtype).unsqueeze(0) * U
+            beta = col_norm(U).to(real)
+            U = U / torch.where(beta > 0, beta, 1.0).unsqueeze(0)
+            V = torch.where((beta > 0).unsqueeze(0), Atop(U) - beta.to(B.dtype).unsqueeze(0) * V, V)
+            alpha = torch.where(beta > 0, col_norm(V).to(real), alpha)
+            V = V / torch.where(alpha > 0, alpha, 1.0).unsqueeze(0)
+            chat, shat, alphahat = _rot(alphabar, torch.full_like(alphabar, damp))
+            rhoold = rho
+            c, s, rho = _rot(alphahat, beta)
+            thetanew = s * alpha
+            alphabar = c * alpha
+            rhobarold, zetaold = rhobar, zeta
+            thetabar = sbar * rho
+            rhotemp = cbar * rho
+            cbar, sbar, rhobar = _rot(cbar * rho, thetanew)
+            zeta = cbar * zetabar
+            zetabar = -sbar * zetabar
+            den1 = rhoold * rhobarold
+            Hbar = Hv - (thetabar * rho / torch.where(den1 != 0, den1, 1.0)).to(B.dtype).unsqueeze(0) * Hbar
+            den2 = rho * rhobar
+            stepx = torch.where(active & (den2 != 0), zeta / torch.where(den2 != 0, den2, 1.0), zero)
+            X = X + stepx.to(B.dtype).unsqueeze(0) * Hbar
+            Hv = V - (thetanew / torch.where(rho != 0, rho, 1.0)).to(B.dtype).unsqueeze(0) * Hv
+            # estimate ‖r‖
+            betaacute = chat * betadd
+            betacheck = -shat * betadd
+            betahat = c * betaacute
+            betadd = -s * betaacute
+            thetatildeold = thetatilde
+            ctildeold, stildeold, rhotildeold = _rot(rhodold, thetabar)
+            thetatilde = stildeold * rhobar
+            rhodold = ctildeold * rhobar
+            betad = -stildeold * betad + ctildeold * betahat
+            tautildeold = (zetaold - thetatildeold * tautildeold) / torch.where(
+                rhotildeold != 0, rhotildeold, 1.0
+            )
+            taud = (zeta - thetatilde * tautildeold) / torch.where(rhodold != 0, rhodold, 1.0)
+            d = d + betacheck * betacheck
+            normr = torch.sqrt(d + (betad - taud) ** 2 + betadd * betadd)
+            # estimate ‖A‖ and cond(A)
+            normA2 = normA2 + beta * beta
+            normA = torch.sqrt(normA2)
+            normA2 = normA2 + alpha * alpha
+            maxrbar = torch.maximum(maxrbar, rhobarold)
+            if itn > 1:
+                minrbar = torch.minimum(minrbar, rhobarold)
+            condA = torch.maximum(maxrbar, rhotemp) / torch.minimum(minrbar, rhotemp).clamp_min(1e-300)
+            normar = zetabar.abs()
+            normx = col_norm(X).to(real)
+            # stopping rules
+            test1 = normr / torch.where(normb > 0, normb, 1.0)
+            prod = normA * normr
+            test2 = torch.where(
+                prod != 0, normar / torch.where(prod != 0, prod, 1.0), torch.full_like(prod, float("inf"))
+            )
+            test3 = 1.0 / condA
+            t1 = test1 / (1 + normA * normx / torch.where(normb > 0, normb, 1.0))
+            rtol = btol + atol * normA * normx / torch.where(normb > 0, normb, 1.0)
+            stop = (
+                (test1 <= rtol)
+                | (test2 <= atol)
+                | (test3 <= ctol)
+                | (1 + t1 <= 1)
+                | (1 + test2 <= 1)
+                | (1 + test3 <= 1)
+            )
+            last = torch.where(active, torch.full_like(last, itn), last)
+            active = active & ~stop
+            if itn % every == 0 and not bool(active.any()):
+                break
+    X = X.squeeze(-1) if vector else X
+    return X, int(last.max()) if k else 0
