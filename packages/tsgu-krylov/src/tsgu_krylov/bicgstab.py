@@ -177,7 +177,7 @@ def bicgstab(
         step = active & ~bad
         alpha = safe_div(rho_new, den, step)
         S = R - alpha.unsqueeze(-2) * V
-        X = X + alpha.unsqueeze(-2) * P_hat
+        X.addcmul_(alpha.unsqueeze(-2), P_hat)
         half = step & (col_norm(S) > threshold)  # columns that still need the stabilising half-step
         S_hat = S if M is None else M(S)
         T = A(S_hat)
@@ -185,8 +185,8 @@ def bicgstab(
         tt = col_dot(T, T)
         omega_new = safe_div(col_dot(T, S), tt, half)
         bad = bad | (half & (omega_new == 0))
-        X = X + omega_new.unsqueeze(-2) * S_hat
-        R = torch.where(step.unsqueeze(-2), S - omega_new.unsqueeze(-2) * T, R)
+        X.addcmul_(omega_new.unsqueeze(-2), S_hat)
+        R = S - omega_new.unsqueeze(-2) * T  # α = ω = 0 for inactive columns: R is unchanged
         omega = torch.where(half, omega_new, omega)
         rho = torch.where(step, rho_new, rho)
         breakdown |= bad

@@ -129,8 +129,10 @@ def gmres(
         if not bool(active.any()):
             break
         steps = min(m, max_iter - iterations)
-        Vb = torch.zeros(steps + 1, *B.shape, dtype=dtype, device=device)
-        Vb[0] = R / torch.where(beta > 0, beta, 1.0).unsqueeze(-2)
+        # basis stored column-major per right-hand side: (*batch, k, steps+1, n), so that the
+        # Gram–Schmidt projections are batched matrix-vector products
+        Vb = torch.zeros(*lead, steps + 1, n, dtype=dtype, device=device)
+        Vb[..., 0, :] = (R / torch.where(beta > 0, beta, 1.0).unsqueeze(-2)).transpose(-1, -2)
         H = torch.zeros(*lead, steps + 1, steps, dtype=dtype, device=device)
         cs = torch.zeros(*lead, steps, dtype=dtype, device=device)
         sn = torch.zeros_like(cs)
@@ -140,23 +142,24 @@ def gmres(
         live = active.clone()
         j_done = 0
         for j in range(steps):
-            Z = (
-                Vb[j]
-                if M is None
-                else (apply_checked(M, Vb[j], "preconditioner", "residual") if first else M(Vb[j]))
-            )
+            v = Vb[..., j, :].transpose(-1, -2)  # (*batch, n, k)
+            if M is None:
+                Z = v
+            else:
+                Z = apply_checked(M, v.contiguous(), "preconditioner", "residual") if first else M(v)
             first = False
-            W = A(Z)
+            w = A(Z).transpose(-1, -2).unsqueeze(-1)  # (*lead, n, 1)
             matvecs += 1
-            basis = Vb[: j + 1]  # (j+1, *batch, n, k)
-            h = (basis * W).sum(-2)  # (j+1, *lead)
-            W = W - (h.unsqueeze(-2) * basis).sum(0)
-            h2 = (basis * W).sum(-2)
-            W = W - (h2.unsqueeze(-2) * basis).sum(0)
-            h = h + h2
-            hn = col_norm(W)
-            Vb[j + 1] = W / torch.where(hn > 0, hn, 1.0).unsqueeze(-2)
-            col = torch.cat([h.movedim(0, -1), hn.unsqueeze(-1)], dim=-1)  # (*lead, j+2)
+            basis = Vb[..., : j + 1, :]  # (*lead, j+1, n)
+            h = basis @ w  # classical Gram–Schmidt, twice
+            w = w - basis.transpose(-1, -2) @ h
+            h2 = basis @ w
+            w = w - basis.transpose(-1, -2) @ h2
+            h = (h + h2).squeeze(-1)  # (*lead, j+1)
+            w = w.squeeze(-1)
+            hn = torch.linalg.vector_norm(w, dim=-1)
+            Vb[..., j + 1, :] = w / torch.where(hn > 0, hn, 1.0).unsqueeze(-1)
+            col = torch.cat([h, hn.unsqueeze(-1)], dim=-1)  # (*lead, j+2)
             for i in range(j):  # earlier rotations
                 a, b = col[..., i].clone(), col[..., i + 1].clone()
                 col[..., i] = cs[..., i] * a + sn[..., i] * b
@@ -195,7 +198,7 @@ def gmres(
         gk = torch.where(keep & diag_ok, gk, 0.0)
         gk = torch.where(active.unsqueeze(-1), gk, 0.0)
         y = torch.linalg.solve_triangular(Rm, gk.unsqueeze(-1), upper=True).squeeze(-1)  # (*lead, k)
-        update = (Vb[:k] * y.movedim(-1, 0).unsqueeze(-2)).sum(0)
+        update = (y.unsqueeze(-2) @ Vb[..., :k, :]).squeeze(-2).transpose(-1, -2)  # (*batch, n, k)
         X = X + (update if M is None else M(update))
     rel, abs_res = true_relative_residual(A, X, B, b_norm)
     matvecs += 1

@@ -256,9 +256,9 @@ def linear_cg(
             bad = active & ~(torch.isfinite(pAp) & (pAp >= eps))
             broken_pap |= bad
             step = active & ~bad
-            alpha = safe_div(rz, pAp, step)
-            X = X + alpha.unsqueeze(-2) * P
-            R = R - alpha.unsqueeze(-2) * AP
+            alpha = safe_div(rz, pAp, step)  # 0 for frozen columns: they do not move
+            X.addcmul_(alpha.unsqueeze(-2), P)
+            R.addcmul_(alpha.unsqueeze(-2), AP, value=-1.0)
             Z = R if M is None else M(R)
             rz_new = col_dot(R, Z)
             res = torch.where(step, col_norm(R), res)
@@ -267,7 +267,7 @@ def linear_cg(
             broken_rz |= bad
             still = still & ~bad
             beta = safe_div(rz_new, rz, still)
-            P = torch.where(still.unsqueeze(-2), Z + beta.unsqueeze(-2) * P, P)
+            P = Z + beta.unsqueeze(-2) * P  # a frozen column's P is never used again (α = 0)
             rz = torch.where(still, rz_new, rz)
             if n_tridiag and it < n_tridiag_iter:
                 alphas.append(alpha[..., :n_tridiag])

@@ -309,9 +309,10 @@ def grid_operator(
 ) -> torch.Tensor:
     """Finite-difference Laplacian on a grid of ``shape`` (Dirichlet), with upwind convection.
 
-    ``2·d + c`` on the diagonal, ``−1`` towards lower neighbours and ``−1 − c`` towards upper ones
-    along every axis (``c = convection``): SPD for ``c = 0`` (the 5-/7-point Laplacian),
-    non-symmetric and still diagonally dominant for ``c > 0`` (a convection–diffusion operator).
+    ``(2 + c)·d`` on the diagonal (``d`` axes), ``−1`` towards the upper neighbour and ``−1 − c``
+    towards the lower one along every axis (``c = convection``, first-order upwind): SPD for
+    ``c = 0`` (the 5-/7-point Laplacian), non-symmetric for ``c > 0`` (a convection–diffusion
+    operator); weakly diagonally dominant by rows and an M-matrix, so it is invertible.
     Returns a coalesced COO tensor ``(N, N)`` with ``N = prod(shape)``.
 
     Examples
@@ -327,7 +328,7 @@ def grid_operator(
         n *= s
     idx = torch.arange(n).reshape(shape)
     rows, cols = [idx.reshape(-1)], [idx.reshape(-1)]
-    vals = [torch.full((n,), 2.0 * len(shape) + convection, dtype=dtype)]
+    vals = [torch.full((n,), (2.0 + convection) * len(shape), dtype=dtype)]
     for d in range(len(shape)):
         if shape[d] < 2:
             continue
