@@ -32,7 +32,7 @@ PACKAGES = {
     "tsgu-krylov": ("tsgu_krylov", "[test]"),
     "tsgu-bridges": ("tsgu_bridges", ""),
     "tsgu-distributions": ("tsgu_distributions", ""),
-    "tsgu-encoders": ("tsgu_encoders", ""),
+    "tsgu-encoders": ("tsgu_encoders", "[test]"),
     "torchsparsegradutils": ("torchsparsegradutils", ""),
 }
 # internal dependencies, for installing one package from local paths without an index

@@ -36,13 +36,37 @@ def test_top_level_names_are_the_tsgu_objects():
         ("torchsparsegradutils.sparse_matmul", ["sparse_mm", "SparseMatMul"]),
         (
             "torchsparsegradutils.sparse_solve",
-            ["sparse_triangular_solve", "SparseTriangularSolve", "sparse_generic_solve", "SparseGenericSolve"],
+            [
+                "sparse_triangular_solve",
+                "SparseTriangularSolve",
+                "sparse_generic_solve",
+                "SparseGenericSolve",
+            ],
         ),
         ("torchsparsegradutils.sparse_lstsq", ["sparse_generic_lstsq", "SparseGenericLstsq"]),
         ("torchsparsegradutils.utils.linear_cg", ["linear_cg", "LinearCGSettings", "CGInfo"]),
         ("torchsparsegradutils.utils.minres", ["minres", "MINRESSettings"]),
         ("torchsparsegradutils.utils.bicgstab", ["bicgstab", "BICGSTABSettings"]),
         ("torchsparsegradutils.utils.lsmr", ["lsmr"]),
+        ("torchsparsegradutils.encoders", ["PairwiseEncoder", "calc_pairwise_coo_indices_nd"]),
+        (
+            "torchsparsegradutils.encoders.pairwise_encoder",
+            [
+                "PairwiseEncoder",
+                "calc_pairwise_coo_indices_nd",
+                "calc_pairwise_coo_indices",
+                "calc_pariwise_coo_indices",
+                "_trim_nd",
+                "_gen_coords_nd",
+                "_gen_coords",
+                "_gen_offsets_nd",
+                "_gen_offsets",
+            ],
+        ),
+        (
+            "torchsparsegradutils.encoders.pairwise_voxel_encoder",
+            ["PairwiseVoxelEncoder", "PairwiseEncoder", "calc_pairwise_coo_indices_nd", "_trim_nd"],
+        ),
         (
             "torchsparsegradutils.sparse_logsumexp",
             [
@@ -89,7 +113,7 @@ def test_utils_all_matches_0_2_7_for_the_implemented_names():
     )
     assert "make_spd_sparse" not in utils.__all__ and not hasattr(utils, "make_spd_sparse")
     solvers = ["linear_cg", "LinearCGSettings", "CGInfo", "minres", "MINRESSettings", "bicgstab"]
-    assert set(solvers + ["BICGSTABSettings", "lsmr"]) <= set(utils.__all__)
+    assert {*solvers, "BICGSTABSettings", "lsmr"} <= set(utils.__all__)
 
 
 def test_random_sparse_all_is_the_0_2_7_list():
@@ -127,3 +151,21 @@ def test_a_0_2_7_style_program_runs():
     X.sum().backward()
     torch.testing.assert_close(X, B)
     assert A.grad.layout == torch.sparse_csr
+
+
+def test_encoders_serve_deprecated_names_lazily_with_warnings():
+    import warnings
+
+    import torchsparsegradutils.encoders as enc
+    import tsgu_encoders
+
+    assert enc.__all__ == ["PairwiseEncoder", "calc_pairwise_coo_indices_nd"]
+    assert enc.PairwiseEncoder is tsgu_encoders.PairwiseEncoder
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert enc.PairwiseVoxelEncoder.__name__ == "PairwiseVoxelEncoder"
+        from torchsparsegradutils.encoders.pairwise_encoder import calc_pairwise_coo_indices  # noqa: F401
+    with pytest.warns(DeprecationWarning):
+        enc.calc_pariwise_coo_indices
+    with pytest.raises(AttributeError, match=r"module 'torchsparsegradutils\.encoders' has no attribute 'x'"):
+        enc.x

@@ -1,0 +1,12 @@
+"""0.2.7 path ``torchsparsegradutils.encoders`` (re-exports tsgu-encoders).
+
+The deprecated names ``PairwiseVoxelEncoder``, ``calc_pairwise_coo_indices`` and
+``calc_pariwise_coo_indices`` are served lazily by the module ``__getattr__``, with 0.2.7's warnings.
+"""
+
+from tsgu_encoders import PairwiseEncoder, calc_pairwise_coo_indices_nd
+from tsgu_encoders._compat import deprecated_getattr
+
+__all__ = ["PairwiseEncoder", "calc_pairwise_coo_indices_nd"]
+
+__getattr__ = deprecated_getattr(__name__)
