@@ -30,7 +30,7 @@ PACKAGES = {
     "tsgu-ops": ("tsgu_ops", "[testing]"),
     "tsgu-indexed": ("tsgu_indexed", ""),
     "tsgu-krylov": ("tsgu_krylov", "[test]"),
-    "tsgu-bridges": ("tsgu_bridges", ""),
+    "tsgu-bridges": ("tsgu_bridges", "[jax,test]"),
     "tsgu-distributions": ("tsgu_distributions", ""),
     "tsgu-encoders": ("tsgu_encoders", "[test]"),
     "torchsparsegradutils": ("torchsparsegradutils", ""),

@@ -133,10 +133,15 @@ def test_random_sparse_all_is_the_0_2_7_list():
 
 
 def test_import_does_not_load_optional_backends():
-    import torchsparsegradutils  # noqa: F401
+    import subprocess
 
-    assert "torchsparsegradutils.cupy" not in sys.modules
-    assert "torchsparsegradutils.jax" not in sys.modules
+    code = (
+        "import sys, torchsparsegradutils\n"
+        "for m in ('torchsparsegradutils.cupy', 'torchsparsegradutils.jax', 'torchsparsegradutils.encoders',\n"
+        "          'torchsparsegradutils.distributions', 'jax', 'cupy', 'tsgu_encoders', 'tsgu_distributions'):\n"
+        "    assert m not in sys.modules, m\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_a_0_2_7_style_program_runs():
@@ -169,3 +174,36 @@ def test_encoders_serve_deprecated_names_lazily_with_warnings():
         enc.calc_pariwise_coo_indices
     with pytest.raises(AttributeError, match=r"module 'torchsparsegradutils\.encoders' has no attribute 'x'"):
         enc.x
+
+
+def test_cupy_and_jax_bridges_import_under_their_0_2_7_paths():
+    import tsgu_bridges
+
+    cp = importlib.import_module("torchsparsegradutils.cupy")
+    assert cp.sparse_solve_c4t is tsgu_bridges.sparse_solve_c4t
+    assert cp.__all__ == [
+        "c2t_coo",
+        "t2c_coo",
+        "c2t_csr",
+        "t2c_csr",
+        "_get_array_modules",
+        "_torch_to_backend",
+        "_backend_to_torch",
+        "sparse_solve_c4t",
+    ]
+    assert isinstance(cp.have_cupy, bool)
+    assert hasattr(sys.modules["torchsparsegradutils.cupy.cupy_sparse_solve"], "SparseSolveC4T")
+    jx = importlib.import_module("torchsparsegradutils.jax")
+    if jx.have_jax:
+        assert set(jx.__all__) == {
+            "j2t",
+            "t2j",
+            "spmm_t4j",
+            "j2t_coo",
+            "t2j_coo",
+            "j2t_csr",
+            "t2j_csr",
+            "sparse_solve_j4t",
+        }
+        importlib.import_module("torchsparsegradutils.jax.jax_sparse_solve")
+        assert hasattr(sys.modules["torchsparsegradutils.jax.jax_sparse_solve"], "SparseSolveJ4T")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
-from tsgu_ops.implicit import Kernel, kernel_backward, kernel_forward, solve_sparse
+from tsgu_ops.implicit import Kernel, check_solve_inputs, kernel_backward, kernel_forward, solve_sparse
 from tsgu_ops.pattern import SparsePattern
 
 from ._operator import SparseOperator
@@ -49,34 +49,6 @@ BUILTIN: dict[str, Callable[..., Any]] = {
 }
 _BUILTIN_FUNCS = {id(f) for f in BUILTIN.values()}
 _TOL_KEYS = ("tol", "rtol", "tolerance", "settings")
-
-
-def check_generic_inputs(A: Any, B: Any, *, batched: bool = True) -> None:
-    """The 0.2.7 validation order and messages (batched ``A`` accepted when ``batched``)."""
-    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
-        raise ValueError("Both A and B should be instances of torch.Tensor")
-    if A.layout not in (torch.sparse_coo, torch.sparse_csr):
-        raise TypeError(f"Unsupported sparse layout: {A.layout}. Only COO and CSR are supported.")
-    if A.dim() != 2 and not (batched and A.dim() == 3):
-        extra = " (or a batched 3D tensor (b, n, n))" if batched else ""
-        raise ValueError(f"A must be a 2D tensor{extra}, got shape {tuple(A.shape)}")
-    if A.shape[-1] != A.shape[-2]:
-        raise ValueError("A must be square")
-    lo = A.dim() - 1
-    if B.dim() not in (lo, lo + 1):
-        if A.dim() == 2:
-            raise ValueError("B must be a 1D or 2D tensor")
-        raise ValueError(f"B must be a 2D (b, n) or 3D (b, n, k) tensor for a batched A, got {B.dim()}D")
-    if B.shape[lo - 1] != A.shape[-1] or (A.dim() == 3 and B.shape[0] != A.shape[0]):
-        raise ValueError(
-            f"Incompatible dimensions: A has shape {tuple(A.shape)}, B has shape {tuple(B.shape)}"
-        )
-    if B.layout != torch.strided:
-        raise TypeError("B must be a dense (strided) tensor")
-    if A.dense_dim() != 0:
-        raise ValueError(f"A must have no dense dimensions, got dense_dim()={A.dense_dim()}")
-    if A.device != B.device:
-        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
 
 
 def transposed_sparse(A: torch.Tensor, pattern: SparsePattern | None = None) -> torch.Tensor:
@@ -281,7 +253,7 @@ def sparse_generic_solve(
     >>> A.grad.layout
     torch.sparse_csr
     """
-    check_generic_inputs(A, B)
+    check_solve_inputs(A, B)
     if A.dtype != B.dtype:
         warnings.warn(
             f"A and B have different dtypes ({A.dtype} and {B.dtype}); B is cast to {A.dtype}",

@@ -239,3 +239,33 @@ def check_square_sparse(name: str, A: Any) -> None:
     _checks.require_no_dense_dims(name, A)
     if A.dim() not in (2, 3) or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"{name} must be square (n, n) or batched (b, n, n), got shape {tuple(A.shape)}")
+
+
+def check_solve_inputs(A: Any, B: Any, *, batched: bool = True, b_layout: bool = True) -> None:
+    """Validation of a sparse linear solve ``A X = B``: torchsparsegradutils 0.2.7's order and messages.
+
+    Shared by tsgu-krylov's generic solve and the bridges.  ``batched`` accepts ``A`` ``(b, n, n)``
+    with ``B`` ``(b, n)`` / ``(b, n, k)``; ``b_layout`` checks that ``B`` is strided.
+    """
+    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor):
+        raise ValueError("Both A and B should be instances of torch.Tensor")
+    if A.layout not in (torch.sparse_coo, torch.sparse_csr):
+        raise TypeError(f"Unsupported sparse layout: {A.layout}. Only COO and CSR are supported.")
+    if A.dim() != 2 and not (batched and A.dim() == 3):
+        extra = " (or a batched 3D tensor (b, n, n))" if batched else ""
+        raise ValueError(f"A must be a 2D tensor{extra}, got shape {tuple(A.shape)}")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError("A must be square")
+    lo = A.dim() - 1
+    if B.dim() not in (lo, lo + 1):
+        if A.dim() == 2:
+            raise ValueError("B must be a 1D or 2D tensor")
+        raise ValueError(f"B must be a 2D (b, n) or 3D (b, n, k) tensor for a batched A, got {B.dim()}D")
+    if B.shape[lo - 1] != A.shape[-1] or (A.dim() == 3 and B.shape[0] != A.shape[0]):
+        raise ValueError(f"Incompatible dimensions: A has shape {A.shape}, B has shape {B.shape}")
+    if b_layout and B.layout != torch.strided:
+        raise TypeError("B must be a dense (strided) tensor")
+    if A.dense_dim() != 0:
+        raise ValueError(f"A must have no dense dimensions, got dense_dim()={A.dense_dim()}")
+    if A.device != B.device:
+        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
