@@ -31,7 +31,7 @@ PACKAGES = {
     "tsgu-indexed": ("tsgu_indexed", ""),
     "tsgu-krylov": ("tsgu_krylov", "[test]"),
     "tsgu-bridges": ("tsgu_bridges", "[jax,test]"),
-    "tsgu-distributions": ("tsgu_distributions", ""),
+    "tsgu-distributions": ("tsgu_distributions", "[test]"),
     "tsgu-encoders": ("tsgu_encoders", "[test]"),
     "torchsparsegradutils": ("torchsparsegradutils", ""),
 }

@@ -50,6 +50,16 @@ def test_top_level_names_are_the_tsgu_objects():
         ("torchsparsegradutils.utils.lsmr", ["lsmr"]),
         ("torchsparsegradutils.encoders", ["PairwiseEncoder", "calc_pairwise_coo_indices_nd"]),
         (
+            "torchsparsegradutils.distributions",
+            ["SparseMultivariateNormal", "SparseMultivariateNormalNative"],
+        ),
+        (
+            "torchsparsegradutils.distributions.sparse_multivariate_normal",
+            ["SparseMultivariateNormal", "SparseMultivariateNormalNative", "_batch_sparse_mv"],
+        ),
+        ("torchsparsegradutils.distributions.constraints", []),
+        ("torchsparsegradutils.utils.dist_stats_helpers", ["mean_hotelling_t2_test", "cov_nagao_test"]),
+        (
             "torchsparsegradutils.encoders.pairwise_encoder",
             [
                 "PairwiseEncoder",
@@ -114,6 +124,8 @@ def test_utils_all_matches_0_2_7_for_the_implemented_names():
     assert "make_spd_sparse" not in utils.__all__ and not hasattr(utils, "make_spd_sparse")
     solvers = ["linear_cg", "LinearCGSettings", "CGInfo", "minres", "MINRESSettings", "bicgstab"]
     assert {*solvers, "BICGSTABSettings", "lsmr"} <= set(utils.__all__)
+    assert {"mean_hotelling_t2_test", "cov_nagao_test"} <= set(utils.__all__)
+    assert callable(utils.cov_nagao_test) and callable(utils.mean_hotelling_t2_test)
 
 
 def test_random_sparse_all_is_the_0_2_7_list():

@@ -20,6 +20,19 @@ from .utils import (
     stack_csr,
 )
 
+_LAZY = {"mean_hotelling_t2_test", "cov_nagao_test"}
+
+
+def __getattr__(name: str) -> object:
+    # The statistical helpers live in tsgu-distributions: loaded on first use, so that importing
+    # torchsparsegradutils does not load the distributions (as in 0.2.7).
+    if name in _LAZY:
+        from . import dist_stats_helpers
+
+        return getattr(dist_stats_helpers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BICGSTABSettings",
     "CGInfo",
@@ -28,8 +41,10 @@ __all__ = [
     "bicgstab",
     "convert_coo_to_csr",
     "convert_coo_to_csr_indices_values",
+    "cov_nagao_test",
     "linear_cg",
     "lsmr",
+    "mean_hotelling_t2_test",
     "minres",
     "rand_sparse",
     "rand_sparse_tri",

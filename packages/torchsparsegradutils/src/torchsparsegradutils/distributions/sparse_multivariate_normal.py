@@ -1,0 +1,10 @@
+"""0.2.7 path ``torchsparsegradutils.distributions.sparse_multivariate_normal`` (re-exports)."""
+
+from tsgu_distributions.sparse_multivariate_normal import (
+    SparseMultivariateNormal,
+    SparseMultivariateNormalNative,
+    _batch_sparse_mv,
+)
+
+__all__ = ["SparseMultivariateNormal", "SparseMultivariateNormalNative"]
+_ = _batch_sparse_mv
