@@ -26,3 +26,21 @@ except ImportError:  # e.g. tsgu-indexed tested in a venv that holds only it and
 
 
 register_profiles()
+
+
+def _jax_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("jax") is None
+
+
+# Modules that import JAX at the top cannot be collected for doctests without it (the JAX bridge is
+# an optional extra); their tests skip on their own.
+collect_ignore_glob = (
+    [
+        "packages/tsgu-bridges/src/tsgu_bridges/jax_*.py",
+        "packages/torchsparsegradutils/src/torchsparsegradutils/jax/jax_*.py",
+    ]
+    if _jax_missing()
+    else []
+)

@@ -251,9 +251,13 @@ def all_cases(full: bool = False, matrix: str | None = None) -> list[Case]:
                 ],
             )
         )
+    from .cases_more import more_cases
+
+    cases += more_cases(full)
     if matrix:
         name = os.path.basename(matrix)
-        cases = [c for c in cases if c.name in ("sparse_mm_csr", "sparse_mm_coo", "triangular_solve")]
+        keep = ("sparse_mm_csr", "sparse_mm_coo", "triangular_solve", "krylov_poisson", "krylov_convdiff")
+        cases = [c for c in cases if c.name in keep]
         for c in cases:
             c.size = f"{name} ({c.size.split(',')[-1].strip()})"
     return cases

@@ -29,6 +29,8 @@ COLUMNS = [
     "peak_bytes",
     "time_ratio_vs_alternative",
     "memory_ratio_vs_alternative",
+    "iterations",
+    "residual",
     "note",
     "error",
 ]

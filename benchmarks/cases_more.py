@@ -1,0 +1,304 @@
+"""Benchmark cases of the solver, bridge, distribution and encoder packages.
+
+Every tsgu variant is paired with what a user would use instead, in the same run: SciPy's solvers
+(forward only, at the same relative residual), dense ``torch.distributions.MultivariateNormal`` for
+small n, PyTorch's own sparse constructors for the encoder.  Solver variants record the iterations
+and the true relative residual of their forward solve in the row's note.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .cases import Case, Run, Variant, _backward_sum
+
+
+def _grid(k: int, convection: float = 0.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    from tsgu_ops.testing import grid_operator
+
+    return grid_operator((k, k, k), convection, dtype).to_sparse_csr()
+
+
+def _system(ctx: dict[str, Any], k: int, convection: float) -> torch.Tensor:
+    """The solver cases' matrix: a built-in grid operator, or the ``--matrix`` file."""
+    if ctx.get("matrix"):
+        from .problems import load_mtx
+
+        return load_mtx(ctx["matrix"], torch.float64).to_sparse_csr()
+    return _grid(k, convection)
+
+
+def _rel_res(A: torch.Tensor, X: torch.Tensor, B: torch.Tensor) -> float:
+    R = B - (A.detach() @ X.detach().reshape(B.shape[0], -1)).reshape(B.shape)
+    return float(torch.linalg.vector_norm(R) / torch.linalg.vector_norm(B))
+
+
+# ----------------------------------------------------------------------------------------------
+# tsgu-krylov: sparse_generic_solve (forward + backward) against SciPy (forward)
+def krylov_variant(solver: str, pc: str | None, k: int, convection: float, rtol: float) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        from tsgu_krylov import bicgstab, gmres, linear_cg, make_preconditioner, minres, sparse_generic_solve
+
+        A = _system(ctx, k, convection).requires_grad_()
+        n = A.shape[0]
+        b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        fn = {"cg": linear_cg, "minres": minres, "gmres": gmres, "bicgstab": bicgstab}[solver]
+        extra: dict[str, Any] = {"atol": 0.0} if solver == "bicgstab" else {}
+        P = make_preconditioner(A.detach(), pc)
+        x, info = fn(
+            A.detach(), b, rtol=rtol, preconditioner=P, return_info=True, on_failure="ignore", **extra
+        )
+        res = _rel_res(A, x, b)
+        meta = {
+            "nnz": A._nnz(),
+            "rows": n,
+            "dtype": "float64",
+            "layout": "csr",
+            "iterations": info.iterations,
+            "residual": res,
+            "note": f"{info.iterations} it, rel. residual {res:.1e}",
+        }
+        kw = dict(rtol=rtol, on_failure="ignore", **extra)
+        if pc:
+            kw["preconditioner"] = pc
+        fwd = lambda: sparse_generic_solve(A, b, solver, **kw)  # noqa: E731
+        return Run(fwd, lambda out: _backward_sum(out, A), meta)
+
+    return setup
+
+
+def scipy_solver_variant(solver: str, k: int, convection: float, rtol: float) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        import numpy as np
+        import scipy.sparse.linalg as sla
+        from tsgu_bridges import to_scipy
+
+        A = _system(ctx, k, convection)
+        S = to_scipy(A)
+        b = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0)).numpy()
+        fn = {"cg": sla.cg, "gmres": sla.gmres, "bicgstab": sla.bicgstab, "minres": sla.minres}[solver]
+        kw: dict[str, Any] = {"rtol": rtol}
+        if solver == "gmres":
+            kw["restart"] = 30
+        x, _ = fn(S, b, **kw)
+        res = float(np.linalg.norm(b - S @ x) / np.linalg.norm(b))
+        meta = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr", "residual": res}
+        meta["note"] = f"forward only, rel. residual {res:.1e}"
+        return Run(lambda: fn(S, b, **kw), None, meta)
+
+    return setup
+
+
+# ----------------------------------------------------------------------------------------------
+# tsgu-bridges: SciPy direct solve, LU reused by the backward pass
+def bridge_variant(impl: str, k: int, nrhs: int) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        A = _grid(k).requires_grad_()
+        B = torch.randn(A.shape[0], nrhs, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        meta: dict[str, Any] = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr"}
+        if impl == "scipy":
+            from tsgu_bridges import sparse_solve_c4t
+
+            fwd = lambda: sparse_solve_c4t(A, B)  # noqa: E731
+        else:
+            from tsgu_krylov import sparse_generic_solve
+
+            fwd = lambda: sparse_generic_solve(A, B, "cg", rtol=1e-10, preconditioner="ic0")  # noqa: E731
+        res = _rel_res(A, fwd(), B)
+        meta["residual"] = res
+        meta["note"] = f"rel. residual {res:.1e}"
+        return Run(fwd, lambda out: _backward_sum(out, A), meta)
+
+    return setup
+
+
+# ----------------------------------------------------------------------------------------------
+# tsgu-distributions
+def _gmrf(k: int, dims: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An LDLᵀ precision factor of a radius-1 pairwise GMRF on a kᵈ volume (tsgu-encoders)."""
+    from tsgu_encoders import PairwiseEncoder
+
+    enc = PairwiseEncoder(1, (1,) + (k,) * dims, upper=False, layout=torch.sparse_csr)
+    values = torch.full((len(enc.offsets), 1) + (k,) * dims, -0.3, dtype=torch.float64)
+    L = enc(values)
+    n = k**dims
+    D = torch.full((n,), 2.0, dtype=torch.float64)
+    return L, D, torch.zeros(n, dtype=torch.float64)
+
+
+def dist_variant(impl: str, what: str, k: int, samples: int) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        from tsgu_distributions import SparseMultivariateNormal
+
+        L, D, loc = _gmrf(k)
+        n = loc.shape[0]
+        meta: dict[str, Any] = {"nnz": L._nnz(), "rows": n, "dtype": "float64", "layout": "csr"}
+        leaves: list[torch.Tensor]
+        if impl == "tsgu":
+            Lg = L.detach().requires_grad_()
+            Dg = D.clone().requires_grad_()
+            locg = loc.clone().requires_grad_()
+            leaves = [Lg, Dg, locg]
+
+            def make() -> Any:
+                return SparseMultivariateNormal(locg, Dg, precision_tril=Lg)
+        else:
+            if n * n * 8 * 4 > ctx["dense_limit"]:
+                raise MemoryError(f"a dense {n} x {n} precision would need {n * n * 8 / 2**30:.1f} GiB")
+            M = L.to_dense() + torch.eye(n, dtype=torch.float64)
+            Mg = M.requires_grad_()
+            Dg = D.clone().requires_grad_()
+            locg = loc.clone().requires_grad_()
+            leaves = [Mg, Dg, locg]
+            meta["note"] = "dense n x n precision"
+
+            def make() -> Any:
+                return torch.distributions.MultivariateNormal(locg, precision_matrix=(Mg * Dg) @ Mg.T)
+
+        x = torch.randn(samples, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        if what == "rsample":
+            fwd = lambda: make().rsample((samples,))  # noqa: E731
+        else:
+            fwd = lambda: make().log_prob(x)  # noqa: E731
+        return Run(fwd, lambda out: _backward_sum(out, *leaves), meta)
+
+    return setup
+
+
+# ----------------------------------------------------------------------------------------------
+# tsgu-encoders
+def encoder_variant(impl: str, layout: str, shape: tuple[int, ...], radius: float) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        from tsgu_encoders import PairwiseEncoder
+        from tsgu_ops import sparse_values
+
+        lay = torch.sparse_csr if layout == "csr" else torch.sparse_coo
+        enc = PairwiseEncoder(radius, shape, channel_voxel_relation="inter", layout=lay)
+        v = torch.randn(len(enc.offsets), *shape, requires_grad=True)
+        V = enc.volume_numel
+        meta: dict[str, Any] = {"nnz": enc.nnz, "rows": V, "dtype": "float32", "layout": layout}
+        if impl == "tsgu":
+            fwd = lambda: sparse_values(enc(v))  # noqa: E731
+            return Run(fwd, lambda out: _backward_sum(out, v), meta)
+        # what a user writes with PyTorch alone: gather, then PyTorch's constructor every call
+        rows, cols, vidx = enc._rows, enc._cols, enc._value_index.to(torch.int64)
+        if lay == torch.sparse_csr:
+            if V * V * 4 > ctx["dense_limit"]:
+                raise MemoryError(f"PyTorch's CSR constructor backward makes a dense {V} x {V} gradient")
+            crow, col = enc._crow, enc._col
+            meta["note"] = "torch.sparse_csr_tensor: dense V x V gradient"
+
+            def fwd() -> torch.Tensor:
+                return torch.sparse_csr_tensor(crow, col, v.reshape(-1)[vidx], (V, V)).values()
+        else:
+            idx = torch.stack([rows, cols])
+            meta["note"] = "torch.sparse_coo_tensor(...).coalesce() every call"
+
+            def fwd() -> torch.Tensor:
+                return torch.sparse_coo_tensor(idx, v.reshape(-1)[vidx], (V, V)).coalesce().values()
+
+        return Run(fwd, lambda out: _backward_sum(out, v), meta)
+
+    return setup
+
+
+def more_cases(full: bool = False) -> list[Case]:
+    k = 40
+    cases: list[Case] = []
+    pois = [
+        Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 0.0, 1e-6))
+        for s, p in [
+            ("cg", None),
+            ("cg", "jacobi"),
+            ("cg", "ic0"),
+            ("minres", None),
+            ("minres", "ic0"),
+            ("gmres", None),
+            ("gmres", "ilu0"),
+            ("bicgstab", None),
+            ("bicgstab", "ilu0"),
+        ]
+    ]
+    pois.append(Variant("scipy cg", scipy_solver_variant("cg", k, 0.0, 1e-6), baseline=True))
+    pois.append(Variant("scipy gmres", scipy_solver_variant("gmres", k, 0.0, 1e-6)))
+    cases.append(Case("krylov_poisson", "sparse_generic_solve", f"poisson 3d {k}^3, rtol 1e-6", pois))
+    cd = [
+        Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 1.0, 1e-6))
+        for s, p in [
+            ("gmres", None),
+            ("gmres", "jacobi"),
+            ("gmres", "ilu0"),
+            ("bicgstab", None),
+            ("bicgstab", "ilu0"),
+        ]
+    ]
+    cd.append(Variant("scipy gmres", scipy_solver_variant("gmres", k, 1.0, 1e-6), baseline=True))
+    cd.append(Variant("scipy bicgstab", scipy_solver_variant("bicgstab", k, 1.0, 1e-6)))
+    cases.append(
+        Case("krylov_convdiff", "sparse_generic_solve", f"convection-diffusion {k}^3, rtol 1e-6", cd)
+    )
+    cases.append(
+        Case(
+            "scipy_direct",
+            "sparse_solve_c4t",
+            f"poisson 3d {k}^3, 4 rhs",
+            [
+                Variant("scipy SuperLU (LU reused in backward)", bridge_variant("scipy", k, 4)),
+                Variant("tsgu cg + ic0, rtol 1e-10", bridge_variant("krylov", k, 4), baseline=True),
+            ],
+        )
+    )
+    kd = 64
+    for what in ("rsample", "log_prob"):
+        cases.append(
+            Case(
+                f"smvn_{what}",
+                f"SparseMultivariateNormal.{what}",
+                f"LDLt precision, radius-1 GMRF {kd}^3, 8 samples",
+                [Variant("tsgu", dist_variant("tsgu", what, kd, 8))],
+            )
+        )
+        cases.append(
+            Case(
+                f"smvn_{what}_small",
+                f"SparseMultivariateNormal.{what}",
+                "LDLt precision, radius-1 GMRF 12^3, 8 samples",
+                [
+                    Variant("tsgu", dist_variant("tsgu", what, 12, 8)),
+                    Variant("dense MultivariateNormal", dist_variant("dense", what, 12, 8), baseline=True),
+                ],
+            )
+        )
+    big = (4, 64, 64, 64)
+    cases.append(
+        Case(
+            "encoder_large",
+            "PairwiseEncoder",
+            "(4, 64, 64, 64), radius 2, inter",
+            [
+                Variant("tsgu COO", encoder_variant("tsgu", "coo", big, 2), baseline=True),
+                Variant("tsgu CSR", encoder_variant("tsgu", "csr", big, 2)),
+            ],
+        )
+    )
+    small = (2, 24, 24, 24)
+    for layout in ("coo", "csr"):
+        cases.append(
+            Case(
+                f"encoder_{layout}",
+                "PairwiseEncoder",
+                "(2, 24, 24, 24), radius 2, inter",
+                [
+                    Variant(f"tsgu {layout.upper()}", encoder_variant("tsgu", layout, small, 2)),
+                    Variant(
+                        f"torch {layout.upper()} constructor",
+                        encoder_variant("torch", layout, small, 2),
+                        baseline=True,
+                    ),
+                ],
+            )
+        )
+    return cases
