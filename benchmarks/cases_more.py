@@ -74,6 +74,7 @@ def scipy_solver_variant(solver: str, k: int, convection: float, rtol: float) ->
     def setup(ctx: dict[str, Any]) -> Run:
         import numpy as np
         import scipy.sparse.linalg as sla
+
         from tsgu_bridges import to_scipy
 
         A = _system(ctx, k, convection)
