@@ -148,7 +148,7 @@ def torch_matrix(session: nox.Session, torch_version: str) -> None:
         _isolated_run(session, pkg, torch_version)
 
 
-@nox.session
+@nox.session(reuse_venv=False)  # the wheels keep one version number: never reuse stale installs
 def integration(session: nox.Session) -> None:
     """Build wheel + sdist of all seven (hatchling); install from those files only; run tests-integration."""
     dist = ROOT / "dist"
@@ -162,7 +162,9 @@ def integration(session: nox.Session) -> None:
     built = sorted(p.name for p in dist.iterdir())
     session.log(f"built: {built}")
     _install_torch(session)
-    session.install(*TEST_TOOLS, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
+    # uv caches wheels by name and version: make it read the freshly built files again
+    refresh = [a for p in PACKAGES for a in ("--refresh-package", p)] if session.venv_backend == "uv" else []
+    session.install(*TEST_TOOLS, *refresh, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
     _pytest_outside_tree(session, ROOT / "tests-integration", env)
 
