@@ -1,7 +1,7 @@
 """Every repeatable job of the tsgu monorepo.
 
 Default sessions (``nox`` with no arguments; what CI runs): ``lint``, ``tests``, ``isolated``,
-``integration``.  On request: ``torch_matrix`` (torch 2.5.1 / 2.9.1 / 2.13.0 / 2.14.1; all but
+``integration``, ``docs``.  On request: ``torch_matrix`` (torch 2.5.1 / 2.9.1 / 2.13.0 / 2.14.1; all but
 2.13.0 are multi-GB CUDA builds), ``fuzz``, ``bench``, ``bump -- NEW_VERSION``.
 
 Virtual environments are made with uv when it is installed (much faster than pip).  uv does not read
@@ -47,7 +47,7 @@ INTERNAL = {
 }
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "tests", "isolated", "integration"]
+nox.options.sessions = ["lint", "tests", "isolated", "integration", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -167,6 +167,18 @@ def integration(session: nox.Session) -> None:
     session.install(*TEST_TOOLS, *refresh, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
     _pytest_outside_tree(session, ROOT / "tests-integration", env)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx + MyST) with warnings as errors.
+
+    The docstring examples it shows are doctests run by ``nox -s tests`` (pytest --doctest-modules).
+    """
+    _install_torch(session)
+    session.install("-r", "requirements-dev.txt", "sphinx>=7", "myst-parser>=2")
+    build = ROOT / "docs" / "_build"
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", str(build / "html"))
 
 
 @nox.session

@@ -189,6 +189,7 @@ def test_readme_indexed_matrix_operations():
 
 def test_readme_statistical_validation():
     from torch.distributions import MultivariateNormal
+
     from torchsparsegradutils.utils import cov_nagao_test, mean_hotelling_t2_test
 
     torch.manual_seed(42)

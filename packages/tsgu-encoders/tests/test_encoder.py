@@ -301,3 +301,15 @@ def test_plot_encoder_draws_two_panels():
 
     fig = plot_encoder(PairwiseEncoder(1.5, (2, 6, 6), channel_voxel_relation="inter"))
     assert len(fig.axes) >= 2
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_gradcheck_and_gradgradcheck_through_the_encoder(layout):
+    enc = PairwiseEncoder(1.5, (2, 3, 3), diag=True, channel_voxel_relation="intra", layout=layout)
+    v = torch.randn(2, len(enc.offsets), 2, 3, 3, dtype=F64, requires_grad=True)
+
+    def f(x):
+        return sparse_values(enc(x)) ** 2
+
+    assert torch.autograd.gradcheck(f, (v,))
+    assert torch.autograd.gradgradcheck(f, (v,))

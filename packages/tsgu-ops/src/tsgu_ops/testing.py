@@ -103,7 +103,7 @@ def build_case(
     """Deterministically build a :class:`SparseCase` (the engine behind the strategies).
 
     The same number of entries is stored in every batch item (a CSR rule).  Triangular structures
-    with a diagonal get a well-conditioned diagonal (|d| in [1, 2]) so that solves are stable;
+    with a diagonal get a well-conditioned diagonal (``|d|`` in ``[1, 2]``) so that solves are stable;
     ``"spd"`` is symmetric and strictly diagonally dominant, ``"symmetric"`` symmetric indefinite
     (dominant diagonal of alternating sign) and ``"dominant"`` non-symmetric and strictly
     diagonally dominant (so every one of them is well conditioned and invertible).
