@@ -45,6 +45,12 @@ class Case:
 def _matrix(ctx: dict[str, Any], k: int) -> torch.Tensor:
     if ctx.get("matrix"):
         return load_mtx(ctx["matrix"], torch.float32)
+    if k < 0:  # a random sparse matrix with the nnz of the -k³ Laplacian, unstructured
+        from tsgu_ops import rand_sparse
+
+        n = k**3 * -1
+        g = torch.Generator().manual_seed(0)
+        return rand_sparse((n, n), 7 * n, torch.sparse_coo, generator=g)
     return laplacian_3d(k)
 
 
@@ -190,6 +196,17 @@ def all_cases(full: bool = False, matrix: str | None = None) -> list[Case]:
                 {"layout": layout},
             )
         )
+    cases.append(
+        Case(
+            "sparse_mm_random",
+            "sparse_mm",
+            f"random {k_mm**3}x{k_mm**3}, nnz={7 * k_mm**3}, p=32",
+            [
+                Variant("tsgu", mm_variant("tsgu", "csr", -k_mm, 32)),
+                Variant("torch.sparse.mm", mm_variant("torch", "csr", -k_mm, 32), baseline=True),
+            ],
+        )
+    )
     cases.append(
         Case(
             "sparse_mm_grad_memory",

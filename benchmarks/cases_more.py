@@ -216,7 +216,6 @@ def more_cases(full: bool = False) -> list[Case]:
             ("cg", "jacobi"),
             ("cg", "ic0"),
             ("minres", None),
-            ("minres", "ic0"),
             ("gmres", None),
             ("gmres", "ilu0"),
             ("bicgstab", None),
@@ -224,7 +223,6 @@ def more_cases(full: bool = False) -> list[Case]:
         ]
     ]
     pois.append(Variant("scipy cg", scipy_solver_variant("cg", k, 0.0, 1e-6), baseline=True))
-    pois.append(Variant("scipy gmres", scipy_solver_variant("gmres", k, 0.0, 1e-6)))
     cases.append(Case("krylov_poisson", "sparse_generic_solve", f"poisson 3d {k}^3, rtol 1e-6", pois))
     cd = [
         Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 1.0, 1e-6))
