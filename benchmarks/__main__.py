@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from .cases import all_cases
-from .report import write_reports
+from .report import update_readme, write_reports
 
 ROOT = Path(__file__).resolve().parent
+DEFAULT_OUT = ROOT / "results"
 
 
 def _progress(items: list[Any], desc: str) -> Any:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dense-limit-gib", type=float, default=8.0, help="skip dense alternatives above this"
     )
-    parser.add_argument("--out", default=str(ROOT / "results"), help="output folder")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -110,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     paths = write_reports(rows, env, Path(args.out))
+    # The README shows the quick suite of this machine: only a complete default run rewrites it.
+    default_run = not (args.full or args.only or args.matrix) and Path(args.out).resolve() == DEFAULT_OUT.resolve()
+    if default_run and update_readme(ROOT.parent / "README.md", Path(paths["summary"])):
+        paths["readme"] = str(ROOT.parent / "README.md")
     print(Path(paths["summary"]).read_text())
     for name, path in paths.items():
         print(f"wrote {name}: {path}", file=sys.stderr)

@@ -111,6 +111,23 @@ def write_reports(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) ->
     return paths
 
 
+README_START = "<!-- benchmark-summary:start (written by python -m benchmarks) -->"
+README_END = "<!-- benchmark-summary:end -->"
+
+
+def update_readme(readme: Path, summary_md: Path) -> bool:
+    """Put the summary table of a run between the README's markers; False if they are missing."""
+    if not readme.exists():
+        return False
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return False
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(f"{head}{README_START}\n{summary_md.read_text().strip()}\n{README_END}{tail}")
+    return True
+
+
 def _plots(by_case: dict[str, list[dict[str, Any]]], out: Path) -> dict[str, str]:
     import matplotlib
 
