@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     paths = write_reports(rows, env, Path(args.out))
     # The README shows the quick suite of this machine: only a complete default run rewrites it.
-    default_run = not (args.full or args.only or args.matrix) and Path(args.out).resolve() == DEFAULT_OUT.resolve()
+    default_run = (
+        not (args.full or args.only or args.matrix) and Path(args.out).resolve() == DEFAULT_OUT.resolve()
+    )
     if default_run and update_readme(ROOT.parent / "README.md", Path(paths["summary"])):
         paths["readme"] = str(ROOT.parent / "README.md")
     print(Path(paths["summary"]).read_text())

@@ -20,7 +20,9 @@ def test_pairwise_encoder_precision_fitted_by_maximum_likelihood_on_a_3d_volume(
     n = 125
     enc = PairwiseEncoder(1, shape, upper=False, layout=torch.sparse_csr)
     true_vals = torch.full((len(enc.offsets), *shape), -0.4, dtype=F64)
-    true = SparseMultivariateNormal(torch.zeros(n, dtype=F64), torch.full((n,), 2.0, dtype=F64), precision_tril=enc(true_vals))
+    true = SparseMultivariateNormal(
+        torch.zeros(n, dtype=F64), torch.full((n,), 2.0, dtype=F64), precision_tril=enc(true_vals)
+    )
     x = true.sample((2000,))
     theta = torch.zeros(len(enc.offsets), *shape, dtype=F64, requires_grad=True)
     log_d = torch.zeros(n, dtype=F64, requires_grad=True)
@@ -145,7 +147,9 @@ def test_readme_sparse_multivariate_normal():
     precision_tril = rand_sparse_tri(
         (batch_size, event_size, event_size), nnz=5000, layout=torch.sparse_csr, upper=False, strict=True
     )
-    dist_precision = SparseMultivariateNormal(loc=loc, diagonal=torch.ones(batch_size, event_size) * 2.0, precision_tril=precision_tril)
+    dist_precision = SparseMultivariateNormal(
+        loc=loc, diagonal=torch.ones(batch_size, event_size) * 2.0, precision_tril=precision_tril
+    )
     samples = dist_ldlt.rsample((100,))
     samples.sum().backward()
     assert scale_tril.grad.shape == scale_tril.shape

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tsgu_ops.testing import assert_unchanged, clone_input, sparse_matrices
 
 from tsgu_bridges import sparse_solve_c4t, to_scipy
+from tsgu_ops.testing import assert_unchanged, clone_input, sparse_matrices
 
 cases = sparse_matrices(square=True, structures=("dominant",), value_dtypes=(torch.float64,), min_size=2)
 
@@ -42,7 +42,11 @@ def test_sparse_solve_c4t_rejects_malformed_input(case, bad):
     elif bad == "multi-RHS cg":
         kw = {"solve": "cg"}
     else:
-        args[0] = A.to_dense().reshape(1, 1, *A.shape[-2:]).to_sparse() if A.dim() == 2 else A.to_dense()[None].to_sparse()
+        args[0] = (
+            A.to_dense().reshape(1, 1, *A.shape[-2:]).to_sparse()
+            if A.dim() == 2
+            else A.to_dense()[None].to_sparse()
+        )
     before = clone_input(A)
     with pytest.raises((ValueError, TypeError)):
         sparse_solve_c4t(*args, **kw)

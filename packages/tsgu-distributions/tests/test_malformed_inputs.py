@@ -26,8 +26,21 @@ def _tril(n: int) -> torch.Tensor:
     n=st.integers(2, 5),
     which=st.sampled_from(["scale_tril", "precision_tril"]),
     bad=st.sampled_from(
-        ["loc 0-d", "loc not a tensor", "both trils", "no tril", "dense tril", "tril size", "tril rank",
-         "diagonal size", "diagonal 0-d", "dtype", "batch shapes", "not triangular", "negative diagonal"]
+        [
+            "loc 0-d",
+            "loc not a tensor",
+            "both trils",
+            "no tril",
+            "dense tril",
+            "tril size",
+            "tril rank",
+            "diagonal size",
+            "diagonal 0-d",
+            "dtype",
+            "batch shapes",
+            "not triangular",
+            "negative diagonal",
+        ]
     ),
 )
 def test_constructor_rejects_malformed_parameters(n, which, bad):

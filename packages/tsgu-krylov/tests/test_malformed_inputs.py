@@ -11,7 +11,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tsgu_ops.testing import assert_unchanged, clone_input, sparse_matrices
 
 from tsgu_krylov import (
     IC0,
@@ -25,9 +24,12 @@ from tsgu_krylov import (
     sparse_generic_lstsq,
     sparse_generic_solve,
 )
+from tsgu_ops.testing import assert_unchanged, clone_input, sparse_matrices
 
 SOLVERS = {"cg": linear_cg, "minres": minres, "bicgstab": bicgstab, "gmres": gmres}
-spd = sparse_matrices(square=True, structures=("spd",), value_dtypes=(torch.float64,), batch=False, min_size=2)
+spd = sparse_matrices(
+    square=True, structures=("spd",), value_dtypes=(torch.float64,), batch=False, min_size=2
+)
 
 RHS_CORRUPTIONS = {
     "integer rhs": lambda b: b.to(torch.int64),

@@ -34,6 +34,8 @@ def _check_input(x: Any) -> None:
         )
     if x.dense_dim() != 0:
         raise ValueError(f"input must have no dense dimensions, got dense_dim()={x.dense_dim()}")
+    if not x.is_floating_point():
+        raise TypeError(f"input must have a floating-point dtype, got {x.dtype}")
 
 
 def _row_col_val(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -94,6 +96,8 @@ def _scatter_logsumexp(
 
 
 def _normalise_dims(dim: int | Sequence[int], ndim: int) -> tuple[int, ...]:
+    if not isinstance(dim, (int, tuple, list, torch.Size)):
+        raise TypeError(f"dim must be an int or a sequence of ints, got {type(dim).__name__}")
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     if len(dims) == 0:
         raise RuntimeError("dim must name at least one dimension, got an empty sequence")
@@ -179,6 +183,8 @@ def sparse_logsumexp(
         Rank not 2/3, a layout other than COO/CSR/CSC, or reducing the batch dimension.
     ValueError
         A hybrid tensor (dense dimensions).
+    TypeError
+        A non-tensor input, integer values, or a ``dim`` that is not an int or a sequence of ints.
     RuntimeError
         An empty ``dim`` sequence or a repeated dimension.
     IndexError
