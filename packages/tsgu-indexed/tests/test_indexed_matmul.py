@@ -171,3 +171,44 @@ def test_old_torch_is_rejected_at_call_time(monkeypatch):
         segment_mm(torch.ones(1, 1), torch.ones(1, 1, 1), torch.tensor([1]))
     with pytest.raises(NotImplementedError, match="PyTorch version is too old for nested tensors"):
         gather_mm(torch.ones(1, 1), torch.ones(1, 1, 1), torch.tensor([0]))
+
+
+def test_native_grouped_product_matches_the_tiled_path_values_and_gradients():
+    """float32 with 16-byte rows takes torch._grouped_mm; its gradients equal the portable path's."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no _grouped_mm")
+    g = torch.Generator().manual_seed(0)
+    seglen = torch.tensor([5, 0, 7, 3, 0])
+    a = torch.randn(15, 8, generator=g, requires_grad=True)
+    b = torch.randn(5, 8, 4, generator=g, requires_grad=True)
+    assert im._native_grouped_applies(a, b)
+    out = segment_mm(a, b, seglen)
+    assert "NativeGroupedMM" in type(out.grad_fn).__name__
+    w = torch.randn(out.shape, generator=g)
+    ga, gb = torch.autograd.grad((out * w).sum(), (a, b), create_graph=True)
+    ref = im._tiled_mm(a, b, seglen)
+    ra, rb = torch.autograd.grad((ref * w).sum(), (a, b), create_graph=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(ga, ra)
+    torch.testing.assert_close(gb, rb)
+    # second order through both gradients
+    h1 = torch.autograd.grad((ga**2).sum() + (gb**2).sum(), (a, b))
+    h2 = torch.autograd.grad((ra**2).sum() + (rb**2).sum(), (a, b))
+    for x, y in zip(h1, h2):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_native_path_is_skipped_or_falls_back_where_it_does_not_apply(monkeypatch):
+    a64 = torch.randn(4, 8, dtype=torch.float64)
+    b64 = torch.randn(2, 8, 4, dtype=torch.float64)
+    assert not im._native_grouped_applies(a64, b64)  # float64: no native kernel
+    assert not im._native_grouped_applies(torch.randn(4, 3), torch.randn(2, 3, 4))  # 12-byte rows
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(im.torch, "_grouped_mm", broken, raising=False)
+    a = torch.randn(6, 8)
+    b = torch.randn(2, 8, 4)
+    out = segment_mm(a, b, torch.tensor([2, 4]))
+    torch.testing.assert_close(out, torch.cat([a[:2] @ b[0], a[2:] @ b[1]]))

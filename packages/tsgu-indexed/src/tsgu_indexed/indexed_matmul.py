@@ -1,12 +1,18 @@
 """``segment_mm`` and ``gather_mm``: many small matrix products selected by segment or index.
 
-Both reduce to one *tiled grouped product*: the rows of ``a`` that use the same matrix ``b[r]`` are
-contiguous (segments; ``gather_mm`` sorts its rows by relation once to get there), each segment is
-cut into tiles of at most ``T`` rows, the tiles are zero-padded into one ``(tiles, T, D1)`` tensor
-and multiplied by their matrices with a single ``torch.bmm``.  No Python loop over segments or
-relations; the only copies of ``b`` are one per tile (``(N/T + R) · D1 · D2`` elements), never the
-``N × D1 × D2`` tensor that ``torch.bmm(a[:, None], b[idx])`` builds.  Gradients for ``a`` and ``b``
-come from autograd through the same gather/scatter and ``bmm`` operations.
+Both reduce to one grouped product: the rows of ``a`` that use the same matrix ``b[r]`` are
+contiguous (segments; ``gather_mm`` sorts its rows by relation once to get there).
+
+* Where PyTorch's native grouped product ``torch._grouped_mm`` applies (float32 on the CPU;
+  float32/bfloat16/float16 on CUDA; rows of 16-byte multiples) it is used, with both gradients as
+  grouped products too (differentiable again); a build or device without the kernel falls back.
+* Otherwise the portable path is a *tiled grouped product*: each segment is cut into tiles of at
+  most ``T`` rows, the tiles are zero-padded into one ``(tiles, T, D1)`` tensor and multiplied by
+  their matrices with a single ``torch.bmm``; the only copies of ``b`` are one per tile
+  (``(N/T + R) · D1 · D2`` elements).
+
+No Python loop over segments or relations, and never the ``N × D1 × D2`` tensor that
+``torch.bmm(a[:, None], b[idx])`` builds, in forward or backward.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import importlib.util
 from typing import Any
 
 import torch
+from torch.autograd.function import Function
 
 #: Whether DGL is importable.  Kept for compatibility with torchsparsegradutils 0.2.7; the tiled
 #: path is used either way (it is vectorised and supports every float dtype).
@@ -67,8 +74,77 @@ def _validate(a: Any, b: Any, name: str, index: Any, expected_len: int) -> None:
         raise ValueError("Incompatible size for inputs")
 
 
+class _NativeGroupedMM(Function):
+    """``out_i = a_i b[r(i)]`` by PyTorch's grouped product ``torch._grouped_mm`` (``offs``: segment ends).
+
+    Both gradients are grouped products again — ``dA = G b[r]ᵀ`` with this Function and
+    ``db[r] = a_rᵀ G_r`` with :class:`_NativeGroupedWeight` — so neither materialises ``b[idx]``, and
+    each backward is itself differentiable (any order).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b, offs)
+        return torch._grouped_mm(a, b, offs=offs)
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        a, b, offs = ctx.saved_tensors
+        G = G.contiguous()
+        da = (
+            _NativeGroupedMM.apply(G, b.transpose(1, 2).contiguous(), offs)
+            if ctx.needs_input_grad[0]
+            else None
+        )
+        db = _NativeGroupedWeight.apply(a, G, offs) if ctx.needs_input_grad[1] else None
+        return da, db, None
+
+
+class _NativeGroupedWeight(Function):
+    """``W[r] = a_rᵀ G_r`` (a grouped product over the rows of each segment)."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, G: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, G, offs)
+        return torch._grouped_mm(a.t(), G, offs=offs)
+
+    @staticmethod
+    def backward(ctx: Any, H: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        a, G, offs = ctx.saved_tensors
+        H = H.contiguous()
+        da = (
+            _NativeGroupedMM.apply(G, H.transpose(1, 2).contiguous(), offs)
+            if ctx.needs_input_grad[0]
+            else None
+        )
+        dG = _NativeGroupedMM.apply(a, H, offs) if ctx.needs_input_grad[1] else None
+        return da, dG, None
+
+
+def _native_grouped_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` takes these operands (dtype, device, 16-byte aligned rows)."""
+    if not hasattr(torch, "_grouped_mm") or a.shape[0] == 0 or b.shape[0] == 0:
+        return False
+    ok_dtypes = (torch.float32,) if a.device.type == "cpu" else (torch.float32, torch.bfloat16, torch.float16)
+    if a.dtype not in ok_dtypes:
+        return False
+    size = a.element_size()
+    return (a.shape[1] * size) % 16 == 0 and (b.shape[2] * size) % 16 == 0
+
+
 def _grouped_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch.Tensor:
     """Rows of ``a`` in contiguous segments (``seglen``, int64 on ``a``'s device) times ``b[r]``."""
+    if _native_grouped_applies(a, b):
+        offs = torch.cumsum(seglen, 0).to(torch.int32)
+        try:
+            return _NativeGroupedMM.apply(a.contiguous(), b.contiguous(), offs)  # type: ignore[no-any-return]
+        except (RuntimeError, NotImplementedError):  # a build or device without the kernel
+            pass
+    return _tiled_mm(a, b, seglen)
+
+
+def _tiled_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch.Tensor:
+    """The portable path: segments cut into tiles, zero-padded, one ``torch.bmm``."""
     N, D1 = a.shape
     R, _, D2 = b.shape
     if N == 0 or R == 0:  # (0, D2), still connected to a and b for autograd
