@@ -24,7 +24,13 @@ import torch
 from jax.experimental import sparse as jsparse
 from torch.autograd.function import Function
 
-from tsgu_ops.implicit import Kernel, check_solve_inputs, kernel_backward, kernel_forward, solve_sparse
+from tsgu_ops.implicit import (
+    Kernel,
+    check_solve_inputs,
+    rhs_kernel_backward,
+    rhs_kernel_forward,
+    solve_sparse_rhs,
+)
 from tsgu_ops.pattern import SparsePattern
 
 from .jax_bindings import j2t, t2j
@@ -96,18 +102,11 @@ class SparseSolveJ4T(Function):
     def forward(  # type: ignore[override]
         ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]
     ) -> torch.Tensor:
-        vector = B.dim() == A.dim() - 1
-        Bm = B.unsqueeze(-1) if vector else B
-        X = kernel_forward(ctx, A, Bm, _make_kernel(solve, transpose_solve, kwargs or {}))
-        ctx.vector = vector
-        return X.squeeze(-1) if vector else X
+        return rhs_kernel_forward(ctx, A, B, _make_kernel(solve, transpose_solve, kwargs or {}))
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        dA, dB = kernel_backward(ctx, G.unsqueeze(-1) if ctx.vector else G)
-        if dB is not None and ctx.vector:
-            dB = dB.squeeze(-1)
-        return dA, dB, None, None, None
+        return (*rhs_kernel_backward(ctx, G), None, None, None)
 
 
 def sparse_solve_j4t(
@@ -148,7 +147,4 @@ def sparse_solve_j4t(
     check_solve_inputs(A, B)
     if A.dtype != B.dtype:
         raise ValueError(f"A and B must have the same dtype. Got A: {A.dtype}, B: {B.dtype}")
-    vector = B.dim() == A.dim() - 1
-    Bm = B.unsqueeze(-1) if vector else B
-    X = solve_sparse(A, Bm, _make_kernel(solve, transpose_solve, kwargs))
-    return X.squeeze(-1) if vector else X
+    return solve_sparse_rhs(A, B, _make_kernel(solve, transpose_solve, kwargs))

@@ -22,6 +22,7 @@ from ._common import (
     alias,
     apply_checked,
     check_on_failure,
+    check_rhs,
     check_tolerance,
     check_x0,
     finish,
@@ -112,10 +113,7 @@ def bicgstab(
     if precon is not None and not (isinstance(precon, torch.Tensor) or callable(precon)):
         raise RuntimeError("settings.precon must be a tensor, or a callable object!")
     M = as_preconditioner(precon, "settings.precon")
-    if not isinstance(rhs, torch.Tensor) or not rhs.is_floating_point():
-        raise TypeError("rhs must be a real floating-point torch.Tensor")
-    if rhs.dim() == 0:
-        raise ValueError("rhs must have at least one dimension")
+    check_rhs(rhs)
     rtol = alias("rtol", rtol, tol=tol)
     rtol = check_tolerance("rtol", settings.reltol if rtol is None else rtol)
     atol = check_tolerance("atol", settings.abstol if atol is None else atol)

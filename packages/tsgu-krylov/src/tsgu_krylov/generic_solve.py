@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
-from tsgu_ops.implicit import Kernel, check_solve_inputs, kernel_backward, kernel_forward, solve_sparse
+from tsgu_ops.implicit import (
+    Kernel,
+    check_solve_inputs,
+    rhs_kernel_backward,
+    rhs_kernel_forward,
+    solve_sparse_rhs,
+)
 from tsgu_ops.pattern import SparsePattern
 
 from ._operator import SparseOperator
@@ -186,19 +192,11 @@ class SparseGenericSolve(Function):
         ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]
     ) -> torch.Tensor:
         vector = B.dim() == A.dim() - 1
-        Bm = B.unsqueeze(-1) if vector else B
-        X = kernel_forward(ctx, A, Bm, _make_kernel(A, solve, transpose_solve, kwargs or {}, vector))
-        ctx.vector = vector
-        return X.squeeze(-1) if vector else X
+        return rhs_kernel_forward(ctx, A, B, _make_kernel(A, solve, transpose_solve, kwargs or {}, vector))
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        if ctx.vector:
-            G = G.unsqueeze(-1)
-        dA, dB = kernel_backward(ctx, G)
-        if dB is not None and ctx.vector:
-            dB = dB.squeeze(-1)
-        return dA, dB, None, None, None
+        return (*rhs_kernel_backward(ctx, G), None, None, None)
 
 
 def sparse_generic_solve(
@@ -262,7 +260,4 @@ def sparse_generic_solve(
         )
         B = B.to(A.dtype)
     vector = B.dim() == A.dim() - 1
-    kernel = _make_kernel(A, solve, transpose_solve, kwargs, vector)
-    Bm = B.unsqueeze(-1) if vector else B
-    X = solve_sparse(A, Bm, kernel)
-    return X.squeeze(-1) if vector else X
+    return solve_sparse_rhs(A, B, _make_kernel(A, solve, transpose_solve, kwargs, vector))

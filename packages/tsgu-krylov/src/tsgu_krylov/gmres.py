@@ -22,6 +22,7 @@ from ._common import (
     alias,
     apply_checked,
     check_on_failure,
+    check_rhs,
     check_tolerance,
     check_x0,
     finish,
@@ -90,10 +91,7 @@ def gmres(
     >>> gmres(A, torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-10)
     tensor([0.1429, 0.5714], dtype=torch.float64)
     """
-    if not isinstance(rhs, torch.Tensor) or not rhs.is_floating_point():
-        raise TypeError("rhs must be a real floating-point torch.Tensor")
-    if rhs.dim() == 0:
-        raise ValueError("rhs must have at least one dimension")
+    check_rhs(rhs)
     A = as_matvec(matmul_closure)
     M = as_preconditioner(preconditioner)
     rtol = alias("rtol", rtol, tol=tol)

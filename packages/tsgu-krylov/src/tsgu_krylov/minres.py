@@ -25,6 +25,7 @@ from ._common import (
     alias,
     apply_checked,
     check_on_failure,
+    check_rhs,
     check_tolerance,
     check_x0,
     finish,
@@ -110,10 +111,7 @@ def minres(
     >>> minres(A, torch.tensor([1.0, 0.0], dtype=torch.float64), rtol=1e-10)
     tensor([0.4286, 0.1429], dtype=torch.float64)
     """
-    if not isinstance(rhs, torch.Tensor) or not rhs.is_floating_point():
-        raise TypeError("rhs must be a real floating-point torch.Tensor")
-    if rhs.dim() == 0:
-        raise ValueError("rhs must have at least one dimension")
+    check_rhs(rhs)
     rtol = alias("rtol", rtol, tol=tol)
     rtol = check_tolerance("rtol", settings.minres_tolerance if rtol is None else rtol)
     atol = check_tolerance("atol", atol)

@@ -145,6 +145,28 @@ def kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, tor
     return dA, (Gb if ctx.needs_input_grad[1] else None)
 
 
+def rhs_kernel_forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+    """:func:`kernel_forward` for a right-hand side ``B`` that may be a vector (one rank below ``A``)."""
+    ctx.vector = B.dim() == A.dim() - 1
+    X = kernel_forward(ctx, A, B.unsqueeze(-1) if ctx.vector else B, kernel)
+    return X.squeeze(-1) if ctx.vector else X
+
+
+def rhs_kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``(dA, dB)`` for :func:`rhs_kernel_forward`."""
+    dA, dB = kernel_backward(ctx, G.unsqueeze(-1) if ctx.vector else G)
+    if dB is not None and ctx.vector:
+        dB = dB.squeeze(-1)
+    return dA, dB
+
+
+def solve_sparse_rhs(A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+    """:func:`solve_sparse` for a right-hand side that may be a vector (one rank below ``A``)."""
+    vector = B.dim() == A.dim() - 1
+    X = solve_sparse(A, B.unsqueeze(-1) if vector else B, kernel)
+    return X.squeeze(-1) if vector else X
+
+
 class ImplicitSolve(Function):
     """``X = A⁻¹ B`` through user solvers, as an autograd Function taking the sparse ``A``.
 
