@@ -167,6 +167,57 @@ def integration(session: nox.Session) -> None:
     session.install(*TEST_TOOLS, *refresh, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
     _pytest_outside_tree(session, ROOT / "tests-integration", env)
+    _each_wheel_alone(session, dist)
+
+
+def _each_wheel_alone(session: nox.Session, dist: Path) -> None:
+    """Each tsgu-* wheel in a venv of its own with only its declared dependencies; import it and use it."""
+    f64 = "dtype=torch.float64"
+    smoke = {
+        "tsgu-ops": "import torch, tsgu_ops as m; m.sparse_mm(torch.eye(2).to_sparse(), torch.ones(2, 1))",
+        "tsgu-indexed": (
+            "import torch, tsgu_indexed as m; "
+            "m.segment_mm(torch.ones(2, 2), torch.ones(1, 2, 2), torch.tensor([2]))"
+        ),
+        "tsgu-krylov": (
+            f"import torch, tsgu_krylov as m; m.linear_cg(torch.eye(2, {f64}), torch.ones(2, {f64}))"
+        ),
+        "tsgu-bridges": (
+            "import torch, tsgu_bridges as m; "
+            f"m.sparse_solve_c4t(torch.eye(2, {f64}).to_sparse(), torch.ones(2, {f64}))"
+        ),
+        "tsgu-distributions": (
+            "import torch, tsgu_distributions as m; "
+            "m.SparseMultivariateNormal(torch.zeros(2), scale_tril=torch.eye(2).to_sparse()).rsample()"
+        ),
+        "tsgu-encoders": (
+            "import torch, tsgu_encoders as m; m.PairwiseEncoder(1, (1, 3))(torch.ones(2, 1, 3))"
+        ),
+    }
+    if session.venv_backend != "uv":
+        session.log("each-wheel-alone check needs uv; skipped")
+        return
+    refresh = [a for p in PACKAGES for a in ("--refresh-package", p)]
+    for pkg, code in smoke.items():
+        venv = Path(session.create_tmp()) / f"alone-{pkg}"
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("uv", "venv", "--quiet", str(venv), external=True)
+        py = str(venv / "bin" / "python")
+        session.run(
+            "uv",
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            py,
+            *refresh,
+            "--find-links",
+            str(dist),
+            f"torch=={TORCH}",
+            f"{pkg}=={VERSION}",
+            external=True,
+        )
+        session.run(py, "-c", f"{code}; assert m.__version__ == '{VERSION}'", external=True)
 
 
 @nox.session

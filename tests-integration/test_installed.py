@@ -52,3 +52,15 @@ def test_end_to_end_through_the_meta_package():
         torch.ones(4, 2), torch.stack([torch.eye(2), 2 * torch.eye(2)]), torch.tensor([0, 1, 1, 0])
     )
     assert out[:, 0].tolist() == [1.0, 2.0, 2.0, 1.0]
+
+
+def test_the_meta_package_pins_every_tsgu_package_exactly_and_they_resolve():
+    from importlib.metadata import requires, version
+
+    expected = (ROOT / "VERSION").read_text().strip()
+    pins = [r for r in requires("torchsparsegradutils") or [] if r.startswith("tsgu-") and "extra ==" not in r]
+    names = sorted(r.split("==")[0] for r in pins)
+    assert names == sorted(m.replace("_", "-") for m in MODULES if m != "torchsparsegradutils")
+    assert all(r.split("==")[1].strip() == expected for r in pins)
+    for m in MODULES:
+        assert version(m.replace("_", "-")) == expected
