@@ -199,7 +199,7 @@ def _each_wheel_alone(session: nox.Session, dist: Path) -> None:
         return
     refresh = [a for p in PACKAGES for a in ("--refresh-package", p)]
     for pkg, code in smoke.items():
-        venv = Path(session.create_tmp()) / f"alone-{pkg}"
+        venv = Path(session.create_tmp()).resolve() / f"alone-{pkg}"
         shutil.rmtree(venv, ignore_errors=True)
         session.run("uv", "venv", "--quiet", str(venv), external=True)
         py = str(venv / "bin" / "python")

@@ -111,6 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     paths = write_reports(rows, env, Path(args.out))
+    if any(c.name.startswith("krylov") for c in cases) and not args.matrix and args.device == "cpu":
+        from .iterations import iteration_table
+
+        table = iteration_table()
+        (Path(args.out) / "krylov_iterations.md").write_text(table)
+        summary = Path(paths["summary"])
+        summary.write_text(summary.read_text() + "\n" + table)
+        paths["iterations"] = str(Path(args.out) / "krylov_iterations.md")
     # The README shows the quick suite of this machine: only a complete default run rewrites it.
     default_run = (
         not (args.full or args.only or args.matrix) and Path(args.out).resolve() == DEFAULT_OUT.resolve()

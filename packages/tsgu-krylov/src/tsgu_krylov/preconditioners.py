@@ -183,15 +183,20 @@ class ILU0(Preconditioner):
             l = l_new
             if bool((u[u_diag_slot] == 0).any()):
                 raise ValueError("ILU(0) breakdown: a zero pivot appeared; try Jacobi")
-        self.L = _csr(lr, lc, l, N)
+        # the unit diagonal is stored: PyTorch's CSR solve is far slower with unitriangular=True
+        ar = torch.arange(N, device=lr.device)
+        rows_l, cols_l = torch.cat([lr, ar]), torch.cat([lc, ar])
+        order = lexsort_rows_cols(rows_l, cols_l, N)
+        vals_l = torch.cat([l, torch.ones(N, dtype=l.dtype, device=l.device)])
+        self.L = _csr(rows_l[order], cols_l[order], vals_l[order], N)
         self.U = _csr(ur, uc, u, N)
         self.sweeps = sweeps
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         if self.transposed:  # (LU)ᵀ = Uᵀ Lᵀ
             Y = csr_triangular_solve(self.U, R, upper=True, transpose=True)
-            return csr_triangular_solve(self.L, Y, upper=False, unitriangular=True, transpose=True)
-        Y = csr_triangular_solve(self.L, R, upper=False, unitriangular=True)
+            return csr_triangular_solve(self.L, Y, upper=False, transpose=True)
+        Y = csr_triangular_solve(self.L, R, upper=False)
         return csr_triangular_solve(self.U, Y, upper=True)
 
 

@@ -61,12 +61,53 @@ def csr_triangular_solve(
     )
 
 
+def _unit_diagonal_layout(
+    pattern: SparsePattern, upper: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """CSR indices ``(crow, col)`` of the pattern plus an explicit diagonal, and where the stored
+    entries go among them; ``None`` when an entry lies outside the strict triangle.
+
+    PyTorch's CSR triangular solve is an order of magnitude slower with ``unitriangular=True``
+    than with a stored unit diagonal, so unit-triangular solves store the ones (built once per
+    pattern).  Within a row the diagonal follows every entry of a strictly lower row and precedes
+    every entry of a strictly upper one, so the positions are index arithmetic, not a sort.
+    """
+    cache = pattern.__dict__.setdefault("_unit_layouts", {})
+    if upper in cache:
+        return cache[upper]  # type: ignore[no-any-return]
+    rows, cols = pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)
+    strict = bool((cols > rows).all()) if upper else bool((cols < rows).all())
+    layout = None
+    if strict:
+        N, nc = pattern.N, pattern.n_canonical
+        dev = rows.device
+        crow = pattern.crow.to(torch.int64) + torch.arange(N + 1, device=dev)
+        old = torch.arange(nc, device=dev) + rows + (1 if upper else 0)
+        diag = crow[:-1] if upper else crow[1:] - 1
+        col = torch.empty(nc + N, dtype=torch.int64, device=dev)
+        col[old] = cols
+        col[diag] = torch.arange(N, device=dev)
+        layout = (crow, col, old)
+    cache[upper] = layout
+    return layout
+
+
 def _triangular_kernel(pattern: SparsePattern, upper: bool, unitriangular: bool) -> Kernel:
     def kernel(A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool) -> torch.Tensor:
-        S = pattern.csr(values)
-        X = csr_triangular_solve(
-            S, pattern.flat_rhs(B), upper=upper, unitriangular=unitriangular, transpose=transposed
-        )
+        layout = _unit_diagonal_layout(pattern, upper) if unitriangular else None
+        if layout is not None:
+            crow, col, old = layout
+            v = values.new_ones(col.numel())
+            v[old] = pattern._sorted(values)
+            S = quiet(
+                lambda: torch.sparse_csr_tensor(crow, col, v, (pattern.N, pattern.M), check_invariants=False)
+            )
+            X = csr_triangular_solve(S, pattern.flat_rhs(B), upper=upper, transpose=transposed)
+        else:
+            S = pattern.csr(values)
+            X = csr_triangular_solve(
+                S, pattern.flat_rhs(B), upper=upper, unitriangular=unitriangular, transpose=transposed
+            )
         return pattern.unflat(X, B, pattern.n)
 
     return kernel
