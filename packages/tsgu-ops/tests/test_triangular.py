@@ -124,3 +124,16 @@ def test_bad_input_raises_the_0_2_7_message(A, B, message):
     with pytest.raises(ValueError) as err:
         sparse_triangular_solve(A, B)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("upper", [False, True])
+def test_unit_solve_ignores_the_other_triangle_on_both_kernel_paths(upper):
+    """A strict pattern uses the stored-unit-diagonal fast path; entries in the other triangle the slow one."""
+    g = torch.Generator().manual_seed(1)
+    D = torch.randn(6, 6, dtype=torch.float64, generator=g) * (torch.rand(6, 6, generator=g) < 0.5)
+    D = D - torch.diag(torch.diagonal(D))
+    strict = torch.triu(D, 1) if upper else torch.tril(D, -1)
+    B = torch.randn(6, 2, dtype=torch.float64, generator=g)
+    for M in (strict, D):  # D also stores entries in the other triangle
+        X = sparse_triangular_solve(M.to_sparse_csr(), B, upper=upper, unitriangular=True)
+        torch.testing.assert_close(X, torch.linalg.solve_triangular(M, B, upper=upper, unitriangular=True))
