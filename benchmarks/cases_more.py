@@ -42,9 +42,10 @@ def krylov_variant(solver: str, pc: str | None, k: int, convection: float, rtol:
     def setup(ctx: dict[str, Any]) -> Run:
         from tsgu_krylov import bicgstab, gmres, linear_cg, make_preconditioner, minres, sparse_generic_solve
 
-        A = _system(ctx, k, convection).requires_grad_()
+        dev = ctx["device"]
+        A = _system(ctx, k, convection).to(dev).requires_grad_()
         n = A.shape[0]
-        b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dev)
         fn = {"cg": linear_cg, "minres": minres, "gmres": gmres, "bicgstab": bicgstab}[solver]
         extra: dict[str, Any] = {"atol": 0.0} if solver == "bicgstab" else {}
         P = make_preconditioner(A.detach(), pc)
@@ -77,6 +78,8 @@ def scipy_solver_variant(solver: str, k: int, convection: float, rtol: float) ->
 
         from tsgu_bridges import to_scipy
 
+        if ctx["device"] != "cpu":
+            raise NotImplementedError("SciPy runs on the CPU only")
         A = _system(ctx, k, convection)
         S = to_scipy(A)
         b = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0)).numpy()
@@ -97,8 +100,11 @@ def scipy_solver_variant(solver: str, k: int, convection: float, rtol: float) ->
 # tsgu-bridges: SciPy direct solve, LU reused by the backward pass
 def bridge_variant(impl: str, k: int, nrhs: int) -> Callable[..., Run]:
     def setup(ctx: dict[str, Any]) -> Run:
-        A = _grid(k).requires_grad_()
-        B = torch.randn(A.shape[0], nrhs, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        dev = ctx["device"]
+        A = _grid(k).to(dev).requires_grad_()
+        B = torch.randn(A.shape[0], nrhs, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(
+            dev
+        )
         meta: dict[str, Any] = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr"}
         if impl == "scipy":
             from tsgu_bridges import sparse_solve_c4t
@@ -118,23 +124,23 @@ def bridge_variant(impl: str, k: int, nrhs: int) -> Callable[..., Run]:
 
 # ----------------------------------------------------------------------------------------------
 # tsgu-distributions
-def _gmrf(k: int, dims: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _gmrf(k: int, dims: int = 3, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """An LDLᵀ precision factor of a radius-1 pairwise GMRF on a kᵈ volume (tsgu-encoders)."""
     from tsgu_encoders import PairwiseEncoder
 
-    enc = PairwiseEncoder(1, (1,) + (k,) * dims, upper=False, layout=torch.sparse_csr)
-    values = torch.full((len(enc.offsets), 1) + (k,) * dims, -0.3, dtype=torch.float64)
+    enc = PairwiseEncoder(1, (1,) + (k,) * dims, upper=False, layout=torch.sparse_csr, device=device)
+    values = torch.full((len(enc.offsets), 1) + (k,) * dims, -0.3, dtype=torch.float64, device=device)
     L = enc(values)
     n = k**dims
-    D = torch.full((n,), 2.0, dtype=torch.float64)
-    return L, D, torch.zeros(n, dtype=torch.float64)
+    D = torch.full((n,), 2.0, dtype=torch.float64, device=device)
+    return L, D, torch.zeros(n, dtype=torch.float64, device=device)
 
 
 def dist_variant(impl: str, what: str, k: int, samples: int) -> Callable[..., Run]:
     def setup(ctx: dict[str, Any]) -> Run:
         from tsgu_distributions import SparseMultivariateNormal
 
-        L, D, loc = _gmrf(k)
+        L, D, loc = _gmrf(k, device=ctx["device"])
         n = loc.shape[0]
         meta: dict[str, Any] = {"nnz": L._nnz(), "rows": n, "dtype": "float64", "layout": "csr"}
         leaves: list[torch.Tensor]
@@ -149,7 +155,7 @@ def dist_variant(impl: str, what: str, k: int, samples: int) -> Callable[..., Ru
         else:
             if n * n * 8 * 4 > ctx["dense_limit"]:
                 raise MemoryError(f"a dense {n} x {n} precision would need {n * n * 8 / 2**30:.1f} GiB")
-            M = L.to_dense() + torch.eye(n, dtype=torch.float64)
+            M = L.to_dense() + torch.eye(n, dtype=torch.float64, device=L.device)
             Mg = M.requires_grad_()
             Dg = D.clone().requires_grad_()
             locg = loc.clone().requires_grad_()
@@ -159,7 +165,9 @@ def dist_variant(impl: str, what: str, k: int, samples: int) -> Callable[..., Ru
             def make() -> Any:
                 return torch.distributions.MultivariateNormal(locg, precision_matrix=(Mg * Dg) @ Mg.T)
 
-        x = torch.randn(samples, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(samples, n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(
+            loc.device
+        )
         if what == "rsample":
             fwd = lambda: make().rsample((samples,))  # noqa: E731
         else:
@@ -177,8 +185,9 @@ def encoder_variant(impl: str, layout: str, shape: tuple[int, ...], radius: floa
         from tsgu_ops import sparse_values
 
         lay = torch.sparse_csr if layout == "csr" else torch.sparse_coo
-        enc = PairwiseEncoder(radius, shape, channel_voxel_relation="inter", layout=lay)
-        v = torch.randn(len(enc.offsets), *shape, requires_grad=True)
+        dev = ctx["device"]
+        enc = PairwiseEncoder(radius, shape, channel_voxel_relation="inter", layout=lay, device=dev)
+        v = torch.randn(len(enc.offsets), *shape, device=dev, requires_grad=True)
         V = enc.volume_numel
         meta: dict[str, Any] = {"nnz": enc.nnz, "rows": V, "dtype": "float32", "layout": layout}
         if impl == "tsgu":

@@ -65,12 +65,17 @@ def _pair(form, kind, L, D, layout, loc, index_dtype=torch.int64):
 
 
 @pytest.mark.parametrize(("form", "kind"), FORMS)
-@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.parametrize(
+    ("layout", "index_dtype"),
+    [(torch.sparse_coo, torch.int64), (torch.sparse_csr, torch.int64), (torch.sparse_csr, torch.int32)],
+)
 @pytest.mark.parametrize("batch", [None, 3])
-def test_log_prob_and_entropy_equal_dense_multivariate_normal(form, kind, layout, batch):
+def test_log_prob_and_entropy_equal_dense_multivariate_normal(form, kind, layout, index_dtype, batch):
     L, D = _factor(7, 1, kind == "ldlt", batch)
     loc = torch.randn(7 if batch is None else (batch, 7), dtype=F64)
-    dist, ref, _ = _pair(form, kind, L, D, layout, loc)
+    dist, ref, S = _pair(form, kind, L, D, layout, loc, index_dtype)
+    if layout == torch.sparse_csr:
+        assert S.crow_indices().dtype == index_dtype
     x = torch.randn(4, 2, *dist.batch_shape, 7, dtype=F64)
     torch.testing.assert_close(dist.log_prob(x), ref.log_prob(x))
     torch.testing.assert_close(dist.entropy(), ref.entropy())
@@ -78,12 +83,15 @@ def test_log_prob_and_entropy_equal_dense_multivariate_normal(form, kind, layout
 
 
 @pytest.mark.parametrize(("form", "kind"), FORMS)
-@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
-def test_log_prob_gradients_are_sparse_and_equal_dense_autograd(form, kind, layout):
+@pytest.mark.parametrize(
+    ("layout", "index_dtype"),
+    [(torch.sparse_coo, torch.int64), (torch.sparse_csr, torch.int64), (torch.sparse_csr, torch.int32)],
+)
+def test_log_prob_gradients_are_sparse_and_equal_dense_autograd(form, kind, layout, index_dtype):
     L, D = _factor(6, 2, kind == "ldlt")
     loc = torch.randn(6, dtype=F64, requires_grad=True)
     Dp = D.clone().requires_grad_()
-    S = _sparse(L, layout).requires_grad_()
+    S = _sparse(L, layout, index_dtype).requires_grad_()
     kw = {"precision_tril" if form == "precision" else "scale_tril": S}
     dist = SparseMultivariateNormal(loc, Dp if kind == "ldlt" else None, **kw)
     x = torch.randn(5, 6, dtype=F64)
