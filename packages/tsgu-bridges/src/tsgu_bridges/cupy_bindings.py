@@ -105,7 +105,16 @@ def t2c_csr(x: torch.Tensor) -> Any:
 
 
 def c2t_csr(X: Any) -> torch.Tensor:
-    """Anything with ``.data/.indices/.indptr/.shape`` → torch CSR (shared memory)."""
+    """Anything with ``.data/.indices/.indptr/.shape`` → torch CSR (shared memory).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from tsgu_bridges import c2t_csr
+    >>> c2t_csr(sp.eye(2, format="csr")).to_dense()
+    tensor([[1., 0.],
+            [0., 1.]], dtype=torch.float64)
+    """
     return torch.sparse_csr_tensor(
         _backend_to_torch(X.indptr), _backend_to_torch(X.indices), _backend_to_torch(X.data), tuple(X.shape)
     )
@@ -133,6 +142,15 @@ def t2c_coo(x: torch.Tensor) -> Any:
 
 
 def c2t_coo(X: Any) -> torch.Tensor:
-    """Anything with ``.data/.row/.col/.shape`` → torch COO (int64 indices, not marked coalesced)."""
+    """Anything with ``.data/.row/.col/.shape`` → torch COO (int64 indices, not marked coalesced).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> from tsgu_bridges import c2t_coo
+    >>> c2t_coo(sp.eye(2, format="coo"))._indices()
+    tensor([[0, 1],
+            [0, 1]])
+    """
     idx = torch.stack([_backend_to_torch(X.row), _backend_to_torch(X.col)]).to(torch.int64)
     return torch.sparse_coo_tensor(idx, _backend_to_torch(X.data), tuple(X.shape))

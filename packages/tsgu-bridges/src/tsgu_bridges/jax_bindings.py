@@ -32,12 +32,29 @@ def t2j(x: torch.Tensor) -> Any:
 
 
 def j2t(x: Any) -> torch.Tensor:
-    """A JAX array as a tensor (DLPack)."""
+    """A JAX array as a tensor (DLPack).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from tsgu_bridges.jax_bindings import j2t
+    >>> j2t(jnp.arange(3))
+    tensor([0, 1, 2], dtype=torch.int32)
+    """
     return torch.utils.dlpack.from_dlpack(x)
 
 
 def t2j_csr(x: torch.Tensor) -> Any:
-    """2-D torch CSR → ``jax.experimental.sparse.CSR``."""
+    """2-D torch CSR → ``jax.experimental.sparse.CSR``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_bridges.jax_bindings import j2t_csr, t2j_csr
+    >>> X = t2j_csr(torch.eye(2).to_sparse_csr())
+    >>> X.shape, j2t_csr(X).to_dense().diagonal().tolist()
+    ((2, 2), [1.0, 1.0])
+    """
     if not isinstance(x, torch.Tensor) or x.layout != torch.sparse_csr or x.dim() != 2:
         raise ValueError("x must be a 2-D torch.sparse_csr tensor")
     x = x.detach()
@@ -50,7 +67,15 @@ def j2t_csr(X: Any) -> torch.Tensor:
 
 
 def t2j_coo(x: torch.Tensor) -> Any:
-    """2-D torch COO → ``jax.experimental.sparse.COO`` (coalesced first, with a warning, if needed)."""
+    """2-D torch COO → ``jax.experimental.sparse.COO`` (coalesced first, with a warning, if needed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_bridges.jax_bindings import j2t_coo, t2j_coo
+    >>> j2t_coo(t2j_coo(torch.eye(2).to_sparse())).coalesce().values().tolist()
+    [1.0, 1.0]
+    """
     if not isinstance(x, torch.Tensor) or x.layout != torch.sparse_coo or x.dim() != 2:
         raise ValueError("x must be a 2-D torch.sparse_coo tensor")
     x = x.detach()
@@ -68,7 +93,17 @@ def j2t_coo(X: Any) -> torch.Tensor:
 
 
 def spmm_t4j(A: torch.Tensor) -> Callable[[Any], Any]:
-    """``x_jax ↦ A @ x`` computed by torch, for JAX solvers that take a callable operator."""
+    """``x_jax ↦ A @ x`` computed by torch, for JAX solvers that take a callable operator.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import torch
+    >>> from tsgu_bridges.jax_bindings import spmm_t4j
+    >>> mv = spmm_t4j(2 * torch.eye(2).to_sparse())
+    >>> mv(jnp.ones(2)).tolist()
+    [2.0, 2.0]
+    """
     if A.dtype == torch.float64 and not jax.config.read("jax_enable_x64"):
         raise TypeError("A is float64 but jax_enable_x64 is off: enable it to pass float64 arrays to JAX")
     Ad = A.detach()

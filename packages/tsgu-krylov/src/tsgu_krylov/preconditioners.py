@@ -275,6 +275,14 @@ def make_preconditioner(A: torch.Tensor, kind: Any) -> Any:
     """``None`` or a preconditioner for ``A`` by name: ``"jacobi"``, ``"ic0"`` or ``"ilu0"``.
 
     A preconditioner object or callable passes through unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_krylov import make_preconditioner
+    >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64).to_sparse_csr()
+    >>> type(make_preconditioner(A, "IC(0)")).__name__
+    'IC0'
     """
     if kind is None or isinstance(kind, Preconditioner):
         return kind

@@ -3,8 +3,7 @@
 from tsgu_distributions.sparse_multivariate_normal import (
     SparseMultivariateNormal,
     SparseMultivariateNormalNative,
-    _batch_sparse_mv,
 )
+from tsgu_distributions.sparse_multivariate_normal import _batch_sparse_mv as _batch_sparse_mv
 
 __all__ = ["SparseMultivariateNormal", "SparseMultivariateNormalNative"]
-_ = _batch_sparse_mv
