@@ -3,8 +3,9 @@
 Each cycle runs ``m`` Arnoldi steps on ``A M⁻¹`` from the current residual, orthogonalising by
 classical Gram–Schmidt applied twice (two matrix products per step instead of a loop over the
 basis: as stable as modified Gram–Schmidt in practice, and vectorised), and keeps the Hessenberg
-matrix triangular with Givens rotations so that the residual norm ``|g_{j+1}|`` is known at every
-step without forming the iterate.  With right preconditioning that number is the true residual.
+matrix triangular with Givens rotations — accumulated as one small orthogonal matrix, so a new
+column is rotated by one product — so that the residual norm ``|g_{j+1}|`` is known at every step
+without forming the iterate.  With right preconditioning that number is the true residual.
 
 All columns of a block right-hand side share the Arnoldi loop but have their own basis, rotations
 and stopping step: a column that converged at step ``j`` of a cycle takes the iterate of that
@@ -132,8 +133,9 @@ def gmres(
         Vb = torch.zeros(*lead, steps + 1, n, dtype=dtype, device=device)
         Vb[..., 0, :] = (R / torch.where(beta > 0, beta, 1.0).unsqueeze(-2)).transpose(-1, -2)
         H = torch.zeros(*lead, steps + 1, steps, dtype=dtype, device=device)
-        cs = torch.zeros(*lead, steps, dtype=dtype, device=device)
-        sn = torch.zeros_like(cs)
+        # Qᵀ, the product of the Givens rotations so far (only rows 0..j+1 are ever touched): the
+        # new Hessenberg column is rotated by one small matrix product instead of j scalar steps
+        Qt = torch.eye(steps + 1, dtype=dtype, device=device).expand(*lead, steps + 1, steps + 1).clone()
         g = torch.zeros(*lead, steps + 1, dtype=dtype, device=device)
         g[..., 0] = beta
         stop = torch.full(lead, steps, dtype=torch.int64, device=device)  # steps used per column
@@ -158,20 +160,19 @@ def gmres(
             hn = torch.linalg.vector_norm(w, dim=-1)
             Vb[..., j + 1, :] = w / torch.where(hn > 0, hn, 1.0).unsqueeze(-1)
             col = torch.cat([h, hn.unsqueeze(-1)], dim=-1)  # (*lead, j+2)
-            for i in range(j):  # earlier rotations
-                a, b = col[..., i].clone(), col[..., i + 1].clone()
-                col[..., i] = cs[..., i] * a + sn[..., i] * b
-                col[..., i + 1] = -sn[..., i] * a + cs[..., i] * b
+            col = (Qt[..., : j + 2, : j + 2] @ col.unsqueeze(-1)).squeeze(-1)  # earlier rotations
             a, b = col[..., j], col[..., j + 1]
             r = torch.hypot(a, b)
             safe = torch.where(r > 0, r, 1.0)
-            cs[..., j] = torch.where(r > 0, a / safe, 1.0)
-            sn[..., j] = torch.where(r > 0, b / safe, 0.0)
-            col[..., j] = r
-            col[..., j + 1] = 0
+            c = torch.where(r > 0, a / safe, 1.0)
+            sg = torch.where(r > 0, b / safe, 0.0)
+            row_j, row_j1 = Qt[..., j, : j + 2].clone(), Qt[..., j + 1, : j + 2].clone()
+            Qt[..., j, : j + 2] = c.unsqueeze(-1) * row_j + sg.unsqueeze(-1) * row_j1
+            Qt[..., j + 1, : j + 2] = -sg.unsqueeze(-1) * row_j + c.unsqueeze(-1) * row_j1
+            col = torch.cat([col[..., :j], r.unsqueeze(-1), torch.zeros_like(r).unsqueeze(-1)], dim=-1)
             H[..., : j + 2, j] = col
-            g[..., j + 1] = -sn[..., j] * g[..., j]
-            g[..., j] = cs[..., j] * g[..., j]
+            g[..., j + 1] = -sg * g[..., j]
+            g[..., j] = c * g[..., j]
             res = g[..., j + 1].abs()
             done_now = live & ((res <= target) | (hn == 0))
             breakdown |= live & (r == 0)
