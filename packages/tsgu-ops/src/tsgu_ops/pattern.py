@@ -99,6 +99,9 @@ class SparsePattern:
         # of original entry k (several entries share one slot and their values add up).
         self.perm: torch.Tensor | None = None
         self.canon: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
+        self._cols: torch.Tensor | None = None
+        self._sorted_rows: torch.Tensor | None = None
         if A.layout == torch.sparse_coo:
             idx = A._indices()
             self.coo_indices = idx
@@ -109,10 +112,10 @@ class SparsePattern:
                 rows = idx[0] * self.n + idx[1]
                 cols = idx[0] * self.m + idx[2]
             self.nnz = int(idx.shape[1])
-            self.rows, self.cols = rows, cols
+            self._rows, self._cols = rows, cols
             self.index_dtype = torch.int64
             if self.coo_coalesced:
-                self.sorted_rows, self.sorted_cols = rows, cols
+                self._sorted_rows, self.sorted_cols = rows, cols
             else:
                 perm = lexsort_rows_cols(rows, cols, self.M)
                 sr, sc = rows[perm], cols[perm]
@@ -125,8 +128,8 @@ class SparsePattern:
                     canon[perm] = torch.cumsum(first.to(torch.int64), 0) - 1
                     self.canon = canon
                     sr, sc = sr[first], sc[first]
-                self.sorted_rows, self.sorted_cols = sr, sc
-            self.crow = compress_rows(self.sorted_rows, self.N)
+                self._sorted_rows, self.sorted_cols = sr, sc
+            self.crow = compress_rows(self._sorted_rows, self.N)
         elif A.layout == torch.sparse_csr:
             crow, col = A.crow_indices(), A.col_indices()
             self.csr_crow, self.csr_col = crow, col
@@ -148,10 +151,30 @@ class SparsePattern:
                 flat_col = (col.to(itype) + (offs * self.m)[:, None]).reshape(-1)
             self.nnz = int(flat_col.numel())
             self.crow, self.sorted_cols = flat_crow, flat_col
-            self.sorted_rows = csr_row_indices(flat_crow, self.nnz)
-            self.rows, self.cols = self.sorted_rows, flat_col.to(torch.int64)
+            # row indices of a CSR pattern are expanded only when an operation needs them
         else:  # pragma: no cover - callers validate the layout first
             raise ValueError(f"unsupported layout {A.layout}")
+
+    @property
+    def sorted_rows(self) -> torch.Tensor:
+        """int64 row of every canonical (row-major) entry."""
+        if self._sorted_rows is None:
+            self._sorted_rows = csr_row_indices(self.crow, self.nnz)
+        return self._sorted_rows
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """int64 row of every stored entry, in original order."""
+        if self._rows is None:
+            self._rows = self.sorted_rows  # CSR: original order is row-major
+        return self._rows
+
+    @property
+    def cols(self) -> torch.Tensor:
+        """int64 column of every stored entry, in original order."""
+        if self._cols is None:
+            self._cols = self.sorted_cols.to(torch.int64)
+        return self._cols
 
     # ----------------------------------------------------------------------------------------
     # values in original order <-> tensors
