@@ -96,6 +96,24 @@ def scipy_solver_variant(solver: str, k: int, convection: float, rtol: float) ->
     return setup
 
 
+def dense_solve_variant(k: int, convection: float) -> Callable[..., Run]:
+    """``torch.linalg.solve`` on the densified matrix: what a user does when it fits in memory."""
+
+    def setup(ctx: dict[str, Any]) -> Run:
+        A = _system(ctx, k, convection)
+        n = A.shape[0]
+        if 3 * n * n * 8 > ctx["dense_limit"]:  # the matrix, its LU and the dense gradient
+            raise MemoryError(f"a dense {n} x {n} float64 solve needs {3 * n * n * 8 / 2**30:.1f} GiB")
+        dev = ctx["device"]
+        D = A.to_dense().to(dev).requires_grad_()
+        b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(dev)
+        meta = {"nnz": A._nnz(), "rows": n, "dtype": "float64", "layout": "dense", "residual": 0.0}
+        meta["note"] = "dense n x n matrix and gradient"
+        return Run(lambda: torch.linalg.solve(D, b), lambda out: _backward_sum(out, D), meta)
+
+    return setup
+
+
 # ----------------------------------------------------------------------------------------------
 # tsgu-bridges: SciPy direct solve, LU reused by the backward pass
 def bridge_variant(impl: str, k: int, nrhs: int) -> Callable[..., Run]:
@@ -232,6 +250,7 @@ def more_cases(full: bool = False) -> list[Case]:
         ]
     ]
     pois.append(Variant("scipy cg", scipy_solver_variant("cg", k, 0.0, 1e-6), baseline=True))
+    pois.append(Variant("torch.linalg.solve (dense)", dense_solve_variant(k, 0.0)))
     cases.append(Case("krylov_poisson", "sparse_generic_solve", f"poisson 3d {k}^3, rtol 1e-6", pois))
     cd = [
         Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 1.0, 1e-6))
@@ -247,6 +266,19 @@ def more_cases(full: bool = False) -> list[Case]:
     cd.append(Variant("scipy bicgstab", scipy_solver_variant("bicgstab", k, 1.0, 1e-6)))
     cases.append(
         Case("krylov_convdiff", "sparse_generic_solve", f"convection-diffusion {k}^3, rtol 1e-6", cd)
+    )
+    ks = 16
+    cases.append(
+        Case(
+            "krylov_small",
+            "sparse_generic_solve",
+            f"poisson 3d {ks}^3, rtol 1e-6",
+            [
+                Variant("cg", krylov_variant("cg", None, ks, 0.0, 1e-6)),
+                Variant("scipy cg", scipy_solver_variant("cg", ks, 0.0, 1e-6)),
+                Variant("torch.linalg.solve (dense)", dense_solve_variant(ks, 0.0), baseline=True),
+            ],
+        )
     )
     cases.append(
         Case(
