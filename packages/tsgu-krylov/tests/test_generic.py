@@ -283,3 +283,17 @@ def test_lstsq_validates_in_forward():
         sparse_generic_lstsq(torch.ones(3, 2, dtype=F64).to_sparse(), torch.ones(4, dtype=F64))
     with pytest.raises(TypeError, match="same dtype"):
         sparse_generic_lstsq(torch.ones(3, 2, dtype=F64).to_sparse(), torch.ones(3))
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_lone_user_solve_gets_the_transpose_of_a_batched_matrix(layout):
+    """The backward hands a lone user solve Aᵀ with A's layout, batch and index dtype."""
+    case = build_case(19, (3, 5, 5), 0.5, layout, torch.int32, F64, "dominant")
+    seen = []
+
+    def solve(A, B):
+        seen.append((A.layout, A.shape))
+        return torch.linalg.solve(A.to_dense(), B)
+
+    _check_solve(case, torch.randn(3, 5, 2, dtype=F64), solve=solve)
+    assert seen == [(layout, (3, 5, 5))] * 2
