@@ -58,7 +58,9 @@ def test_the_meta_package_pins_every_tsgu_package_exactly_and_they_resolve():
     from importlib.metadata import requires, version
 
     expected = (ROOT / "VERSION").read_text().strip()
-    pins = [r for r in requires("torchsparsegradutils") or [] if r.startswith("tsgu-") and "extra ==" not in r]
+    pins = [
+        r for r in requires("torchsparsegradutils") or [] if r.startswith("tsgu-") and "extra ==" not in r
+    ]
     names = sorted(r.split("==")[0] for r in pins)
     assert names == sorted(m.replace("_", "-") for m in MODULES if m != "torchsparsegradutils")
     assert all(r.split("==")[1].strip() == expected for r in pins)
