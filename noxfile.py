@@ -84,10 +84,11 @@ def _local(pkg: str, extras: str = "") -> str:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff on everything, mypy on every package's src/."""
+    """ruff (lint and format check) on everything, mypy on every package's src/."""
     _install_torch(session)
     session.install("ruff>=0.6", "mypy>=1.10", "numpy", "scipy", "hypothesis>=6.100")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
     srcs = [str(p / "src") for p in sorted((ROOT / "packages").iterdir()) if (p / "src").is_dir()]
     for src in srcs:
         session.run("mypy", src, env={"MYPYPATH": os.pathsep.join(srcs)})
