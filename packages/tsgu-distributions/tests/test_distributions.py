@@ -281,3 +281,18 @@ def test_batch_sparse_mv_helper_ranks():
     assert _batch_sparse_mv(op, M.expand(2, 3, 3), torch.ones(4, 2, 3, dtype=F64)).shape == (4, 2, 3)
     with pytest.raises(ValueError, match="Invalid dimensions for bmat and bvec"):
         _batch_sparse_mv(op, M, torch.ones(1, 1, 1, 3))
+
+
+def test_variance_broadcasts_loc_diagonal_and_factor_batches():
+    g = torch.Generator().manual_seed(5)
+    n = 4
+    L = torch.tril(torch.randn(2, n, n, dtype=F64, generator=g), -1) * (torch.rand(n, n, generator=g) < 0.6)
+    D = torch.rand(2, n, dtype=F64, generator=g) + 0.5
+    dist = SparseMultivariateNormal(torch.zeros(3, 2, n, dtype=F64), D, scale_tril=L.to_sparse())
+    M = L + torch.eye(n, dtype=F64)
+    cov = M @ torch.diag_embed(D) @ M.mT
+    assert dist.batch_shape == (3, 2)
+    torch.testing.assert_close(dist.variance, cov.diagonal(dim1=-2, dim2=-1).expand(3, 2, n))
+    shared = SparseMultivariateNormal(torch.zeros(n, dtype=F64), D, scale_tril=L[0].to_sparse())
+    M0 = M[0]
+    torch.testing.assert_close(shared.variance, (M0 * D[:, None, :] * M0).sum(-1))
