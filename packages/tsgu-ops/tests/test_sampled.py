@@ -96,3 +96,24 @@ def test_bad_arguments():
         sparse_with_values(A, torch.ones(3))
     with pytest.raises(TypeError):
         sparse_values("A")
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_pattern_symmetry_of_structure_and_values(layout):
+    from tsgu_ops import SparsePattern
+
+    def pattern(D):
+        A = D.to_sparse() if layout == torch.sparse_coo else D.to_sparse_csr()
+        return SparsePattern(A), A
+
+    sym = torch.tensor([[2.0, 1.0, 0.0], [1.0, 3.0, 4.0], [0.0, 4.0, 1.0]], dtype=torch.float64)
+    p, A = pattern(sym)
+    assert p.symmetric() and p.symmetric(p.values(A))
+    skew = sym.clone()
+    skew[0, 1] = 5.0  # same structure, other values
+    p, A = pattern(skew)
+    assert p.symmetric() and not p.symmetric(p.values(A))
+    tri = torch.triu(sym)
+    p, A = pattern(tri)
+    assert not p.symmetric()
+    assert not SparsePattern(torch.ones(2, 3).to_sparse()).symmetric()

@@ -83,10 +83,16 @@ class _BackendKernel:
         self.solve, self.transpose_solve, self.kwargs = solve, transpose_solve, kwargs
         self._mats: dict[bool, Any] = {}
         self._lu: Any = None
+        self._pattern: SparsePattern | None = None
+
+    def _index(self, A: torch.Tensor) -> SparsePattern:
+        if self._pattern is None:  # built once, shared by both directions and the ordering choice
+            self._pattern = SparsePattern(A)
+        return self._pattern
 
     def _matrix(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
         if transposed not in self._mats:
-            pattern = SparsePattern(A)
+            pattern = self._index(A)
             S = (pattern.csr_t if transposed else pattern.csr)(values)
             xp, xsp = _get_array_modules(A)
             parts = [_torch_to_backend(t, xp) for t in (S.values(), S.col_indices(), S.crow_indices())]
@@ -101,7 +107,7 @@ class _BackendKernel:
             if A.device.type == "cpu":
                 # A structurally symmetric pattern (Laplacians, FEM matrices) fills in far less
                 # under a minimum-degree ordering of A + Aᵀ than under SciPy's default COLAMD.
-                sym = _structurally_symmetric(A)
+                sym = self._index(A).symmetric()
                 options["permc_spec"] = self.kwargs.get("permc_spec", "MMD_AT_PLUS_A" if sym else "COLAMD")
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=getattr(xsp, "SparseEfficiencyWarning", Warning))
@@ -137,16 +143,6 @@ class _BackendKernel:
                 X = X[0]
         Xt = _backend_to_torch(X).to(device=B.device, dtype=A.dtype)
         return Xt.reshape(B.shape)
-
-
-def _structurally_symmetric(A: torch.Tensor) -> bool:
-    p = SparsePattern(A)
-    crow_t, col_t, _ = p._transposed_order()
-    return bool(
-        crow_t.shape == p.crow.shape
-        and torch.equal(crow_t.to(torch.int64), p.crow.to(torch.int64))
-        and torch.equal(col_t.to(torch.int64), p.sorted_cols.to(torch.int64))
-    )
 
 
 def _make_kernel(solve: Any, transpose_solve: Any, kwargs: dict[str, Any]) -> Kernel:

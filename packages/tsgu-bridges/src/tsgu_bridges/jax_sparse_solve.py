@@ -55,10 +55,13 @@ class _JaxKernel:
     def __init__(self, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]):
         self.solve, self.transpose_solve, self.kwargs = solve, transpose_solve, kwargs
         self._mats: dict[bool, Any] = {}
+        self._pattern: SparsePattern | None = None
 
     def _matrix(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
         if transposed not in self._mats:
-            p = SparsePattern(A)
+            if self._pattern is None:  # one index structure for both directions
+                self._pattern = SparsePattern(A)
+            p = self._pattern
             rows, cols = p.sorted_rows, p.sorted_cols.to(torch.int64)
             if transposed:
                 rows, cols = cols, rows

@@ -15,18 +15,20 @@ from typing import Any
 
 import torch
 
-from .offsets import calc_pairwise_coo_indices_nd, gen_offsets_nd, spatial_offsets, trim_nd
+from .offsets import (
+    calc_pairwise_coo_indices_nd,
+    check_volume_shape,
+    gen_offsets_nd,
+    spatial_offsets,
+    trim_nd,
+)
 from .pairwise_encoder import PairwiseEncoder
 
 _SHAPE_4D = "`volume_shape` must be a 4D tuple of positive integers, representing [C, H, D, W]"
 
 
 def _check_4d(volume_shape: Any) -> None:
-    if (
-        not isinstance(volume_shape, (tuple, list, torch.Size))
-        or len(volume_shape) != 4
-        or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in volume_shape)
-    ):
+    if len(check_volume_shape(volume_shape, _SHAPE_4D)) != 4:
         raise ValueError(_SHAPE_4D)
 
 

@@ -36,7 +36,13 @@ RELATIONS = ("indep", "intra", "inter")
 
 
 def spatial_offsets(radius: float, d: int) -> list[tuple[int, ...]]:
-    """Integer ``s ≠ 0`` in ``d`` dimensions with ``Σ s_i² ≤ radius²`` (unordered)."""
+    """Integer ``s ≠ 0`` in ``d`` dimensions with ``Σ s_i² ≤ radius²`` (unordered).
+
+    Examples
+    --------
+    >>> sorted(spatial_offsets(1, 2))
+    [(-1, 0), (0, -1), (0, 1), (1, 0)]
+    """
     if d <= 0:
         raise ValueError(f"the number of spatial dimensions must be positive, got {d}")
     R = math.floor(radius)
@@ -66,7 +72,13 @@ def gen_offsets_nd(
     channel_voxel_relation: str = "indep",
     diag: bool = False,
 ) -> list[tuple[int, ...]]:
-    """The offsets ``(c, s_1, …, s_d)`` of an encoder, in encoder order (module docstring)."""
+    """The offsets ``(c, s_1, …, s_d)`` of an encoder, in encoder order (module docstring).
+
+    Examples
+    --------
+    >>> gen_offsets_nd(1, 1, upper=True, num_channels=2, channel_voxel_relation="intra")
+    [(0, -1), (-1, 0)]
+    """
     spatial = spatial_offsets(radius, d)
     offsets = [(0, *s) for s in spatial]
     if channel_voxel_relation in ("intra", "inter"):
@@ -84,7 +96,15 @@ def gen_offsets_nd(
 
 
 def trim_nd(x: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
-    """``x[k:]`` along axes with ``k > 0``, ``x[:k]`` with ``k < 0``, whole axes with ``k = 0``."""
+    """``x[k:]`` along axes with ``k > 0``, ``x[:k]`` with ``k < 0``, whole axes with ``k = 0``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> trim_nd(torch.arange(6).reshape(2, 3), (0, -1))
+    tensor([[0, 1],
+            [3, 4]])
+    """
     if len(offsets) != x.dim():
         raise ValueError(f"offsets must have one entry per dimension of x ({x.dim()}), got {len(offsets)}")
     index = tuple(slice(k, None) if k > 0 else slice(None, k) if k < 0 else slice(None) for k in offsets)

@@ -85,14 +85,6 @@ def resolve_check_every(check_every: Any, device: torch.device) -> int:
     return check_every
 
 
-def check_iterations(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be nonnegative, got {value}")
-    return value
-
-
 def alias(primary_name: str, primary: Any, **aliases: Any) -> Any:
     """One value from a keyword and its aliases (``rtol``/``tol``, ``max_iter``/``maxiter``)."""
     given = {k: v for k, v in aliases.items() if v is not None}
@@ -191,6 +183,17 @@ def signal(msg: str, on_failure: str) -> None:
         raise ConvergenceError(msg)
     if on_failure == "warn":
         warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+
+
+def givens(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Givens rotation ``(c, s, r)`` with ``[c s; −s c] [a; b] = [r; 0]`` and ``r ≥ 0`` (elementwise).
+
+    ``a = b = 0`` gives the identity rotation.  Used by GMRES (Hessenberg QR) and LSMR.
+    """
+    r = torch.hypot(a, b)
+    ok = r > 0
+    safe = torch.where(ok, r, torch.ones_like(r))
+    return torch.where(ok, a / safe, torch.ones_like(a)), torch.where(ok, b / safe, torch.zeros_like(b)), r
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

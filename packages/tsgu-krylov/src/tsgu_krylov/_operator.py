@@ -108,13 +108,6 @@ def as_preconditioner(op: Any, name: str = "preconditioner") -> MatVec | None:
     raise RuntimeError(f"{name} must be a tensor, or a callable object!")
 
 
-def operator_size(op: Any) -> int | None:
-    """``n`` of a tensor operator (``None`` for a callable)."""
-    if isinstance(op, torch.Tensor):
-        return int(op.shape[-1])
-    return None
-
-
 def as_block(rhs: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """``(n,)`` → ``(n, 1)``; anything else unchanged. Returns the block and whether it was a vector."""
     if rhs.dim() == 1:
@@ -136,14 +129,3 @@ def col_dot(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
 def col_norm(U: torch.Tensor) -> torch.Tensor:
     """Per-column 2-norms ``(*batch, k)``."""
     return torch.linalg.vector_norm(U, dim=-2)
-
-
-def check_output(name: str, Y: Any, like: torch.Tensor, what: str) -> torch.Tensor:
-    if (
-        not isinstance(Y, torch.Tensor)
-        or Y.shape != like.shape
-        or Y.dtype != like.dtype
-        or (Y.device != like.device)
-    ):
-        raise RuntimeError(f"{name} output must match {what} shape, device, and dtype")
-    return Y

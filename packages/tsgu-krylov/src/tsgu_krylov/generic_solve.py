@@ -95,29 +95,30 @@ def _resolve(fn: Any, name: str) -> Any:
     raise TypeError(f"{name} must be a callable or a solver name, got {type(fn).__name__}")
 
 
-def _is_symmetric(A: torch.Tensor, pattern: SparsePattern) -> bool:
-    """Whether the stored entries of ``A`` are symmetric (pattern and values)."""
-    crow_t, col_t, perm_t = pattern._transposed_order()
-    if crow_t.shape != pattern.crow.shape or not torch.equal(
-        crow_t.to(torch.int64), pattern.crow.to(torch.int64)
-    ):
-        return False
-    if not torch.equal(col_t.to(torch.int64), pattern.sorted_cols.to(torch.int64)):
-        return False
-    v = pattern._sorted(pattern.values(A.detach()))
-    vt = v[perm_t]
-    tol = 8 * torch.finfo(v.dtype).eps * float(v.abs().max()) if v.numel() else 0.0
-    return bool(((v - vt).abs() <= tol).all())
-
-
 class _Kernel:
     """Solver pair → tsgu-ops kernel, remembering per-call work (preconditioner, ``Aᵀ``)."""
 
-    def __init__(self, solve: Any, transpose_solve: Any, kwargs: dict[str, Any], vector: bool):
+    def __init__(
+        self,
+        solve: Any,
+        transpose_solve: Any,
+        kwargs: dict[str, Any],
+        vector: bool,
+        pattern: SparsePattern | None = None,
+    ):
         self.solve, self.transpose_solve, self.kwargs, self.vector = solve, transpose_solve, kwargs, vector
         self._pc: Any = None
         self._pc_built = False
         self._At: torch.Tensor | None = None
+        self._pattern = pattern  # one index structure for the symmetry test and both directions
+        self._ops: dict[bool, SparseOperator] = {}
+
+    def _operator(self, A: torch.Tensor, transposed: bool) -> SparseOperator:
+        if transposed not in self._ops:
+            if self._pattern is None:
+                self._pattern = SparsePattern(A)
+            self._ops[transposed] = SparseOperator(A, transpose=transposed, pattern=self._pattern)
+        return self._ops[transposed]
 
     def _preconditioner(self, A: torch.Tensor, transposed: bool) -> Any:
         spec = self.kwargs.get("preconditioner")
@@ -148,17 +149,21 @@ class _Kernel:
             if "preconditioner" in kwargs:
                 kwargs["preconditioner"] = self._preconditioner(A, transposed)
             kwargs.pop("return_info", None)
-            op = SparseOperator(A, transpose=transposed)
-            return self._call(fn, op, B, kwargs)
+            return self._call(fn, self._operator(A, transposed), B, kwargs)
         if fn is self.solve and transposed:  # a lone user solve: give it Aᵀ itself
             if self._At is None:
-                self._At = transposed_sparse(A)
+                self._At = transposed_sparse(A, self._pattern)
             return self._call(fn, self._At, B, kwargs)
         return self._call(fn, A, B, kwargs)
 
 
 def _make_kernel(
-    A: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any], vector: bool
+    A: torch.Tensor,
+    solve: Any,
+    transpose_solve: Any,
+    kwargs: dict[str, Any],
+    vector: bool,
+    pattern: SparsePattern | None = None,
 ) -> Kernel:
     solve = _resolve(solve, "solve")
     transpose_solve = _resolve(transpose_solve, "transpose_solve")
@@ -168,7 +173,8 @@ def _make_kernel(
         raise ValueError(f"structure must be 'spd', 'symmetric', 'general' or None, got {structure!r}")
     if solve is None and transpose_solve is None:
         if structure is None:
-            structure = "symmetric" if _is_symmetric(A, SparsePattern(A)) else "general"
+            pattern = pattern if pattern is not None else SparsePattern(A)
+            structure = "symmetric" if pattern.symmetric(pattern.values(A.detach())) else "general"
         solve = {"spd": linear_cg, "symmetric": minres, "general": gmres}[structure]
         if not any(k in kwargs for k in _TOL_KEYS):
             # the default must give accurate gradients, not 0.2.7's loose MINRES tolerance
@@ -177,7 +183,7 @@ def _make_kernel(
         solve = transpose_solve
     if transpose_solve is None:
         transpose_solve = solve
-    return _Kernel(solve, transpose_solve, kwargs, vector)
+    return _Kernel(solve, transpose_solve, kwargs, vector, pattern)
 
 
 class SparseGenericSolve(Function):
@@ -260,4 +266,6 @@ def sparse_generic_solve(
         )
         B = B.to(A.dtype)
     vector = B.dim() == A.dim() - 1
-    return solve_sparse_rhs(A, B, _make_kernel(A, solve, transpose_solve, kwargs, vector))
+    pattern = SparsePattern(A)  # one index structure per call: symmetry test, operators, gradient
+    kernel = _make_kernel(A, solve, transpose_solve, kwargs, vector, pattern)
+    return solve_sparse_rhs(A, B, kernel, pattern=pattern)

@@ -27,6 +27,7 @@ from ._common import (
     check_tolerance,
     check_x0,
     finish,
+    givens,
     resolve_check_every,
     true_relative_residual,
 )
@@ -161,11 +162,7 @@ def gmres(
             Vb[..., j + 1, :] = w / torch.where(hn > 0, hn, 1.0).unsqueeze(-1)
             col = torch.cat([h, hn.unsqueeze(-1)], dim=-1)  # (*lead, j+2)
             col = (Qt[..., : j + 2, : j + 2] @ col.unsqueeze(-1)).squeeze(-1)  # earlier rotations
-            a, b = col[..., j], col[..., j + 1]
-            r = torch.hypot(a, b)
-            safe = torch.where(r > 0, r, 1.0)
-            c = torch.where(r > 0, a / safe, 1.0)
-            sg = torch.where(r > 0, b / safe, 0.0)
+            c, sg, r = givens(col[..., j], col[..., j + 1])
             row_j, row_j1 = Qt[..., j, : j + 2].clone(), Qt[..., j + 1, : j + 2].clone()
             Qt[..., j, : j + 2] = c.unsqueeze(-1) * row_j + sg.unsqueeze(-1) * row_j1
             Qt[..., j + 1, : j + 2] = -sg.unsqueeze(-1) * row_j + c.unsqueeze(-1) * row_j1

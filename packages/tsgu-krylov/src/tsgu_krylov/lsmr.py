@@ -14,21 +14,10 @@ from typing import Any
 
 import torch
 
-from ._common import resolve_check_every
+from ._common import givens, resolve_check_every
 from ._operator import SparseOperator, col_norm
 
 __all__ = ["lsmr"]
-
-
-def _rot(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Givens rotation ``(c, s, r)`` with ``[c s; −s c] [a; b] = [r; 0]`` and ``r ≥ 0``."""
-    r = torch.hypot(a, b)
-    safe = torch.where(r > 0, r, torch.ones_like(r))
-    return (
-        torch.where(r > 0, a / safe, torch.ones_like(a)),
-        torch.where(r > 0, b / safe, torch.zeros_like(b)),
-        r,
-    )
 
 
 def _closure(op: Any, vector: bool) -> Any:
@@ -162,15 +151,15 @@ def lsmr(
             V = torch.where((beta > 0).unsqueeze(0), Atop(U) - beta.to(B.dtype).unsqueeze(0) * V, V)
             alpha = torch.where(beta > 0, col_norm(V).to(real), alpha)
             V = V / torch.where(alpha > 0, alpha, 1.0).unsqueeze(0)
-            chat, shat, alphahat = _rot(alphabar, torch.full_like(alphabar, damp))
+            chat, shat, alphahat = givens(alphabar, torch.full_like(alphabar, damp))
             rhoold = rho
-            c, s, rho = _rot(alphahat, beta)
+            c, s, rho = givens(alphahat, beta)
             thetanew = s * alpha
             alphabar = c * alpha
             rhobarold, zetaold = rhobar, zeta
             thetabar = sbar * rho
             rhotemp = cbar * rho
-            cbar, sbar, rhobar = _rot(cbar * rho, thetanew)
+            cbar, sbar, rhobar = givens(cbar * rho, thetanew)
             zeta = cbar * zetabar
             zetabar = -sbar * zetabar
             den1 = rhoold * rhobarold
@@ -185,7 +174,7 @@ def lsmr(
             betahat = c * betaacute
             betadd = -s * betaacute
             thetatildeold = thetatilde
-            ctildeold, stildeold, rhotildeold = _rot(rhodold, thetabar)
+            ctildeold, stildeold, rhotildeold = givens(rhodold, thetabar)
             thetatilde = stildeold * rhobar
             rhodold = ctildeold * rhobar
             betad = -stildeold * betad + ctildeold * betahat

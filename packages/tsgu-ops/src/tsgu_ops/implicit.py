@@ -160,10 +160,12 @@ def rhs_kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None,
     return dA, dB
 
 
-def solve_sparse_rhs(A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+def solve_sparse_rhs(
+    A: torch.Tensor, B: torch.Tensor, kernel: Kernel, pattern: SparsePattern | None = None
+) -> torch.Tensor:
     """:func:`solve_sparse` for a right-hand side that may be a vector (one rank below ``A``)."""
     vector = B.dim() == A.dim() - 1
-    X = solve_sparse(A, B.unsqueeze(-1) if vector else B, kernel)
+    X = solve_sparse(A, B.unsqueeze(-1) if vector else B, kernel, pattern=pattern)
     return X.squeeze(-1) if vector else X
 
 

@@ -234,6 +234,26 @@ class SparsePattern:
             lambda: torch.sparse_csr_tensor(crow_t, col_t, v, (self.M, self.N), check_invariants=False)
         )
 
+    def symmetric(self, values: torch.Tensor | None = None) -> bool:
+        """Whether the pattern equals its transpose and, given ``values`` (original order), so do
+        the stored values (to a few ulps of the largest one).  Uses the cached transposed order."""
+        if self.N != self.M:
+            return False
+        crow_t, col_t, perm_t = self._transposed_order()
+        if crow_t.shape != self.crow.shape or not torch.equal(
+            crow_t.to(torch.int64), self.crow.to(torch.int64)
+        ):
+            return False
+        if not torch.equal(col_t.to(torch.int64), self.sorted_cols.to(torch.int64)):
+            return False
+        if values is None:
+            return True
+        v = self._sorted(values)
+        if v.numel() == 0:
+            return True
+        tol = 8 * torch.finfo(v.dtype).eps * float(v.abs().max())
+        return bool(((v - v[perm_t]).abs() <= tol).all())
+
     def matmul(self, values: torch.Tensor, X: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``S @ X`` (or ``Sᵀ @ X``) for the flattened matrix ``S`` holding ``values``."""
         rows = self.M if transpose else self.N
