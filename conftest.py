@@ -44,3 +44,24 @@ collect_ignore_glob = (
     if _jax_missing()
     else []
 )
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None  # type: ignore[assignment]
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def real_corpus():  # type: ignore[no-untyped-def]
+        """The real-matrix corpus (pyamg gallery/examples, scikit-fem assemblies), built once.
+
+        ``TSGU_CORPUS_SIZE=large`` (the ``fuzz`` session) refines the generated matrices up to
+        ~25k unknowns; the default ``small`` keeps CI fast.  Skips where tsgu-ops' ``[corpus]``
+        extra is not installed (a package that does not depend on tsgu-ops, tested alone).
+        """
+        testing = pytest.importorskip("tsgu_ops.testing")
+        pytest.importorskip("pyamg")
+        pytest.importorskip("skfem")
+        return testing.real_matrices(os.environ.get("TSGU_CORPUS_SIZE", "small"))

@@ -27,7 +27,7 @@ TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 
 # package -> (import name, extras needed by its tests)
 PACKAGES = {
-    "tsgu-ops": ("tsgu_ops", "[testing]"),
+    "tsgu-ops": ("tsgu_ops", "[testing,corpus]"),
     "tsgu-indexed": ("tsgu_indexed", ""),
     "tsgu-krylov": ("tsgu_krylov", "[test]"),
     "tsgu-bridges": ("tsgu_bridges", "[jax,test]"),
@@ -239,7 +239,12 @@ def fuzz(session: nox.Session) -> None:
     _install_torch(session)
     session.install("-r", "requirements-dev.txt")
     session.run(
-        "pytest", "packages", "-p", "no:doctest", *session.posargs, env={"TSGU_HYPOTHESIS_PROFILE": "fuzz"}
+        "pytest",
+        "packages",
+        "-p",
+        "no:doctest",
+        *session.posargs,
+        env={"TSGU_HYPOTHESIS_PROFILE": "fuzz", "TSGU_CORPUS_SIZE": "large"},
     )
 
 

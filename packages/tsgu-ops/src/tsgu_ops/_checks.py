@@ -95,3 +95,114 @@ def require_size(name: str, size: Any, ranks: Sequence[int]) -> tuple[int, ...]:
     if any(s < 0 for s in size):
         raise ValueError(f"{name} must contain non-negative sizes, got {tuple(size)}")
     return tuple(size)
+
+
+#: Value dtypes the public operations compute with.  Complex values are supported where an
+#: operation documents it (conjugate/Wirtinger gradients, as PyTorch's own autograd).
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def require_value_dtype(
+    name: str, value: torch.Tensor, allowed: Sequence[torch.dtype] = FLOAT_DTYPES
+) -> None:
+    """Raise ``TypeError`` unless ``value``'s dtype is one of ``allowed`` (names them all)."""
+    if value.dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{name} must have one of the dtypes {names}, got {value.dtype}")
+
+
+def require_not_meta(name: str, value: torch.Tensor) -> None:
+    """Raise ``ValueError`` for a tensor on the ``meta`` device (it holds no data to compute with)."""
+    if value.device.type == "meta":
+        raise ValueError(
+            f"{name} is on the 'meta' device: it has no data, so it can be neither validated nor "
+            "computed with; materialise it first (e.g. tensor.to_empty(device='cpu'))"
+        )
+
+
+def check_sparse_indices(name: str, A: torch.Tensor) -> None:
+    """Validate the index structure of a sparse COO or CSR tensor ``A`` (2-D or batched 3-D).
+
+    PyTorch's native sparse kernels trust their indices: an out-of-range COO index or a
+    non-monotone ``crow`` silently drops entries or corrupts memory.  Every public function of the
+    project that hands a user's sparse tensor to a native kernel calls this first.  It checks, with
+    a few reductions over the indices (``O(nnz)``, one host synchronisation):
+
+    * COO: indices of shape ``(ndim, nnz)`` with every row ``d`` within ``[0, A.shape[d])``;
+    * CSR: ``crow`` starts at 0, never decreases, ends at the number of stored entries, and every
+      column index lies within ``[0, A.shape[-1])``; in a batch, every item holds the same nnz;
+    * the tensor is not on the ``meta`` device.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, what was expected and what was found.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_ops._checks import check_sparse_indices
+    >>> A = torch.sparse_coo_tensor(torch.tensor([[1, 2], [1, 2]]), torch.ones(2), (2, 2),
+    ...                             check_invariants=False)
+    >>> check_sparse_indices("A", A)
+    Traceback (most recent call last):
+    ...
+    ValueError: A has a row index out of range: indices[0] must lie in [0, 2), found 2
+    """
+    require_not_meta(name, A)
+    if A.layout == torch.sparse_coo:
+        idx = A._indices()
+        if idx.dim() != 2 or idx.shape[0] != A.sparse_dim():
+            raise ValueError(f"{name} has malformed COO indices of shape {tuple(idx.shape)}")
+        if idx.shape[1] == 0:
+            return
+        lo = idx.amin(dim=1).tolist()
+        hi = idx.amax(dim=1).tolist()
+        what = {A.sparse_dim() - 2: "row", A.sparse_dim() - 1: "column"}
+        for d in range(A.sparse_dim()):
+            size = int(A.shape[d])
+            bad = hi[d] if hi[d] >= size else lo[d] if lo[d] < 0 else None
+            if bad is not None:
+                kind = what.get(d, "batch")
+                raise ValueError(
+                    f"{name} has a {kind} index out of range: indices[{d}] must lie in "
+                    f"[0, {size}), found {bad}"
+                )
+        return
+    if A.layout == torch.sparse_csr:
+        crow, col = A.crow_indices(), A.col_indices()
+        rows, cols = int(A.shape[-2]), int(A.shape[-1])
+        if crow.shape[-1] != rows + 1 or crow.dim() != A.dim() - 1 or col.dim() != A.dim() - 1:
+            raise ValueError(
+                f"{name} has malformed CSR indices: crow_indices of shape {tuple(crow.shape)} and "
+                f"col_indices of shape {tuple(col.shape)} for a matrix of shape {tuple(A.shape)}"
+            )
+        per = int(col.shape[-1])
+        first = crow[..., 0]
+        last = crow[..., -1]
+        steps = crow[..., 1:] - crow[..., :-1]
+        stats = torch.stack(
+            [
+                first.abs().max() if first.numel() else torch.zeros((), dtype=crow.dtype),
+                (last - per).abs().max() if last.numel() else torch.zeros((), dtype=crow.dtype),
+                (steps < 0).any().to(crow.dtype) if steps.numel() else torch.zeros((), dtype=crow.dtype),
+            ]
+        ).tolist()
+        if stats[0] != 0:
+            raise ValueError(f"{name} has crow_indices that do not start at 0")
+        if stats[1] != 0:
+            raise ValueError(
+                f"{name} has crow_indices whose last entry is not the number of stored entries "
+                f"per matrix ({per})"
+            )
+        if stats[2] != 0:
+            raise ValueError(f"{name} has crow_indices that decrease (they must be non-decreasing)")
+        if col.numel():
+            lo, hi = int(col.min()), int(col.max())
+            if lo < 0 or hi >= cols:
+                raise ValueError(
+                    f"{name} has a column index out of range: col_indices must lie in [0, {cols}), "
+                    f"found {hi if hi >= cols else lo}"
+                )
+        return
+    raise ValueError(f"{name} must be a sparse COO or CSR tensor, got {A.layout}")

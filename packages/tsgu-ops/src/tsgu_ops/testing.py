@@ -32,6 +32,8 @@ try:
 except ImportError as exc:  # pragma: no cover
     raise ImportError("tsgu_ops.testing needs hypothesis: pip install 'tsgu-ops[testing]'") from exc
 
+from ._corpus import RealMatrix as RealMatrix  # the real-matrix corpus (extra [corpus])
+from ._corpus import real_matrices as real_matrices
 from .pattern import quiet
 
 LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
