@@ -1,0 +1,514 @@
+"""The value-level kernels of tsgu-ops as ``torch.library`` custom operators.
+
+Three kernels work on a fixed sparsity pattern given as dense index tensors and a dense vector of
+values, so that ``torch.compile``, ``torch.func`` and :class:`tsgu_ops.nn.SparseParameter` never see
+a sparse tensor:
+
+* ``tsgu::csr_mm``       ``Y = S(values) @ X`` or ``S(values)ᵀ @ X``;
+* ``tsgu::csr_sampled``  ``s[k] = U[row_k] · V[col_k]`` (the sampled product, SDDMM);
+* ``tsgu::csr_trisolve`` ``X = op(S(values))⁻¹ B`` for a triangular ``S``.
+
+The pattern is a :class:`Structure`: CSR row pointers and column indices of an ``(N, M)`` matrix in
+row-major order, and the same entries in column-major order (the CSR indices of ``Sᵀ`` and the
+permutation from that order to the row-major one), built once per pattern by :func:`structure`.
+Values are always in row-major order.  Each operator has a fake (meta) kernel for tracing, a
+registered autograd formula (which calls the other operators, so derivatives of any order exist)
+and a vmap rule: a batch of value vectors (and right-hand sides) on one pattern runs as one
+block-diagonal problem built by index arithmetic, without a Python loop over the batch.
+
+``torch.library`` custom operators do not take part in ``torch.func``'s ``grad``/``vjp``/``jvp``
+transforms (their autograd is a ``Function`` without ``setup_context``), so eager code calls the
+operators through the autograd Functions :class:`MatmulFn`, :class:`SampledFn` and
+:class:`TriSolveFn` (``setup_context``, ``jvp`` and a generated vmap rule); code being compiled
+calls the operators themselves, whose registered autograd AOTAutograd traces.  :func:`csr_mm`,
+:func:`csr_sampled` and :func:`csr_trisolve` choose.
+
+The torch-version checks of this machinery are the constants below (one place).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.autograd.function import Function
+
+from .pattern import compress_rows, quiet
+
+#: ``torch.library.custom_op`` with ``register_fake``/``register_autograd`` (torch >= 2.4).
+HAS_CUSTOM_OP = all(
+    hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd")
+)
+#: ``torch.library.register_vmap`` (torch >= 2.4): a batching rule for the custom operators.
+HAS_REGISTER_VMAP = hasattr(torch.library, "register_vmap")
+
+
+def is_compiling() -> bool:
+    """Whether the caller is being traced by ``torch.compile`` (dynamo) or exported."""
+    compiler = getattr(torch, "compiler", None)
+    fn = getattr(compiler, "is_compiling", None)
+    if fn is not None:
+        return bool(fn())
+    return bool(torch._dynamo.is_compiling())  # pragma: no cover - torch < 2.3
+
+
+class Structure:
+    """A fixed ``(N, M)`` sparsity pattern in the form the operators take.
+
+    ``crow``/``col``: CSR indices (row-major order); ``crow_t``/``col_t``: CSR indices of the
+    transpose; ``perm_t[j]``: row-major position of the transpose's ``j``-th entry.  ``crow`` and
+    ``col`` share one int dtype, ``crow_t``/``col_t``/``perm_t`` are int64.  A plain object (not a
+    pytree), so that ``torch.func`` passes it through its transforms untouched.
+    """
+
+    def __init__(self, crow: Tensor, col: Tensor, crow_t: Tensor, col_t: Tensor, perm_t: Tensor) -> None:
+        self.crow, self.col, self.crow_t, self.col_t, self.perm_t = crow, col, crow_t, col_t, perm_t
+
+    @property
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The five index tensors, in the operators' argument order."""
+        return (self.crow, self.col, self.crow_t, self.col_t, self.perm_t)
+
+
+def structure(crow: Tensor, col: Tensor, n_cols: int) -> Structure:
+    """The :class:`Structure` of an ``(len(crow) - 1, n_cols)`` CSR pattern (sorted rows)."""
+    n_rows = crow.numel() - 1
+    nnz = col.numel()
+    counts = (crow[1:] - crow[:-1]).to(torch.int64)
+    rows = torch.repeat_interleave(torch.arange(n_rows, device=crow.device), counts, output_size=nnz)
+    perm_t = torch.argsort(col, stable=True)
+    crow_t = compress_rows(col[perm_t].to(torch.int64), n_cols)
+    col_t = rows[perm_t]
+    return Structure(crow, col, crow_t, col_t, perm_t)
+
+
+def _rows(crow: Tensor, nnz: int) -> Tensor:
+    counts = (crow[1:] - crow[:-1]).to(torch.int64)
+    return torch.repeat_interleave(
+        torch.arange(crow.numel() - 1, device=crow.device), counts, output_size=nnz
+    )
+
+
+def triangle_mask(crow: Tensor, col: Tensor, upper: bool, unitriangular: bool) -> Tensor:
+    """Bool per entry (row-major): inside the triangle a triangular solve reads."""
+    rows = _rows(crow, col.numel())
+    c = col.to(torch.int64)
+    if upper:
+        return c > rows if unitriangular else c >= rows
+    return c < rows if unitriangular else c <= rows
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n_cols: int) -> Tensor:
+    return quiet(
+        lambda: torch.sparse_csr_tensor(crow, col, values, (crow.numel() - 1, n_cols), check_invariants=False)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# eager kernels
+def _mm_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    values: Tensor,
+    X: Tensor,
+    transpose: bool,
+) -> Tensor:
+    n_rows, n_cols = crow.numel() - 1, crow_t.numel() - 1
+    out_rows = n_cols if transpose else n_rows
+    if col.numel() == 0:
+        return torch.zeros(out_rows, X.shape[-1], dtype=X.dtype, device=X.device)
+    if transpose:
+        S = _csr(crow_t, col_t, values[perm_t], n_rows)
+    else:
+        S = _csr(crow, col, values, n_cols)
+    return quiet(lambda: S @ X.contiguous())
+
+
+def _sampled_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    U: Tensor,
+    V: Tensor,
+) -> Tensor:
+    nnz, p = col.numel(), U.shape[-1]
+    if nnz == 0 or p == 0:
+        return torch.zeros(nnz, dtype=U.dtype, device=U.device)
+    if U.dtype in (torch.float32, torch.float64):
+        zeros = torch.zeros(nnz, dtype=U.dtype, device=U.device)
+        S = _csr(crow, col, zeros, crow_t.numel() - 1)
+        return torch.sparse.sampled_addmm(S, U.contiguous(), V.mT.contiguous(), beta=0.0).values().clone()
+    rows = _rows(crow, nnz)
+    chunk = max(1, (1 << 20) // max(p, 1))
+    parts = [
+        (U[rows[s : s + chunk]] * V[col[s : s + chunk].to(torch.int64)]).sum(-1) for s in range(0, nnz, chunk)
+    ]
+    return torch.cat(parts)
+
+
+def _trisolve_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    values: Tensor,
+    B: Tensor,
+    upper: bool,
+    unitriangular: bool,
+    transpose: bool,
+) -> Tensor:
+    from .triangular import csr_triangular_solve
+
+    S = _csr(crow, col, values, crow_t.numel() - 1)
+    return csr_triangular_solve(
+        S, B.contiguous(), upper=upper, unitriangular=unitriangular, transpose=transpose
+    ).clone()
+
+
+# ------------------------------------------------------------------------------------------------
+# block-diagonal batching (the vmap rules)
+def _block(s: Structure, batch: int) -> Structure:
+    """The structure of ``batch`` copies of ``s`` along the diagonal (index arithmetic)."""
+    n_rows, n_cols, nnz = s.crow.numel() - 1, s.crow_t.numel() - 1, s.col.numel()
+    dev = s.crow.device
+    itype = s.crow.dtype
+    if batch * max(nnz, n_rows, n_cols, 1) >= 2**31 - 1:
+        itype = torch.int64
+    k = torch.arange(batch, device=dev, dtype=torch.int64)[:, None]
+
+    def pointers(crow: Tensor, dtype: torch.dtype) -> Tensor:
+        tail = (crow[1:].to(torch.int64)[None, :] + k * nnz).reshape(-1)
+        return torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), tail]).to(dtype)
+
+    crow = pointers(s.crow, itype)
+    col = (s.col.to(torch.int64)[None, :] + k * n_cols).reshape(-1).to(itype)
+    crow_t = pointers(s.crow_t, torch.int64)
+    col_t = (s.col_t[None, :] + k * n_rows).reshape(-1)
+    perm_t = (s.perm_t[None, :] + k * nnz).reshape(-1)
+    return Structure(crow, col, crow_t, col_t, perm_t)
+
+
+def _batched(x: Tensor, dim: int | None, batch: int) -> Tensor:
+    """``x`` with its vmapped dimension first (expanded when it has none)."""
+    if dim is None:
+        return x.unsqueeze(0).expand(batch, *x.shape)
+    return x.movedim(dim, 0)
+
+
+def _check_unbatched_structure(name: str, in_dims: Any) -> None:
+    if any(d is not None for d in in_dims[:5]):
+        raise ValueError(
+            f"vmap over {name}: the sparsity pattern (index tensors) must be the same for every "
+            "batch item; map over the values and the dense operands only"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# the custom operators
+if HAS_CUSTOM_OP:
+
+    @torch.library.custom_op("tsgu::csr_mm", mutates_args=())
+    def _op_mm(
+        crow: Tensor,
+        col: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+        values: Tensor,
+        X: Tensor,
+        transpose: bool,
+    ) -> Tensor:
+        return _mm_impl(crow, col, crow_t, col_t, perm_t, values, X, transpose)
+
+    @_op_mm.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, values, X, transpose):  # type: ignore[no-untyped-def]
+        rows = (crow_t if transpose else crow).shape[0] - 1
+        return X.new_empty(rows, X.shape[-1])
+
+    @torch.library.custom_op("tsgu::csr_sampled", mutates_args=())
+    def _op_sampled(
+        crow: Tensor, col: Tensor, crow_t: Tensor, col_t: Tensor, perm_t: Tensor, U: Tensor, V: Tensor
+    ) -> Tensor:
+        return _sampled_impl(crow, col, crow_t, col_t, perm_t, U, V)
+
+    @_op_sampled.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, U, V):  # type: ignore[no-untyped-def]
+        return U.new_empty(col.shape[0])
+
+    @torch.library.custom_op("tsgu::csr_trisolve", mutates_args=())
+    def _op_trisolve(
+        crow: Tensor,
+        col: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+        values: Tensor,
+        B: Tensor,
+        upper: bool,
+        unitriangular: bool,
+        transpose: bool,
+    ) -> Tensor:
+        return _trisolve_impl(crow, col, crow_t, col_t, perm_t, values, B, upper, unitriangular, transpose)
+
+    @_op_trisolve.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, values, B, upper, unitriangular, transpose):  # type: ignore[no-untyped-def]
+        return torch.empty_like(B)
+
+    # --- autograd of the operators (what AOTAutograd traces under torch.compile) --------------
+    def _setup_mm(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        *idx, values, X, transpose = inputs
+        ctx.transpose = transpose
+        ctx.save_for_backward(*idx, values, X)
+
+    def _backward_mm(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, values, X = ctx.saved_tensors
+        s = Structure(*idx)
+        dv = dX = None
+        if ctx.needs_input_grad[5]:
+            dv = _op_sampled(*s.tensors, X, G) if ctx.transpose else _op_sampled(*s.tensors, G, X)
+        if ctx.needs_input_grad[6]:
+            dX = _op_mm(*s.tensors, values, G, not ctx.transpose)
+        return None, None, None, None, None, dv, dX, None
+
+    _op_mm.register_autograd(_backward_mm, setup_context=_setup_mm)
+
+    def _setup_sampled(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def _backward_sampled(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, U, V = ctx.saved_tensors
+        s = Structure(*idx)
+        dU = _op_mm(*s.tensors, g, V, False) if ctx.needs_input_grad[5] else None
+        dV = _op_mm(*s.tensors, g, U, True) if ctx.needs_input_grad[6] else None
+        return None, None, None, None, None, dU, dV
+
+    _op_sampled.register_autograd(_backward_sampled, setup_context=_setup_sampled)
+
+    def _setup_trisolve(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        *idx, values, _B, upper, unitriangular, transpose = inputs
+        ctx.flags = (upper, unitriangular, transpose)
+        ctx.save_for_backward(*idx, values, output)
+
+    def _backward_trisolve(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, values, X = ctx.saved_tensors
+        s = Structure(*idx)
+        upper, unit, transpose = ctx.flags
+        Gb = _op_trisolve(*s.tensors, values, G, upper, unit, not transpose)
+        dv = None
+        if ctx.needs_input_grad[5]:
+            prod = _op_sampled(*s.tensors, X, Gb) if transpose else _op_sampled(*s.tensors, Gb, X)
+            dv = -prod * triangle_mask(s.crow, s.col, upper, unit)
+        dB = Gb if ctx.needs_input_grad[6] else None
+        return None, None, None, None, None, dv, dB, None, None, None
+
+    _op_trisolve.register_autograd(_backward_trisolve, setup_context=_setup_trisolve)
+
+    # --- vmap rules: one block-diagonal problem ------------------------------------------------
+    if HAS_REGISTER_VMAP:
+
+        @_op_mm.register_vmap
+        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, values, X, transpose):  # type: ignore[no-untyped-def]
+            _check_unbatched_structure("tsgu::csr_mm", in_dims)
+            b = info.batch_size
+            v = _batched(values, in_dims[5], b).reshape(-1)
+            Xb = _batched(X, in_dims[6], b)
+            Y = _op_mm(
+                *_block(Structure(crow, col, crow_t, col_t, perm_t), b).tensors,
+                v,
+                Xb.reshape(-1, Xb.shape[-1]),
+                transpose,
+            )
+            return Y.reshape(b, -1, Y.shape[-1]), 0
+
+        @_op_sampled.register_vmap
+        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, U, V):  # type: ignore[no-untyped-def]
+            _check_unbatched_structure("tsgu::csr_sampled", in_dims)
+            b = info.batch_size
+            Ub, Vb = _batched(U, in_dims[5], b), _batched(V, in_dims[6], b)
+            s = _op_sampled(
+                *_block(Structure(crow, col, crow_t, col_t, perm_t), b).tensors,
+                Ub.reshape(-1, Ub.shape[-1]),
+                Vb.reshape(-1, Vb.shape[-1]),
+            )
+            return s.reshape(b, -1), 0
+
+        @_op_trisolve.register_vmap
+        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, values, B, upper, unitriangular, transpose):  # type: ignore[no-untyped-def]
+            _check_unbatched_structure("tsgu::csr_trisolve", in_dims)
+            b = info.batch_size
+            v = _batched(values, in_dims[5], b).reshape(-1)
+            Bb = _batched(B, in_dims[6], b)
+            X = _op_trisolve(
+                *_block(Structure(crow, col, crow_t, col_t, perm_t), b).tensors,
+                v,
+                Bb.reshape(-1, Bb.shape[-1]),
+                upper,
+                unitriangular,
+                transpose,
+            )
+            return X.reshape(b, -1, X.shape[-1]), 0
+
+    mm_op: Any = _op_mm
+    sampled_op: Any = _op_sampled
+    trisolve_op: Any = _op_trisolve
+else:  # pragma: no cover - torch < 2.4: eager kernels only (no compile support)
+    mm_op, sampled_op, trisolve_op = _mm_impl, _sampled_impl, _trisolve_impl
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd Functions for eager code and torch.func (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap)
+class MatmulFn(Function):
+    """``Y = S(values) @ X`` (``S(values)ᵀ @ X`` when ``transpose``); ``apply(s, values, X, transpose)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(s: Structure, values: Tensor, X: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
+        return mm_op(*s.tensors, values, X, transpose)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        s, values, X, transpose = inputs
+        ctx.s, ctx.transpose = s, transpose
+        ctx.save_for_backward(values, X)
+        ctx.save_for_forward(values, X)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        s, transpose = ctx.s, ctx.transpose
+        dv = dX = None
+        if ctx.needs_input_grad[1]:
+            dv = SampledFn.apply(s, X, G) if transpose else SampledFn.apply(s, G, X)
+        if ctx.needs_input_grad[2]:
+            dX = MatmulFn.apply(s, values, G, not transpose)
+        return None, dv, dX, None
+
+    @staticmethod
+    def jvp(ctx: Any, _s: None, t_values: Tensor | None, t_X: Tensor | None, _t: None) -> Tensor:
+        values, X = ctx.saved_tensors
+        out = None
+        if t_values is not None:
+            out = MatmulFn.apply(ctx.s, t_values, X, ctx.transpose)
+        if t_X is not None:
+            term = MatmulFn.apply(ctx.s, values, t_X, ctx.transpose)
+            out = term if out is None else out + term
+        return out  # type: ignore[return-value]
+
+
+class SampledFn(Function):
+    """``s[k] = U[row_k] · V[col_k]``; ``apply(s, U, V)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(s: Structure, U: Tensor, V: Tensor) -> Tensor:  # type: ignore[override]
+        return sampled_op(*s.tensors, U, V)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        s, U, V = inputs
+        ctx.s = s
+        ctx.save_for_backward(U, V)
+        ctx.save_for_forward(U, V)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        U, V = ctx.saved_tensors
+        dU = MatmulFn.apply(ctx.s, g, V, False) if ctx.needs_input_grad[1] else None
+        dV = MatmulFn.apply(ctx.s, g, U, True) if ctx.needs_input_grad[2] else None
+        return None, dU, dV
+
+    @staticmethod
+    def jvp(ctx: Any, _s: None, t_U: Tensor | None, t_V: Tensor | None) -> Tensor:
+        U, V = ctx.saved_tensors
+        out = None
+        if t_U is not None:
+            out = SampledFn.apply(ctx.s, t_U, V)
+        if t_V is not None:
+            term = SampledFn.apply(ctx.s, U, t_V)
+            out = term if out is None else out + term
+        return out  # type: ignore[return-value]
+
+
+class TriSolveFn(Function):
+    """``X = op(S(values))⁻¹ B``; ``apply(s, values, B, upper, unitriangular, transpose)``.
+
+    Entries outside the triangle the solve reads get a zero gradient.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        s: Structure, values: Tensor, B: Tensor, upper: bool, unitriangular: bool, transpose: bool
+    ) -> Tensor:
+        return trisolve_op(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        s, values, _B, upper, unitriangular, transpose = inputs
+        ctx.s, ctx.flags = s, (upper, unitriangular, transpose)
+        ctx.save_for_backward(values, output)
+        ctx.save_for_forward(values, output)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        s = ctx.s
+        upper, unit, transpose = ctx.flags
+        Gb = TriSolveFn.apply(s, values, G, upper, unit, not transpose)
+        dv = None
+        if ctx.needs_input_grad[1]:
+            prod = SampledFn.apply(s, X, Gb) if transpose else SampledFn.apply(s, Gb, X)
+            dv = -prod * triangle_mask(s.crow, s.col, upper, unit)
+        dB = Gb if ctx.needs_input_grad[2] else None
+        return None, dv, dB, None, None, None
+
+    @staticmethod
+    def jvp(
+        ctx: Any, _s: None, t_values: Tensor | None, t_B: Tensor | None, _u: None, _d: None, _t: None
+    ) -> Tensor:
+        # d(op(S)⁻¹ B) = op(S)⁻¹ (dB − op(dS) X), dS restricted to the triangle the solve reads.
+        values, X = ctx.saved_tensors
+        s = ctx.s
+        upper, unit, transpose = ctx.flags
+        rhs = None
+        if t_values is not None:
+            dS = t_values * triangle_mask(s.crow, s.col, upper, unit)
+            rhs = -MatmulFn.apply(s, dS, X, transpose)
+        if t_B is not None:
+            rhs = t_B if rhs is None else rhs + t_B
+        return TriSolveFn.apply(s, values, rhs, upper, unit, transpose)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points: the operators themselves when compiling, the Functions otherwise
+def csr_mm(s: Structure, values: Tensor, X: Tensor, transpose: bool = False) -> Tensor:
+    """``S(values) @ X`` (or ``S(values)ᵀ @ X``) for a 2-D ``X``; differentiable in both."""
+    if HAS_CUSTOM_OP and is_compiling():
+        return mm_op(*s.tensors, values, X, transpose)  # type: ignore[no-any-return]
+    return MatmulFn.apply(s, values, X, transpose)  # type: ignore[no-any-return]
+
+
+def csr_sampled(s: Structure, U: Tensor, V: Tensor) -> Tensor:
+    """``U[row_k] · V[col_k]`` at every entry (row-major order); differentiable in both."""
+    if HAS_CUSTOM_OP and is_compiling():
+        return sampled_op(*s.tensors, U, V)  # type: ignore[no-any-return]
+    return SampledFn.apply(s, U, V)  # type: ignore[no-any-return]
+
+
+def csr_trisolve(
+    s: Structure, values: Tensor, B: Tensor, *, upper: bool, unitriangular: bool, transpose: bool
+) -> Tensor:
+    """``op(S(values))⁻¹ B`` for a triangular pattern and a 2-D ``B``; differentiable in both."""
+    if HAS_CUSTOM_OP and is_compiling():
+        return trisolve_op(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+    return TriSolveFn.apply(s, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
