@@ -35,11 +35,21 @@ import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 
-from ._factor import Factor
+from tsgu_ops import _checks
+
+from ._factor import Factor, stores_diagonal, strictly_lower, unit_plus
 
 __all__ = ["SparseMultivariateNormal", "SparseMultivariateNormalNative", "_batch_sparse_mv"]
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def _check_values(name: str, t: torch.Tensor) -> None:
+    """Dense parameters: float32/float64 data (not on the meta device)."""
+    _checks.require_not_meta(name, t)
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense (strided) tensor, got {t.layout}")
+    _checks.require_value_dtype(name, t, _checks.FLOAT_DTYPES)
 
 
 def _check_tril(name: str, t: Any) -> torch.Tensor:
@@ -51,11 +61,38 @@ def _check_tril(name: str, t: Any) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (n, n) or batched 3-D (B, n, n), got shape {tuple(t.shape)}")
     if t.shape[-1] != t.shape[-2]:
         raise ValueError(f"{name} must be square, got shape {tuple(t.shape)}")
-    if t.layout == torch.sparse_coo and not t.is_coalesced():
-        t = t.coalesce()
-    if t.dim() == 3 and t.shape[0] == 1:  # a batch of one broadcasts like an unbatched factor
-        t = t[0] if t.layout == torch.sparse_coo else t.to_sparse_coo()[0].coalesce().to_sparse_csr()
+    _checks.require_no_dense_dims(name, t)
+    _checks.check_sparse_indices(name, t)
+    _checks.require_value_dtype(name, t, _checks.FLOAT_DTYPES)
+    # The factor is used as given: an uncoalesced COO factor keeps its own index list (its gradient
+    # too) and a batch of one broadcasts over the batch shape without being indexed.
     return t
+
+
+#: Parameterisations for which the one-time warning about a stored diagonal was already shown.
+_WARNED_STORED_DIAGONAL: set[str] = set()
+
+
+def _warn_stored_diagonal(name: str) -> None:
+    if name in _WARNED_STORED_DIAGONAL:
+        return
+    _WARNED_STORED_DIAGONAL.add(name)
+    if name == "scale_tril":
+        msg = (
+            "scale_tril stores diagonal entries although `diagonal` is given (LDLᵀ form). As in "
+            "torchsparsegradutils 0.2.7 they add to the implicit unit diagonal: the factor is I + L "
+            "(L with its stored diagonal), samples are loc + (I + L) D^½ ε and log_prob/entropy use "
+            "Σ = (I + L) D (I + L)ᵀ. Store only the strictly lower part of L to silence this warning."
+        )
+    else:
+        msg = (
+            "precision_tril stores diagonal entries although `diagonal` is given (LDLᵀ form). As in "
+            "torchsparsegradutils 0.2.7's sampling (a unit-triangular solve) they are ignored: the "
+            "precision is (I + L₀) D (I + L₀)ᵀ with L₀ the strictly lower part, for rsample, log_prob "
+            "and entropy alike, and the stored diagonal entries get a zero gradient. Store only the "
+            "strictly lower part of L to silence this warning."
+        )
+    warnings.warn(msg, UserWarning, stacklevel=3)
 
 
 class SparseMultivariateNormal(Distribution):
@@ -64,15 +101,39 @@ class SparseMultivariateNormal(Distribution):
     Parameters
     ----------
     loc : Tensor
-        Mean, ``(*batch, n)``.
+        Mean, ``(*batch, n)``; float32 or float64.
     diagonal : Tensor, optional
-        ``D`` of an LDLᵀ factorisation, positive, ``(*batch, n)``.
+        ``D`` of an LDLᵀ factorisation, positive, ``(*batch, n)``; with it the factor ``L`` is
+        meant to store only its strictly lower part (the unit diagonal is implicit).  A factor
+        that stores diagonal entries anyway is accepted as torchsparsegradutils 0.2.7 accepted it,
+        with a one-time ``UserWarning``: for ``scale_tril`` the stored diagonal adds to the unit
+        one (factor ``I + L``, samples ``loc + (I + L) D^½ ε``); for ``precision_tril`` it is
+        ignored (0.2.7's unit-triangular solve skipped it).  ``log_prob``, ``entropy`` and the
+        gradients use the same matrix as the samples.
     scale_tril : Tensor, optional
-        Sparse lower-triangular factor of the covariance, ``(n, n)`` or ``(B, n, n)``.
+        Sparse (COO or CSR, int32/int64 indices) lower-triangular factor of the covariance,
+        ``(n, n)`` or ``(B, n, n)``; a batch of one broadcasts.  Used as given: an uncoalesced COO
+        factor is not coalesced, and its gradient has its own index list.
     precision_tril : Tensor, optional
         Sparse lower-triangular factor of the precision (exactly one of the two is given).
     validate_args : bool, optional
-        Check shapes, triangularity and positive diagonals up front (off by default, as in torch).
+        As in ``torch.distributions``: ``None`` follows
+        :meth:`~torch.distributions.Distribution.set_default_validate_args` (on unless Python runs
+        with ``-O``).  When on, the constructor also checks that the factor stores nothing above
+        the diagonal and, in the LLᵀ forms, a positive value on every diagonal entry; that
+        ``diagonal`` is positive; and ``log_prob`` checks its ``value``.  The checks cost
+        ``O(nnz)`` and one host synchronisation.  Shapes, dtypes, devices and the factor's index
+        structure are checked always.
+
+    Raises
+    ------
+    TypeError
+        A parameter is not a tensor, has a dtype other than float32/float64, or the dtypes differ.
+    ValueError
+        The messages of 0.2.7 (rank of ``loc``, one factor exactly, sparse layout, ``diagonal``
+        shape), a factor that is not square or does not match ``loc``, malformed or out-of-range
+        indices, a meta tensor, batch shapes that do not broadcast, and (validation on) a factor
+        that is not lower triangular or, for LLᵀ, lacks a positive stored diagonal.
 
     Examples
     --------
@@ -113,12 +174,14 @@ class SparseMultivariateNormal(Distribution):
             raise TypeError(f"loc must be a torch.Tensor, got {type(loc).__name__}")
         if loc.dim() < 1:
             raise ValueError("loc must be at least one-dimensional.")
+        _check_values("loc", loc)
         if (scale_tril is None) == (precision_tril is None):
             raise ValueError("Exactly one of scale_tril or precision_tril may be specified.")
         event_shape = loc.shape[-1:]
         if diagonal is not None:
             if not isinstance(diagonal, torch.Tensor) or diagonal.dim() < 1:
                 raise ValueError("diagonal must be a tensor with at least one dimension")
+            _check_values("diagonal", diagonal)
             if diagonal.shape[-1:] != event_shape:
                 raise ValueError(f"diagonal must be a batch of vectors with shape {event_shape}")
         self._is_precision = precision_tril is not None
@@ -130,7 +193,14 @@ class SparseMultivariateNormal(Distribution):
                 f"got {tuple(tril.shape)}"
             )
         if tril.dtype != loc.dtype or (diagonal is not None and diagonal.dtype != loc.dtype):
-            raise TypeError(f"loc, diagonal and {name} must have the same dtype")
+            got = f"loc: {loc.dtype}, {name}: {tril.dtype}"
+            got += f", diagonal: {diagonal.dtype}" if diagonal is not None else ""
+            raise TypeError(f"loc, diagonal and {name} must have the same dtype, got {got}")
+        for other, t in (("diagonal", diagonal), (name, tril)):
+            if t is not None and t.device != loc.device:
+                raise ValueError(
+                    f"loc and {other} must be on the same device, got loc: {loc.device}, {other}: {t.device}"
+                )
         shapes = [loc.shape[:-1], tril.shape[:-2]] + ([diagonal.shape[:-1]] if diagonal is not None else [])
         try:
             batch_shape = torch.broadcast_shapes(*shapes)
@@ -139,10 +209,19 @@ class SparseMultivariateNormal(Distribution):
         self._loc = loc
         self._diagonal = diagonal
         self._tril = tril
-        self._factor = Factor(tril, unit=diagonal is not None)
+        ldlt = diagonal is not None
+        if ldlt and stores_diagonal(tril):
+            # 0.2.7 accepted a stored diagonal in the LDLᵀ forms; keep its numbers (see the warning).
+            _warn_stored_diagonal(name)
+            if self._is_precision:
+                self._factor = Factor(strictly_lower(tril), unit=True)
+            else:
+                self._factor = Factor(unit_plus(tril), unit=False)
+        else:
+            self._factor = Factor(tril, unit=ldlt)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
         if self._validate_args:
-            self._factor.check(name)
+            Factor(tril, unit=ldlt).check(name)
 
     # -- parameters -------------------------------------------------------------------------------
     @property
@@ -186,9 +265,9 @@ class SparseMultivariateNormal(Distribution):
         f = self._factor
         if self._diagonal is None:
             var = f.row_sum_sq()
-        else:  # Σ_ii = D_i + Σ_j L_ij² D_j
+        else:  # Σ_ii = Σ_j M_ij² D_j with M = I + L (L's stored diagonal, if any, is in M)
             D = self._diagonal.expand(self.batch_shape + self.event_shape)
-            var = D + f.row_sum_sq(D)
+            var = D + f.row_sum_sq(D) if f.unit else f.row_sum_sq(D)
         return var.expand(self.batch_shape + self.event_shape)
 
     @property
@@ -231,10 +310,11 @@ class SparseMultivariateNormal(Distribution):
     # -- log-determinant, sampling, density -------------------------------------------------------
     def _half_log_det_cov(self) -> torch.Tensor:
         """``½ log det Σ``, shaped like the batch."""
-        if self._diagonal is None:
-            h = self._factor.diagonal().abs().log().sum(-1)
-        else:
-            h = 0.5 * self._diagonal.log().sum(-1)
+        f, D = self._factor, self._diagonal
+        parts = [] if f.unit else [f.diagonal().abs().log().sum(-1)]  # log |det M|, M = L or I + L
+        if D is not None:
+            parts.append(0.5 * D.log().sum(-1))
+        h = parts[0] if len(parts) == 1 else parts[0] + parts[1]
         h = -h if self._is_precision else h
         return h.expand(self.batch_shape)
 
