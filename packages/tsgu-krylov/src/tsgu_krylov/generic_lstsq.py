@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from torch.autograd.function import Function, once_differentiable
 
+from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
 from tsgu_ops.pattern import SparsePattern
-from tsgu_ops.sampled import sparse_grad
+from tsgu_ops.sampled import deliver
 
 from ._operator import SparseOperator
 from .lsmr import lsmr
@@ -68,6 +69,9 @@ def check_lstsq_inputs(A: Any, B: Any) -> None:
         raise TypeError(f"A and B must have the same dtype, got A: {A.dtype}, B: {B.dtype}")
     if A.device != B.device:
         raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
+    require_value_dtype("A", A, FLOAT_DTYPES)
+    require_not_meta("B", B)
+    check_sparse_indices("A", A)
 
 
 def _as_block(Y: Any, rows: int, k: int, name: str) -> torch.Tensor:
@@ -113,7 +117,7 @@ class SparseGenericLstsq(Function):
             H = _as_block(call(ctx.lstsq, Gb), n, k, "lstsq").to(A.dtype)
             r = pattern.matmul(pattern.values(A), X) - B
             values = -pattern.sampled(torch.cat([Gb, r], dim=1), torch.cat([X, H], dim=1))
-            dA = sparse_grad(pattern, values)
+            dA = deliver(ctx, 0, pattern, values, A)
         dB = None
         if ctx.needs_input_grad[1]:
             dB = Gb.squeeze(-1) if ctx.vector else Gb
@@ -148,7 +152,15 @@ def sparse_generic_lstsq(
         Non-tensors, wrong ranks or sizes, and "A should be a tall full-rank matrix. Got
         A.shape=..." for ``m < n`` (in the forward pass).
     TypeError
-        A layout other than COO/CSR, a dense ``B`` that is not strided, different dtypes.
+        A layout other than COO/CSR, a dense ``B`` that is not strided, different dtypes, values
+        other than float32/float64 (complex values are not supported by tsgu-krylov).
+    ValueError
+        ``A`` with out-of-range or malformed indices, or on the ``meta`` device.
+
+    Notes
+    -----
+    With the default solvers, a NaN or an infinity in ``A`` or ``B`` gives a
+    :class:`~tsgu_krylov.ConvergenceWarning` and NaN in the affected columns of ``X``.
 
     Examples
     --------

@@ -198,11 +198,11 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
         if stats[2] != 0:
             raise ValueError(f"{name} has crow_indices that decrease (they must be non-decreasing)")
         if col.numel():
-            lo, hi = int(col.min()), int(col.max())
-            if lo < 0 or hi >= cols:
+            cmin, cmax = int(col.min()), int(col.max())
+            if cmin < 0 or cmax >= cols:
                 raise ValueError(
                     f"{name} has a column index out of range: col_indices must lie in [0, {cols}), "
-                    f"found {hi if hi >= cols else lo}"
+                    f"found {cmax if cmax >= cols else cmin}"
                 )
         return
     raise ValueError(f"{name} must be a sparse COO or CSR tensor, got {A.layout}")

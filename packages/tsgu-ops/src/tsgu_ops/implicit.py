@@ -2,11 +2,13 @@
 
 For ``A X = B`` and an upstream gradient ``G = ∂L/∂X``:
 
-* ``dB = A⁻ᵀ G`` (one solve with the transpose), and
-* ``dA = −dB Xᵀ``, needed only at ``A``'s stored entries: ``dA[i, j] = −dB[i] · X[j]``, a sampled
-  product, so the gradient keeps ``A``'s sparsity pattern.
+* ``dB = A⁻ᴴ G`` (one solve with the transpose: ``conj(A⁻ᵀ conj(G))``), and
+* ``dA = −dB Xᴴ``, needed only at ``A``'s stored entries: ``dA[i, j] = −dB[i] · conj(X[j])``, a
+  sampled product, so the gradient keeps ``A``'s sparsity pattern.
 
-For the transposed system ``Aᵀ X = B`` the roles swap: ``dB = A⁻¹ G`` and ``dA[i, j] = −X[i] · dB[j]``.
+For the transposed system ``Aᵀ X = B`` the roles swap: ``dB = conj(A)⁻¹ G`` and
+``dA[i, j] = −conj(X[i]) · dB[j]``.  For real dtypes every ``conj`` is a no-op (``ᴴ`` is ``ᵀ``); for
+complex dtypes these are the conjugate (Wirtinger) gradients of PyTorch's autograd.
 The transposed solve in the backward pass is the same autograd Function with the flag flipped, so the
 backward is itself differentiable (Hessian-vector products, ``create_graph=True``).
 
@@ -28,7 +30,7 @@ from torch.autograd.function import Function
 
 from . import _checks
 from .pattern import SparsePattern
-from .sampled import SampledProduct, differentiable_values, sparse_grad
+from .sampled import SampledProduct, deliver, differentiable_values, register_use
 
 SolveFn = Callable[..., torch.Tensor]
 #: ``kernel(A, values, B, transposed) -> X``: ``A`` is the detached sparse matrix, ``values`` its
@@ -49,7 +51,7 @@ def solve_grad_values(
     and ``X`` the solution, both shaped like the right-hand side.  ``mask`` (bool, per entry)
     zeroes entries that the forward solve did not read.
     """
-    U, V = pattern.flat_rhs(Gb), pattern.flat_rhs(X)
+    U, V = pattern.flat_rhs(Gb), pattern.flat_rhs(X).conj()
     values = SampledProduct.apply(V, U, pattern) if transposed else SampledProduct.apply(U, V, pattern)
     values = -values
     if mask is not None:
@@ -83,7 +85,10 @@ class SolveOnValues(Function):
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         values, X = ctx.saved_tensors
-        Gb = SolveOnValues.apply(values, G, ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask)
+        # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)): conj is a no-op for real dtypes
+        Gb = SolveOnValues.apply(
+            values, G.conj(), ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask
+        ).conj()
         dv = None
         if ctx.needs_input_grad[0]:
             dv = solve_grad_values(ctx.pattern, Gb, X, ctx.transposed, ctx.mask)
@@ -131,6 +136,7 @@ def kernel_forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -
     pattern = SparsePattern(A)
     X = kernel(A.detach(), pattern.values(A), B.detach(), False)
     ctx.pattern, ctx.kernel = pattern, kernel
+    register_use(ctx, A)
     ctx.save_for_backward(A, X)
     return X
 
@@ -138,10 +144,10 @@ def kernel_forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -
 def kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(dA, dB)`` for :func:`kernel_forward`: a differentiable transposed solve and a sampled product."""
     A, X = ctx.saved_tensors
-    Gb = solve_sparse(A, G, ctx.kernel, transposed=True, pattern=ctx.pattern)
+    Gb = solve_sparse(A, G.conj(), ctx.kernel, transposed=True, pattern=ctx.pattern).conj()
     dA = None
     if ctx.needs_input_grad[0]:
-        dA = sparse_grad(ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False))
+        dA = deliver(ctx, 0, ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False), A)
     return dA, (Gb if ctx.needs_input_grad[1] else None)
 
 

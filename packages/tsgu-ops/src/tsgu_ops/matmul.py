@@ -8,8 +8,8 @@ import torch
 from torch.autograd.function import Function
 
 from . import _checks
-from .pattern import SparsePattern
-from .sampled import PatternMatmul, SampledProduct, differentiable_values, sparse_grad
+from .pattern import COMPUTE_DTYPES, SparsePattern
+from .sampled import PatternMatmul, SampledProduct, deliver, differentiable_values, register_use
 
 
 def check_sparse_dense_pair(A: Any, B: Any, *, allow_shared: bool) -> None:
@@ -30,16 +30,19 @@ def check_sparse_dense_pair(A: Any, B: Any, *, allow_shared: bool) -> None:
         raise ValueError("If batched, A and B must have the same batch size")
     if A.size(-1) != B.size(-2):
         raise ValueError(f"Incompatible inner dimensions: A[..., {A.size(-1)}] vs B[..., {B.size(-2)}]")
+    _checks.require_value_dtype("A", A, COMPUTE_DTYPES)
     _checks.require_same_dtype("A", A, "B", B)
     _checks.require_same_device("A", A, "B", B)
+    _checks.check_sparse_indices("A", A)
 
 
 class SparseMatMul(Function):
     """Autograd Function behind :func:`sparse_mm`: ``C = A @ B`` with a sparse ``dA``.
 
     ``SparseMatMul.apply(A, B)`` takes the same arguments as :func:`sparse_mm` and does no
-    validation.  Backward: ``dA = G Bᵀ`` sampled at ``A``'s stored entries (layout, indices and index
-    dtype of ``A``), ``dB = Aᵀ G``; each only when requested.  The backward is made of
+    validation.  Backward: ``dA = G Bᴴ`` sampled at ``A``'s stored entries (layout, indices and index
+    dtype of ``A``), ``dB = Aᴴ G`` (``ᴴ`` is the transpose for real dtypes); each only when
+    requested.  The backward is made of
     differentiable operations, so second derivatives (in ``A``, ``B`` and the incoming gradient)
     are exact.  :func:`sparse_mm` itself runs the same computation on ``A``'s values
     (:class:`~tsgu_ops.sampled.PatternMatmul`), so that inside a double backward the gradient of
@@ -51,6 +54,7 @@ class SparseMatMul(Function):
     def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         pattern = SparsePattern(A)
         ctx.pattern = pattern
+        register_use(ctx, A)
         ctx.save_for_backward(A, B)
         out = pattern.matmul(pattern.values(A), pattern.flat_rhs(B))
         return pattern.unflat(out, B, pattern.n)
@@ -62,11 +66,11 @@ class SparseMatMul(Function):
         dA = dB = None
         Gf = pattern.flat_rhs(G)
         if ctx.needs_input_grad[0]:
-            dvalues = SampledProduct.apply(Gf, pattern.flat_rhs(B), pattern)
-            dA = sparse_grad(pattern, dvalues)
+            dvalues = SampledProduct.apply(Gf, pattern.flat_rhs(B).conj(), pattern)
+            dA = deliver(ctx, 0, pattern, dvalues, A)
         if ctx.needs_input_grad[1]:
             values = differentiable_values(A, pattern)
-            dB = pattern.unflat(PatternMatmul.apply(values, Gf, pattern, True), G, pattern.m)
+            dB = pattern.unflat(PatternMatmul.apply(values.conj(), Gf, pattern, True), G, pattern.m)
         return dA, dB
 
 
@@ -77,16 +81,18 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     2-D ``A`` shared by a batched ``B``: ``(n, m) @ (b, m, p) -> (b, n, p)``.  A batch is computed
     as one block-diagonal product (index arithmetic, no loop over the batch).
 
-    Gradients: for each stored entry ``(i, j)`` of ``A``, ``dA[i, j] = Σ_k G[i, k] B[j, k]``
-    (the sampled product ``G Bᵀ`` at ``A``'s entries), returned with ``A``'s layout, indices and
-    index dtype (a COO ``A`` keeps its own, possibly uncoalesced, index list; a CSR ``A`` keeps
-    ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᵀ G``.  Each is computed only when
+    Gradients: for each stored entry ``(i, j)`` of ``A``, ``dA[i, j] = Σ_k G[i, k] conj(B[j, k])``
+    (the sampled product ``G Bᴴ`` at ``A``'s entries; ``conj`` is a no-op for real dtypes, and for
+    complex dtypes these are the conjugate gradients PyTorch's autograd uses), returned with
+    ``A``'s layout, indices and index dtype (a COO ``A`` keeps its own, possibly uncoalesced, index list; a CSR ``A`` keeps
+    ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᴴ G``.  Each is computed only when
     requested, and second derivatives are supported.  No ``n × m`` dense tensor is ever made.
 
     Parameters
     ----------
     A : Tensor
-        Sparse COO (coalesced or not) or CSR matrix, ``(n, m)`` or ``(b, n, m)``; float32/float64.
+        Sparse COO (coalesced or not) or CSR matrix, ``(n, m)`` or ``(b, n, m)``; float32,
+        float64, complex64 or complex128 values; int32/int64 indices.
     B : Tensor
         Dense (strided) matrix, ``(m, p)`` or ``(b, m, p)``, same dtype and device as ``A``.
 
@@ -99,10 +105,13 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     ------
     ValueError
         With the messages of torchsparsegradutils 0.2.7: non-tensors, rank < 2, ranks not 2-D/3-D,
-        ``A`` not COO/CSR, ``B`` not strided, batch sizes or inner dimensions that differ.
+        ``A`` not COO/CSR, ``B`` not strided, batch sizes or inner dimensions that differ; and
+        for malformed indices of ``A`` (out of range, a CSR ``crow`` that decreases or does not end
+        at nnz) or a ``meta`` tensor.
     TypeError
-        If ``A`` and ``B`` have different dtypes (:class:`~tsgu_ops.DtypeMismatchError`, which is
-        also a ``RuntimeError`` as in 0.2.7).
+        If ``A`` has a dtype other than float32, float64, complex64, complex128, or ``A`` and
+        ``B`` have different dtypes (:class:`~tsgu_ops.DtypeMismatchError`, which is also a
+        ``RuntimeError`` as in 0.2.7).
 
     Examples
     --------

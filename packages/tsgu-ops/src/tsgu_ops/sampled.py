@@ -5,12 +5,14 @@ entries of a matrix, ``s[k] = U[i_k] · V[j_k]``.  Its partner is the product of
 pattern and variable values with a dense matrix, ``Y = S(v) @ X`` (or ``S(v).T @ X``).  The two are
 each other's derivatives:
 
-* ``Y = S(v) X``:   ``dv = sampled(G, X)``,   ``dX = S(v)ᵀ G``
-* ``Yᵀ-form, Y = S(v)ᵀ X``:   ``dv = sampled(X, G)``,   ``dX = S(v) G``
-* ``s = sampled(U, V)``:   ``dU = S(g) V``,   ``dV = S(g)ᵀ U``
+* ``Y = S(v) X``:   ``dv = sampled(G, X̄)``,   ``dX = S(v̄)ᵀ G``
+* ``Yᵀ-form, Y = S(v)ᵀ X``:   ``dv = sampled(X̄, G)``,   ``dX = S(v̄) G``
+* ``s = sampled(U, V)``:   ``dU = S(g) V̄``,   ``dV = S(g)ᵀ Ū``
 
 so implementing both as autograd Functions whose backward calls the other gives derivatives of any
-order.  They work on the flattened (block-diagonal) problem of a :class:`~tsgu_ops.pattern.SparsePattern`.
+order.  The bars are complex conjugates: for complex inputs these are the conjugate (Wirtinger)
+gradients that PyTorch's autograd uses (``dA = G Bᴴ``, ``dB = Aᴴ G`` for ``C = A B``); for real
+inputs ``conj`` is a no-op view.  They work on the flattened (block-diagonal) problem of a :class:`~tsgu_ops.pattern.SparsePattern`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ import torch
 from torch.autograd.function import Function, once_differentiable  # noqa: F401
 
 from . import _checks
-from .pattern import SparsePattern
+from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for the packages)
+    SparseToValues,
+    ValuesToSparse,
+    deliver,
+    register_use,
+    differentiable_values,
+    sparse_grad,
+)
+from .pattern import COMPUTE_DTYPES, SparsePattern
 
 
 class PatternMatmul(Function):
@@ -41,11 +51,12 @@ class PatternMatmul(Function):
         pattern, transpose = ctx.pattern, ctx.transpose
         d_values = d_X = None
         if ctx.needs_input_grad[0]:
+            Xc = X.conj()  # a no-op for real X; the conjugate (Wirtinger) gradient for complex X
             d_values = (
-                SampledProduct.apply(X, G, pattern) if transpose else SampledProduct.apply(G, X, pattern)
+                SampledProduct.apply(Xc, G, pattern) if transpose else SampledProduct.apply(G, Xc, pattern)
             )
         if ctx.needs_input_grad[1]:
-            d_X = PatternMatmul.apply(values, G, pattern, not transpose)
+            d_X = PatternMatmul.apply(values.conj(), G, pattern, not transpose)
         return d_values, d_X, None, None
 
 
@@ -66,55 +77,10 @@ class SampledProduct(Function):
         pattern = ctx.pattern
         d_U = d_V = None
         if ctx.needs_input_grad[0]:
-            d_U = PatternMatmul.apply(g, V, pattern, False)
+            d_U = PatternMatmul.apply(g, V.conj(), pattern, False)
         if ctx.needs_input_grad[1]:
-            d_V = PatternMatmul.apply(g, U, pattern, True)
+            d_V = PatternMatmul.apply(g, U.conj(), pattern, True)
         return d_U, d_V, None
-
-
-class SparseToValues(Function):
-    """The stored values of a sparse tensor; the gradient goes back as a sparse tensor."""
-
-    @staticmethod
-    def forward(ctx: Any, A: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:  # type: ignore[override]
-        ctx.pattern = pattern
-        return pattern.values(A).clone()
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None]:
-        return ValuesToSparse.apply(g, ctx.pattern), None
-
-
-class ValuesToSparse(Function):
-    """A sparse tensor with a fixed pattern holding ``values``; the gradient maps back to values."""
-
-    @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:  # type: ignore[override]
-        ctx.pattern = pattern
-        return pattern.to_sparse(values)
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, None]:
-        pattern = ctx.pattern
-        if G.layout == torch.strided or not G.requires_grad:
-            return pattern.gather(G), None
-        if pattern.shares_indices(G):
-            return SparseToValues.apply(G, pattern), None
-        return pattern.gather(G), None
-
-
-def differentiable_values(A: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
-    """``A``'s values in pattern order; differentiable back to ``A`` only when that is needed."""
-    if torch.is_grad_enabled() and A.requires_grad:
-        return SparseToValues.apply(A, pattern)  # type: ignore[no-any-return]
-    return pattern.values(A)
-
-
-def sparse_grad(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
-    """A gradient with the pattern's layout and indices; differentiable when grad mode is on."""
-    if torch.is_grad_enabled() and values.requires_grad:
-        return ValuesToSparse.apply(values, pattern)  # type: ignore[no-any-return]
-    return pattern.to_sparse(values)
 
 
 def _check_sparse_matrix(name: str, A: Any) -> None:
@@ -123,6 +89,7 @@ def _check_sparse_matrix(name: str, A: Any) -> None:
     _checks.require_no_dense_dims(name, A)
     if A.dim() not in (2, 3):
         raise ValueError(f"{name} must be 2-D (n, m) or batched 3-D (b, n, m), got shape {tuple(A.shape)}")
+    _checks.check_sparse_indices(name, A)
 
 
 def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
@@ -139,7 +106,9 @@ def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.
     A : Tensor
         Sparse COO or CSR pattern, ``(n, m)`` or ``(b, n, m)``; int32 or int64 indices.
     U : Tensor
-        Dense ``(n, p)`` (or ``(b, n, p)`` for a batched ``A``).
+        Dense ``(n, p)`` (or ``(b, n, p)`` for a batched ``A``); float32, float64, complex64 or
+        complex128.  No factor is conjugated: the gradients are the conjugate (Wirtinger)
+        gradients of PyTorch's autograd (``dU = S(g) V̄``, ``dV = S(g)ᵀ Ū``).
     V : Tensor
         Dense ``(m, p)`` (or ``(b, m, p)``), same dtype as ``U``.
 
@@ -152,9 +121,11 @@ def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.
     Raises
     ------
     TypeError
-        If an argument is not a tensor, or ``U`` and ``V`` differ in dtype.
+        If an argument is not a tensor, ``U`` has a dtype other than float32, float64,
+        complex64, complex128, or ``U`` and ``V`` differ in dtype.
     ValueError
-        If ``A`` is not COO/CSR, or the shapes do not fit.
+        If ``A`` is not COO/CSR or has malformed indices, a tensor is on another device (or the
+        ``meta`` device), or the shapes do not fit.
 
     Examples
     --------
@@ -177,7 +148,10 @@ def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.
             raise ValueError(
                 f"{name} has shape {tuple(X.shape)}, incompatible with A of shape {tuple(A.shape)}"
             )
+    _checks.require_value_dtype("U", U, COMPUTE_DTYPES)
     _checks.require_same_dtype("U", U, "V", V)
+    _checks.require_same_device("A", A, "U", U)
+    _checks.require_same_device("A", A, "V", V)
     if U.shape[-1] != V.shape[-1]:
         raise ValueError(f"U and V must have the same number of columns, got {U.shape[-1]} and {V.shape[-1]}")
     pattern = SparsePattern(A)
@@ -195,7 +169,15 @@ def sparse_values(A: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     A : Tensor
-        Sparse COO or CSR tensor, ``(n, m)`` or ``(b, n, m)``.
+        Sparse COO or CSR tensor, ``(n, m)`` or ``(b, n, m)``; float32, float64, complex64 or
+        complex128 values.
+
+    Raises
+    ------
+    TypeError
+        A non-tensor, or values of another dtype.
+    ValueError
+        Another layout or rank, malformed indices, or a ``meta`` tensor.
 
     Returns
     -------
@@ -212,6 +194,7 @@ def sparse_values(A: torch.Tensor) -> torch.Tensor:
     (torch.sparse_csr, tensor([1., 1.]))
     """
     _check_sparse_matrix("A", A)
+    _checks.require_value_dtype("A", A, COMPUTE_DTYPES)
     pattern = SparsePattern(A)
     return SparseToValues.apply(A, pattern)  # type: ignore[no-any-return]
 
@@ -229,7 +212,16 @@ def sparse_with_values(like: torch.Tensor, values: torch.Tensor) -> torch.Tensor
         Sparse COO or CSR tensor (2-D or batched 3-D) whose indices are reused.
     values : Tensor
         Values in ``like``'s storage order: shape ``(nnz,)`` (COO, or CSR flattened) or, for a
-        batched CSR, ``(b, nnz_per_item)``.
+        batched CSR, ``(b, nnz_per_item)``; float32, float64, complex64 or complex128, on
+        ``like``'s device.  ``like``'s own values (and their dtype) are not used.
+
+    Raises
+    ------
+    TypeError
+        A non-tensor, or ``values`` of another dtype.
+    ValueError
+        ``like`` of another layout or rank, with malformed indices or on the ``meta`` device;
+        ``values`` of the wrong size, sparse, or on another device.
 
     Returns
     -------
@@ -249,6 +241,8 @@ def sparse_with_values(like: torch.Tensor, values: torch.Tensor) -> torch.Tensor
     """
     _check_sparse_matrix("like", like)
     _checks.require_tensor("values", values)
+    _checks.require_value_dtype("values", values, COMPUTE_DTYPES)
+    _checks.require_same_device("like", like, "values", values)
     pattern = SparsePattern(like)
     if values.numel() != pattern.nnz or values.layout != torch.strided:
         raise ValueError(

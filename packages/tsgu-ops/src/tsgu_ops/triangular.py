@@ -9,8 +9,8 @@ from torch.autograd.function import Function
 
 from . import _checks
 from .implicit import Kernel, solve_grad_values, solve_sparse
-from .pattern import SparsePattern, quiet
-from .sampled import sparse_grad
+from .pattern import COMPUTE_DTYPES, SparsePattern, quiet
+from .sampled import deliver, register_use
 
 
 def _check(A: Any, B: Any) -> None:
@@ -32,8 +32,10 @@ def _check(A: Any, B: Any) -> None:
     if A.dim() == 3 and A.size(0) != B.size(0):
         raise ValueError("If batched, A and B must have the same batch size")
     _checks.require_no_dense_dims("A", A)
+    _checks.require_value_dtype("A", A, COMPUTE_DTYPES)
     _checks.require_same_dtype("A", A, "B", B)
     _checks.require_same_device("A", A, "B", B)
+    _checks.check_sparse_indices("A", A)
 
 
 def _triangle_mask(pattern: SparsePattern, upper: bool) -> torch.Tensor:
@@ -51,7 +53,7 @@ def csr_triangular_solve(
     """
     if S._nnz() == 0:  # no stored entry: the identity, or a zero (singular) diagonal
         return B.clone() if unitriangular else B / torch.zeros((), dtype=B.dtype, device=B.device)
-    Bc = B.contiguous()
+    Bc = B.resolve_conj().contiguous()
     return quiet(
         lambda: (
             torch.triangular_solve(
@@ -124,9 +126,9 @@ class SparseTriangularSolve(Function):
     """Autograd Function behind :func:`sparse_triangular_solve`.
 
     ``SparseTriangularSolve.apply(A, B, upper, unitriangular, transpose)``.  Backward: with
-    ``Gb = op(A)⁻ᵀ G`` (a differentiable solve), ``dB = Gb`` and ``dA[i, j] = −Gb[i] · X[j]``
-    (``−X[i] · Gb[j]`` when ``transpose``) at the stored entries of the triangle that the solve
-    reads.  :func:`sparse_triangular_solve` runs the same computation on ``A``'s values
+    ``Gb = op(A)⁻ᴴ G`` (a differentiable solve), ``dB = Gb`` and ``dA[i, j] = −Gb[i] · conj(X[j])``
+    (``−conj(X[i]) · Gb[j]`` when ``transpose``) at the stored entries of the triangle that the
+    solve reads (``conj`` is a no-op for real dtypes).  :func:`sparse_triangular_solve` runs the same computation on ``A``'s values
     (:class:`~tsgu_ops.implicit.SolveOnValues`).
     """
 
@@ -143,6 +145,7 @@ class SparseTriangularSolve(Function):
         kernel = _triangular_kernel(pattern, upper, unitriangular)
         X = kernel(A, pattern.values(A), B, transpose)
         ctx.pattern, ctx.kernel, ctx.flags = pattern, kernel, (upper, transpose)
+        register_use(ctx, A)
         ctx.save_for_backward(A, X)
         return X
 
@@ -152,10 +155,11 @@ class SparseTriangularSolve(Function):
         upper, transpose = ctx.flags
         pattern: SparsePattern = ctx.pattern
         mask = _triangle_mask(pattern, upper)
-        Gb = solve_sparse(A, G, ctx.kernel, transposed=not transpose, mask=mask, pattern=pattern)
+        Gb = solve_sparse(A, G.conj(), ctx.kernel, transposed=not transpose, mask=mask, pattern=pattern)
+        Gb = Gb.conj()  # op(A)⁻ᴴ G; a no-op for real dtypes
         dA = None
         if ctx.needs_input_grad[0]:
-            dA = sparse_grad(pattern, solve_grad_values(pattern, Gb, X, transpose, mask))
+            dA = deliver(ctx, 0, pattern, solve_grad_values(pattern, Gb, X, transpose, mask), A)
         dB = Gb if ctx.needs_input_grad[1] else None
         return dA, dB, None, None, None
 
@@ -175,14 +179,17 @@ def sparse_triangular_solve(
     solved as one block-diagonal system (no loop over the batch); a COO ``A`` is converted to CSR
     once per call (forward and backward share it).
 
-    Gradients, with ``Gb = A⁻ᵀ G`` (``A⁻¹ G`` when ``transpose``): ``dB = Gb`` and, at the stored
-    entries, ``dA[i, j] = −Gb[i] · X[j]`` (``−X[i] · Gb[j]`` when ``transpose``), with ``A``'s
-    layout, indices and index dtype.  Second derivatives are supported.
+    Gradients, with ``Gb = A⁻ᴴ G`` (``conj(A)⁻¹ G`` when ``transpose``): ``dB = Gb`` and, at the
+    stored entries, ``dA[i, j] = −Gb[i] · conj(X[j])`` (``−conj(X[i]) · Gb[j]`` when
+    ``transpose``), with ``A``'s layout, indices and index dtype.  For real dtypes ``conj`` is a
+    no-op (``A⁻ᴴ = A⁻ᵀ``); for complex dtypes these are the conjugate (Wirtinger) gradients that
+    PyTorch's autograd uses.  Second derivatives are supported.
 
     Parameters
     ----------
     A : Tensor
-        Sparse COO or CSR, ``(n, n)`` or ``(b, n, n)``; float32/float64; int32/int64 indices.
+        Sparse COO or CSR, ``(n, n)`` or ``(b, n, n)``; float32, float64, complex64 or complex128
+        values; int32/int64 indices.
     B : Tensor
         Dense ``(n, p)`` or ``(b, n, p)`` (a 1-D ``B`` is rejected, as in 0.2.7).
     upper : bool
@@ -202,9 +209,11 @@ def sparse_triangular_solve(
     ValueError
         The 0.2.7 messages (non-tensors, ranks, layouts, non-square ``A``, inner dimensions, batch
         size), and "First input should be strictly triangular (i.e. unit diagonals is implicit)"
-        for ``unitriangular=True`` with a stored diagonal, now raised in the forward pass.
+        for ``unitriangular=True`` with a stored diagonal, now raised in the forward pass; and for
+        malformed indices of ``A`` or a ``meta`` tensor.
     TypeError
-        If ``A`` and ``B`` have different dtypes.
+        If ``A`` has a dtype other than float32, float64, complex64, complex128, or ``A`` and
+        ``B`` have different dtypes.
 
     Examples
     --------
