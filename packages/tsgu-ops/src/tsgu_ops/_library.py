@@ -99,6 +99,11 @@ def triangle_mask(crow: Tensor, col: Tensor, upper: bool, unitriangular: bool) -
     return c < rows if unitriangular else c <= rows
 
 
+def _exact(device: torch.device) -> Any:
+    """Autocast off: the kernels compute in the dtype of their operands (set by the callers)."""
+    return torch.autocast(device.type, enabled=False)
+
+
 def _csr(crow: Tensor, col: Tensor, values: Tensor, n_cols: int) -> Tensor:
     return quiet(
         lambda: torch.sparse_csr_tensor(crow, col, values, (crow.numel() - 1, n_cols), check_invariants=False)
@@ -125,7 +130,8 @@ def _mm_impl(
         S = _csr(crow_t, col_t, values[perm_t], n_rows)
     else:
         S = _csr(crow, col, values, n_cols)
-    return quiet(lambda: S @ X.contiguous())
+    with _exact(X.device):
+        return quiet(lambda: S @ X.contiguous())
 
 
 def _sampled_impl(
@@ -143,7 +149,9 @@ def _sampled_impl(
     if U.dtype in (torch.float32, torch.float64):
         zeros = torch.zeros(nnz, dtype=U.dtype, device=U.device)
         S = _csr(crow, col, zeros, crow_t.numel() - 1)
-        return torch.sparse.sampled_addmm(S, U.contiguous(), V.mT.contiguous(), beta=0.0).values().clone()
+        with _exact(U.device):
+            out = torch.sparse.sampled_addmm(S, U.contiguous(), V.mT.contiguous(), beta=0.0)
+        return out.values().clone()
     rows = _rows(crow, nnz)
     chunk = max(1, (1 << 20) // max(p, 1))
     parts = [
@@ -167,9 +175,11 @@ def _trisolve_impl(
     from .triangular import csr_triangular_solve
 
     S = _csr(crow, col, values, crow_t.numel() - 1)
-    return csr_triangular_solve(
-        S, B.contiguous(), upper=upper, unitriangular=unitriangular, transpose=transpose
-    ).clone()
+    with _exact(B.device):
+        X = csr_triangular_solve(
+            S, B.contiguous(), upper=upper, unitriangular=unitriangular, transpose=transpose
+        )
+    return X.clone()
 
 
 # ------------------------------------------------------------------------------------------------
