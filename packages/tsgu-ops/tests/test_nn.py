@@ -286,7 +286,7 @@ def test_bad_sources_raise_naming_A():
     hybrid = torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.ones(2, 3), (2, 3))
     with pytest.raises(ValueError, match="A must have no dense dimensions"):
         SparseParameter(hybrid)
-    with pytest.raises(TypeError, match="A must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"A must be a torch\.Tensor"):
         SparseParameter([[1.0]])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="A must have one of the dtypes"):
         SparseParameter(torch.eye(2, dtype=torch.int64).to_sparse())
@@ -310,7 +310,7 @@ def test_bad_right_hand_sides_raise_naming_B():
         P.mm(torch.ones(5, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="B must be a dense"):
         P.mm(torch.eye(5).to_sparse())
-    with pytest.raises(TypeError, match="B must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"B must be a torch\.Tensor"):
         P.mm([1.0])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="values must have shape"):
         P.mm(torch.ones(5, 2), values=torch.ones(P.nnz + 1))
