@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import tsgu_encoders
 from tsgu_encoders import PairwiseEncoder, calc_pairwise_coo_indices_nd
 from tsgu_ops import sparse_values
+from tsgu_ops.testing import stored_entries
 
 F64 = torch.float64
 
@@ -313,3 +314,55 @@ def test_gradcheck_and_gradgradcheck_through_the_encoder(layout):
 
     assert torch.autograd.gradcheck(f, (v,))
     assert torch.autograd.gradgradcheck(f, (v,))
+
+
+def _brute_force_pairs(offset, shape):
+    """(rows, cols) of an offset by enumerating every position of the volume."""
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    pairs = []
+    for p in itertools.product(*(range(s) for s in shape)):
+        q = tuple(a - b for a, b in zip(p, offset))
+        if all(0 <= x < s for x, s in zip(q, shape)):
+            pairs.append((sum(a * s for a, s in zip(p, strides)), sum(a * s for a, s in zip(q, strides))))
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 2, 2), (2, 1, 1), (1, 1, 1, 1), (3, 2, 1)])
+@pytest.mark.parametrize("upper", [None, False, True])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_tiny_volumes_give_empty_integer_index_tensors_for_offsets_without_pairs(shape, upper, index_dtype):
+    relations = ["indep"] if shape[0] == 1 else ["indep", "intra", "inter"]
+    for relation, diag in itertools.product(relations, [False, True]):
+        idx = calc_pairwise_coo_indices_nd(
+            2, shape, diag=diag, upper=upper, channel_voxel_relation=relation, dtype=index_dtype
+        )
+        assert any(v.shape[1] == 0 for v in idx.values()) or math.prod(shape[1:]) > 4
+        for o, v in idx.items():
+            assert v.dtype == index_dtype and v.shape[0] == 2
+            assert sorted(map(tuple, v.T.tolist())) == _brute_force_pairs(o, shape)
+        for layout in (torch.sparse_coo, torch.sparse_csr):
+            enc = PairwiseEncoder(
+                2,
+                shape,
+                diag=diag,
+                upper=upper,
+                channel_voxel_relation=relation,
+                layout=layout,
+                indices_dtype=index_dtype,
+            )
+            values = torch.randn(2, len(enc.offsets), *shape, dtype=torch.float64, requires_grad=True)
+            out = enc(values)
+            V, N = enc.volume_numel, len(enc.offsets)
+            dense = torch.zeros(2, V, V, dtype=torch.float64)
+            w = torch.randn(2, V, V, dtype=torch.float64)
+            expected_grad = torch.zeros(2, N, V, dtype=torch.float64)
+            for n, o in enumerate(enc.offsets):
+                for r, c in _brute_force_pairs(o, shape):
+                    dense[:, r, c] = values.detach().reshape(2, N, -1)[:, n, r]
+                    expected_grad[:, n, r] = w[:, r, c]
+            torch.testing.assert_close(out.to_dense(), dense)
+            if layout == torch.sparse_csr:
+                assert out.crow_indices().dtype == index_dtype
+            (sparse_values(out) * w[tuple(stored_entries(out))]).sum().backward()
+            torch.testing.assert_close(values.grad, expected_grad.reshape(values.shape))
+            values.grad = None

@@ -72,3 +72,43 @@ def test_call_rejects_malformed_values(bad, batch, layout):
         values = values.tolist()
     with pytest.raises((ValueError, TypeError)):
         enc(values)
+
+
+@pytest.mark.parametrize("radius", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_radius_is_a_value_error(radius):
+    with pytest.raises(ValueError, match="radius must be"):
+        PairwiseEncoder(radius, (1, 3, 3))
+    with pytest.raises(ValueError, match="radius must be"):
+        calc_pairwise_coo_indices_nd(radius, (1, 3, 3))
+
+
+def test_numpy_integers_are_accepted_for_radius_and_volume_shape():
+    np = pytest.importorskip("numpy")
+    enc = PairwiseEncoder(np.int64(2), (np.int64(2), np.int32(3), 4), channel_voxel_relation="inter")
+    ref = PairwiseEncoder(2, (2, 3, 4), channel_voxel_relation="inter")
+    assert enc.volume_shape == (2, 3, 4) and all(type(v) is int for v in enc.volume_shape)
+    assert enc.radius == 2.0 and enc.offsets == ref.offsets
+    assert torch.equal(enc.indices, ref.indices)
+    idx = calc_pairwise_coo_indices_nd(np.float64(1.5), np.array([1, 3, 4]))
+    ref_idx = calc_pairwise_coo_indices_nd(1.5, (1, 3, 4))
+    assert idx.keys() == ref_idx.keys() and all(torch.equal(idx[k], ref_idx[k]) for k in idx)
+    for bad in [(1, np.bool_(True)), (1, True), (1, np.float64(3.0))]:
+        with pytest.raises(ValueError, match="volume_shape"):
+            PairwiseEncoder(1, bad)
+    with pytest.raises(TypeError, match="radius"):
+        PairwiseEncoder(True, (1, 3))
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+def test_sparse_meta_and_empty_batch_values_get_clear_errors(layout):
+    enc = PairwiseEncoder(1, (1, 3, 3), layout=layout)
+    N = len(enc.offsets)
+    with pytest.raises(ValueError, match=r"values must be a dense \(strided\) tensor"):
+        enc(torch.ones(N, 1, 3, 3).to_sparse())
+    with pytest.raises(ValueError, match="values is on the 'meta' device"):
+        enc(torch.ones(N, 1, 3, 3, device="meta"))
+    with pytest.raises(ValueError, match=r"empty batch \(B = 0\)"):
+        enc(torch.ones(0, N, 1, 3, 3))
+    for dtype in (torch.float16, torch.bfloat16, torch.complex64, torch.int64):
+        with pytest.raises(ValueError, match=r"torch\.float32 or torch\.float64"):
+            enc(torch.ones(N, 1, 3, 3, dtype=dtype))

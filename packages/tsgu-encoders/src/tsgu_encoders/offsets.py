@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,14 +113,33 @@ def trim_nd(x: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
     return x[index]
 
 
-def check_volume_shape(volume_shape: Any, message: str) -> tuple[int, ...]:
+def _as_int(v: Any) -> int | None:
+    """``v`` as a Python int if it is an integer (Python, NumPy or a 0-d integer tensor), else None."""
     if (
-        not isinstance(volume_shape, (tuple, list, torch.Size))
-        or len(volume_shape) < 2
-        or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in volume_shape)
+        isinstance(v, bool)
+        or type(v).__name__ == "bool_"
+        or (isinstance(v, torch.Tensor) and v.dtype == torch.bool)
     ):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
+
+
+def check_volume_shape(volume_shape: Any, message: str) -> tuple[int, ...]:
+    """``volume_shape`` as a tuple of Python ints (NumPy integers are accepted), else ``ValueError``."""
+    if (
+        isinstance(volume_shape, (str, bytes, dict))
+        or not hasattr(volume_shape, "__len__")
+        or not hasattr(volume_shape, "__iter__")
+        or len(volume_shape) < 2
+    ):
+        raise ValueError(message)  # 0.2.7's message, word for word
+    shape = tuple(_as_int(v) for v in volume_shape)
+    if any(v is None or v <= 0 for v in shape):
         raise ValueError(message)
-    return tuple(volume_shape)
+    return shape  # type: ignore[return-value]
 
 
 def check_relation(radius: Any, volume_shape: tuple[int, ...], channel_voxel_relation: Any) -> None:
@@ -129,11 +150,15 @@ def check_relation(radius: Any, volume_shape: tuple[int, ...], channel_voxel_rel
 
 
 def check_radius(radius: Any) -> float:
-    if isinstance(radius, bool) or not isinstance(radius, (int, float)):
-        raise TypeError(f"radius must be a number, got {type(radius).__name__}")
-    if not radius >= 1:
+    """``radius`` as a float: a real number (Python, NumPy) >= 1 and finite."""
+    if isinstance(radius, bool) or not isinstance(radius, numbers.Real):
+        raise TypeError(f"radius must be a real number, got {type(radius).__name__}")
+    r = float(radius)
+    if not r >= 1:
         raise ValueError("radius must be >= 1")
-    return float(radius)
+    if not math.isfinite(r):
+        raise ValueError(f"radius must be finite (a neighbourhood of finite size), got {r}")
+    return r
 
 
 def calc_pairwise_coo_indices_nd(

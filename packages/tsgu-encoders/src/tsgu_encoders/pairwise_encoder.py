@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.autograd.function import Function
 
+from tsgu_ops import _checks
 from tsgu_ops.pattern import SparsePattern, quiet
 from tsgu_ops.sampled import ValuesToSparse
 
@@ -282,6 +283,12 @@ class PairwiseEncoder(nn.Module):
         k = self.spatial_dims + 2
         if not isinstance(values, torch.Tensor):
             raise TypeError(f"values must be a torch.Tensor, got {type(values).__name__}")
+        if values.layout != torch.strided:
+            raise ValueError(
+                f"values must be a dense (strided) tensor (N, C, *spatial_dims) or (B, N, C, "
+                f"*spatial_dims), got layout {values.layout}"
+            )
+        _checks.require_not_meta("values", values)
         if values.dim() not in (k, k + 1):
             raise ValueError(
                 f"values must have {k} dimensions (N, C, *spatial_dims) or {k + 1} dimensions "
@@ -307,6 +314,11 @@ class PairwiseEncoder(nn.Module):
         if values.device != self.device:
             raise ValueError(f"values must be on the encoder's device {self.device}, got {values.device}")
         batch = values.shape[0] if values.dim() == k + 1 else None
+        if batch == 0:
+            raise ValueError(
+                "values has an empty batch (B = 0): a batched sparse tensor needs at least one item; "
+                f"got shape {tuple(values.shape)}"
+            )
         flat = values.reshape(batch or 1, -1)
         entries = _Gather.apply(flat, self._value_index)  # (B, nnz) in output order
         pattern = self._pattern(batch)
