@@ -15,8 +15,8 @@ import shutil
 import pytest
 import torch
 
-from tsgu_ops import sparse_logsumexp, sparse_mm, sparse_triangular_solve
 from tsgu_ops import _library as lib
+from tsgu_ops import sparse_logsumexp, sparse_mm, sparse_triangular_solve
 from tsgu_ops.nn import SparseParameter
 from tsgu_ops.testing import build_case
 
