@@ -1,10 +1,89 @@
-"""Compatibility shims around PyTorch APIs that changed between versions."""
+"""Compatibility shims around PyTorch APIs that changed between versions: every torch-version check of
+tsgu-ops (and of the packages built on it) lives here.
+
+The supported range is torch >= 2.5 (``MIN_TORCH``); ``nox -s torch_matrix`` runs every package's
+tests on torch 2.5.1, 2.9.1, 2.13.0 and 2.14.1, and ``docs/installation.md`` lists what each version
+gets.  tsgu-indexed depends on torch alone and keeps its one fallback (the grouped product) in
+``tsgu_indexed.indexed_matmul``.
+"""
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import torch
 
 from .pattern import quiet
+
+#: The oldest torch every package is tested on and declares (``torch>=2.5`` in each pyproject.toml).
+MIN_TORCH = (2, 5)
+
+
+def parse_torch_version(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a torch version string (local labels and pre-release tags ignored).
+
+    Examples
+    --------
+    >>> from tsgu_ops._compat import parse_torch_version
+    >>> parse_torch_version("2.5.1+cu124"), parse_torch_version("2.10.0a0+git1234")
+    ((2, 5), (2, 10))
+    """
+    m = re.match(r"^(\d+)\.(\d+)", str(version))
+    if m is None:
+        raise ValueError(f"version must look like 'MAJOR.MINOR[...]', got {version!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+#: ``(major, minor)`` of the running torch.
+TORCH_VERSION = parse_torch_version(torch.__version__)
+
+
+def has_custom_op(library: Any = torch.library) -> bool:
+    """Whether ``library`` has ``custom_op`` with ``register_fake``/``register_autograd`` (torch >= 2.4)."""
+    return all(hasattr(library, name) for name in ("custom_op", "register_fake", "register_autograd"))
+
+
+#: ``torch.library.custom_op`` with ``register_fake``/``register_autograd`` (torch >= 2.4): the
+#: value-level kernels of :mod:`tsgu_ops._library` are registered as custom operators only then;
+#: without them every call goes through the autograd Functions (eager, no ``torch.compile`` graph).
+HAS_CUSTOM_OP = has_custom_op()
+#: ``torch.library.register_vmap`` (torch >= 2.4): a batching rule for the custom operators.
+HAS_REGISTER_VMAP = hasattr(torch.library, "register_vmap")
+
+
+def is_compiling() -> bool:
+    """Whether the caller is being traced by ``torch.compile`` (dynamo) or exported.
+
+    ``torch.compiler.is_compiling`` where it exists (torch >= 2.3), else ``torch._dynamo``'s.
+
+    Examples
+    --------
+    >>> from tsgu_ops._compat import is_compiling
+    >>> is_compiling()
+    False
+    """
+    fn = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if fn is not None:
+        return bool(fn())
+    return bool(torch._dynamo.is_compiling())  # pragma: no cover - torch < 2.3
+
+
+def require_torch(feature: str, minimum: tuple[int, int], version: tuple[int, int] = TORCH_VERSION) -> None:
+    """Raise ``NotImplementedError`` naming ``feature`` when torch is older than ``minimum``.
+
+    Examples
+    --------
+    >>> from tsgu_ops._compat import require_torch
+    >>> require_torch("complex CSR products", (2, 5), version=(2, 4))
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: complex CSR products needs torch >= 2.5, found torch 2.4
+    """
+    if version < minimum:
+        raise NotImplementedError(
+            f"{feature} needs torch >= {minimum[0]}.{minimum[1]}, found torch {version[0]}.{version[1]}"
+        )
 
 
 def linalg_solve_triangular_compat(

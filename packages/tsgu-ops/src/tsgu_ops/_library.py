@@ -23,7 +23,7 @@ operators through the autograd Functions :class:`MatmulFn`, :class:`SampledFn` a
 calls the operators themselves, whose registered autograd AOTAutograd traces.  :func:`csr_mm`,
 :func:`csr_sampled` and :func:`csr_trisolve` choose.
 
-The torch-version checks of this machinery are the constants below (one place).
+The torch-version checks of this machinery are :mod:`tsgu_ops._compat`'s (one place).
 """
 
 from __future__ import annotations
@@ -34,23 +34,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
+from ._compat import HAS_CUSTOM_OP, HAS_REGISTER_VMAP, is_compiling
 from .pattern import compress_rows, quiet
-
-#: ``torch.library.custom_op`` with ``register_fake``/``register_autograd`` (torch >= 2.4).
-HAS_CUSTOM_OP = all(
-    hasattr(torch.library, name) for name in ("custom_op", "register_fake", "register_autograd")
-)
-#: ``torch.library.register_vmap`` (torch >= 2.4): a batching rule for the custom operators.
-HAS_REGISTER_VMAP = hasattr(torch.library, "register_vmap")
-
-
-def is_compiling() -> bool:
-    """Whether the caller is being traced by ``torch.compile`` (dynamo) or exported."""
-    compiler = getattr(torch, "compiler", None)
-    fn = getattr(compiler, "is_compiling", None)
-    if fn is not None:
-        return bool(fn())
-    return bool(torch._dynamo.is_compiling())  # pragma: no cover - torch < 2.3
 
 
 class Structure:
