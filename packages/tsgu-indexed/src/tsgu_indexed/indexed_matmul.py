@@ -3,9 +3,10 @@
 Both reduce to one grouped product: the rows of ``a`` that use the same matrix ``b[r]`` are
 contiguous (segments; ``gather_mm`` sorts its rows by relation once to get there).
 
-* Where PyTorch's native grouped product ``torch._grouped_mm`` applies (float32 on the CPU;
-  float32/bfloat16/float16 on CUDA; rows of 16-byte multiples) it is used, with both gradients as
-  grouped products too (differentiable again); a build or device without the kernel falls back.
+* Where PyTorch's native grouped product (``F.grouped_mm``; ``torch._grouped_mm`` before it)
+  applies (float32 on the CPU; float32/bfloat16/float16 on CUDA; rows of 16-byte multiples) it is
+  used, with both gradients as grouped products too (differentiable again); a torch, build or device
+  without the kernel falls back (:func:`_native_grouped_mm` is that one version check).
 * Otherwise the portable path is a *tiled grouped product*: each segment is cut into tiles of at
   most ``T`` rows, the tiles are zero-padded into one ``(tiles, T, D1)`` tensor and multiplied by
   their matrices with a single ``torch.bmm``; the only copies of ``b`` are one per tile
@@ -85,7 +86,7 @@ class _NativeGroupedMM(Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a, b, offs)
-        return torch._grouped_mm(a, b, offs=offs)
+        return _native_grouped_mm()(a, b, offs=offs)
 
     @staticmethod
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
@@ -106,7 +107,7 @@ class _NativeGroupedWeight(Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, G: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a, G, offs)
-        return torch._grouped_mm(a.t(), G, offs=offs)
+        return _native_grouped_mm()(a.t(), G, offs=offs)
 
     @staticmethod
     def backward(ctx: Any, H: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
@@ -121,9 +122,20 @@ class _NativeGroupedWeight(Function):
         return da, dG, None
 
 
+def _native_grouped_mm() -> Any:
+    """PyTorch's grouped product, or ``None``: tsgu-indexed's one torch-version fallback.
+
+    ``torch.nn.functional.grouped_mm`` (public, newer torch) where it exists, else the private
+    ``torch._grouped_mm`` it replaced, else ``None`` (older torch: the tiled path).  Both take
+    ``(a, b, offs=segment_ends)`` with int32 ``offs``.
+    """
+    public = getattr(torch.nn.functional, "grouped_mm", None)
+    return public if public is not None else getattr(torch, "_grouped_mm", None)
+
+
 def _native_grouped_applies(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``torch._grouped_mm`` takes these operands (dtype, device, 16-byte aligned rows)."""
-    if not hasattr(torch, "_grouped_mm") or a.shape[0] == 0 or b.shape[0] == 0:
+    """Whether the native grouped product takes these operands (dtype, device, 16-byte aligned rows)."""
+    if _native_grouped_mm() is None or a.shape[0] == 0 or b.shape[0] == 0:
         return False
     ok_dtypes = (torch.float32,) if a.device.type == "cpu" else (torch.float32, torch.bfloat16, torch.float16)
     if a.dtype not in ok_dtypes:
