@@ -11,12 +11,14 @@ Importing the package never imports CuPy or JAX.  Every solve uses tsgu-ops' imp
 differentiation and its transpose convention: ``transpose_solve(A, G)`` receives ``A`` itself.
 """
 
+from ._checks import ConvergenceWarning
 from ._version import __version__
 from .cupy_bindings import c2t_coo, c2t_csr, have_cupy, t2c_coo, t2c_csr
 from .cupy_sparse_solve import SparseSolveC4T, sparse_solve_c4t
 from .scipy_bridge import from_scipy, to_scipy
 
 __all__ = [
+    "ConvergenceWarning",
     "SparseSolveC4T",
     "__version__",
     "c2t_coo",

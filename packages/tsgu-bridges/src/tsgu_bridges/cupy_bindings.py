@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
+from ._checks import EXPORT_DTYPES, check_matrix
 from .scipy_bridge import _coalesced, _coo_to_scipy, _csr_to_scipy
 
 __all__ = [
@@ -78,6 +79,8 @@ def _check2d(x: Any, layout: torch.layout, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.layout != layout or x.dim() != 2:
         raise ValueError(f"{name} must be a 2-D {layout} tensor, got a {x.dim()}-D {x.layout} tensor")
+    # the backend shares the tensor's index arrays and trusts them: validate first
+    check_matrix(name, x, EXPORT_DTYPES)
     return x.detach()
 
 

@@ -41,6 +41,14 @@ from tsgu_ops.implicit import (
 )
 from tsgu_ops.pattern import SparsePattern
 
+from ._checks import (
+    SOLVE_DTYPES,
+    check_dense,
+    check_matrix,
+    check_residual,
+    nonfinite_result,
+    relative_residuals,
+)
 from .cupy_bindings import _backend_to_torch, _get_array_modules, _torch_to_backend
 
 __all__ = ["SparseSolveC4T", "sparse_solve_c4t"]
@@ -62,6 +70,25 @@ def _check_solver(name: str, fn: Any, B: torch.Tensor) -> None:
             f"{what} '{fn}' does not support multi-RHS (B.shape={B.shape}). Use solve='spsolve' or "
             f"solve=None for multi-RHS problems, or reshape B to a vector."
         )
+
+
+def _tolerances(fn: Any, kwargs: dict[str, Any]) -> tuple[float, float]:
+    """``(rtol, atol)`` the backend solver ``fn`` works to: the caller's, else its own defaults."""
+    params = inspect.signature(fn).parameters
+
+    def default(*names: str) -> Any:
+        for key in names:
+            if key in params and params[key].default is not inspect.Parameter.empty:
+                return params[key].default
+        return None
+
+    rtol = next((kwargs[k] for k in ("tol", "rtol", "tolerance") if k in kwargs), None)
+    if rtol is None or not isinstance(rtol, (int, float)):
+        rtol = default("rtol", "tol")
+    atol = kwargs.get("atol", default("atol"))
+    rtol = float(rtol) if isinstance(rtol, (int, float)) else 1e-5  # SciPy's and CuPy's default
+    atol = float(atol) if isinstance(atol, (int, float)) else 0.0  # None / "legacy": none
+    return rtol, atol
 
 
 def _iterative_kwargs(fn: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -121,6 +148,9 @@ class _BackendKernel:
         own = transposed and self.transpose_solve is self.solve  # no separate transpose solver
         pattern_rows = B.shape[-2] * (B.shape[0] if B.dim() == 3 else 1)
         Bf = B.reshape(pattern_rows, B.shape[-1])
+        nan = nonfinite_result(values, B)
+        if nan is not None:  # SuperLU calls such a matrix singular; never a plausible finite answer
+            return nan
         xp, xsp = _get_array_modules(A)
         Bb = _torch_to_backend(Bf.contiguous(), xp)
         if fn is None or fn == "spsolve":
@@ -130,12 +160,11 @@ class _BackendKernel:
             M = self._matrix(A, values, transposed)  # a named transpose solver works on Aᵀ
             out = backend_fn(M, Bb[:, 0], **_iterative_kwargs(backend_fn, self.kwargs))
             X, info = (out[0], out[1]) if isinstance(out, tuple) else (out, 0)
-            if info:
-                warnings.warn(
-                    f"{fn} did not converge (info={info}); the solution may be inaccurate",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            # The solver's own stopping test is not the answer's accuracy (SciPy's MINRES stops on
+            # an estimate that, in float32, is far below the true residual): measure it.
+            rtol, atol = _tolerances(backend_fn, self.kwargs)
+            r, b, scale = relative_residuals(M, X, Bb[:, 0], xp)
+            check_residual(fn, r, b, scale, A.dtype, rtol, atol, int(info))
         else:
             M = self._matrix(A, values, own)  # a lone user solve is handed Aᵀ for the transpose
             X = fn(M, Bb, **self.kwargs)
@@ -155,15 +184,14 @@ def _prepare(A: Any, B: Any, solve: Any, transpose_solve: Any) -> None:
     check_solve_inputs(A, B, b_layout=True)
     _check_solver("solve", solve, B)
     _check_solver("transpose_solve", transpose_solve, B)
-    _check_dtypes(A, B)
-    _get_array_modules(A)  # a CUDA tensor without CuPy fails here, clearly
-
-
-def _check_dtypes(A: torch.Tensor, B: torch.Tensor) -> None:
+    # SciPy/CuPy trust the indices: a 1-based COO index made SuperLU call the matrix singular or
+    # abort the process.  Complex values are refused (the Krylov names and the transpose solve
+    # would need conjugates).
+    check_matrix("A", A, SOLVE_DTYPES)
+    check_dense("B", B)
     if A.dtype != B.dtype:
         raise TypeError(f"A and B must have the same dtype, got A: {A.dtype}, B: {B.dtype}")
-    if A.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"A must be float32 or float64, got {A.dtype}")
+    _get_array_modules(A)  # a CUDA tensor without CuPy fails here, clearly
 
 
 class SparseSolveC4T(Function):
@@ -173,6 +201,7 @@ class SparseSolveC4T(Function):
     def forward(  # type: ignore[override]
         ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]
     ) -> torch.Tensor:
+        _prepare(A, B, solve, transpose_solve)
         return rhs_kernel_forward(ctx, A, B, _make_kernel(solve, transpose_solve, kwargs or {}))
 
     @staticmethod

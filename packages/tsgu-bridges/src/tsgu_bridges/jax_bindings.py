@@ -15,6 +15,8 @@ import jax
 import torch
 from jax.experimental import sparse as jsparse
 
+from tsgu_ops._checks import check_sparse_indices
+
 __all__ = ["j2t", "j2t_coo", "j2t_csr", "spmm_t4j", "t2j", "t2j_coo", "t2j_csr"]
 
 
@@ -57,6 +59,7 @@ def t2j_csr(x: torch.Tensor) -> Any:
     """
     if not isinstance(x, torch.Tensor) or x.layout != torch.sparse_csr or x.dim() != 2:
         raise ValueError("x must be a 2-D torch.sparse_csr tensor")
+    check_sparse_indices("x", x)  # JAX trusts the indices it is handed
     x = x.detach()
     return jsparse.CSR((t2j(x.values()), t2j(x.col_indices()), t2j(x.crow_indices())), shape=tuple(x.shape))
 
@@ -78,6 +81,7 @@ def t2j_coo(x: torch.Tensor) -> Any:
     """
     if not isinstance(x, torch.Tensor) or x.layout != torch.sparse_coo or x.dim() != 2:
         raise ValueError("x must be a 2-D torch.sparse_coo tensor")
+    check_sparse_indices("x", x)  # JAX trusts the indices it is handed
     x = x.detach()
     if not x.is_coalesced():
         warnings.warn("t2j_coo: non-coalesced tensor -> coalescing implicitly", UserWarning, stacklevel=2)
@@ -104,6 +108,8 @@ def spmm_t4j(A: torch.Tensor) -> Callable[[Any], Any]:
     >>> mv(jnp.ones(2)).tolist()
     [2.0, 2.0]
     """
+    if isinstance(A, torch.Tensor) and A.layout in (torch.sparse_coo, torch.sparse_csr):
+        check_sparse_indices("A", A)  # torch.sparse.mm trusts the indices
     if A.dtype == torch.float64 and not jax.config.read("jax_enable_x64"):
         raise TypeError("A is float64 but jax_enable_x64 is off: enable it to pass float64 arrays to JAX")
     Ad = A.detach()

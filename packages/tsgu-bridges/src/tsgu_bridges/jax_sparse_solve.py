@@ -33,6 +33,7 @@ from tsgu_ops.implicit import (
 )
 from tsgu_ops.pattern import SparsePattern
 
+from ._checks import SOLVE_DTYPES, check_dense, check_matrix, check_residual, coo_residuals, nonfinite_result
 from .jax_bindings import j2t, t2j
 
 __all__ = ["SparseSolveJ4T", "sparse_solve_j4t"]
@@ -80,14 +81,27 @@ class _JaxKernel:
         if fn is _default_solver and "tol" not in kwargs:
             kwargs["tol"] = 1e-10 if A.dtype == torch.float64 else 1e-6
         rows = B.shape[-2] * (B.shape[0] if B.dim() == 3 else 1)
+        Bf = B.reshape(rows, B.shape[-1])
+        nan = nonfinite_result(values, B)
+        if nan is not None:  # JAX's BiCGSTAB returned zeros for a NaN matrix
+            return nan
         with jax.enable_x64(A.dtype == torch.float64):
             M = self._matrix(A, values, transposed and not user_t)
-            Bj = jax.device_put(t2j(B.reshape(rows, B.shape[-1])), _device_for(A))
+            Bj = jax.device_put(t2j(Bf), _device_for(A))
             X = fn(M, Bj, **kwargs)
             if isinstance(X, tuple):
                 X = X[0]
             X = jnp.asarray(X)
             Xt = j2t(X).to(device=B.device, dtype=A.dtype).clone()
+        if fn is _default_solver:
+            # BiCGSTAB's stopping test is on its recurrence; measure the answer's true residual
+            p = self._pattern
+            assert p is not None
+            r_, c_ = p.sorted_rows, p.sorted_cols.to(torch.int64)
+            if transposed:
+                r_, c_ = c_, r_
+            res = coo_residuals(r_, c_, p._sorted(values), Xt.reshape(Bf.shape), Bf)
+            check_residual("bicgstab", *res, A.dtype, float(kwargs["tol"]), float(kwargs.get("atol", 0.0)))
         return Xt.reshape(B.shape)
 
 
@@ -105,6 +119,7 @@ class SparseSolveJ4T(Function):
     def forward(  # type: ignore[override]
         ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]
     ) -> torch.Tensor:
+        _prepare(A, B)
         return rhs_kernel_forward(ctx, A, B, _make_kernel(solve, transpose_solve, kwargs or {}))
 
     @staticmethod
@@ -147,7 +162,15 @@ def sparse_solve_j4t(
     >>> sparse_solve_j4t(A, torch.tensor([1.0, 2.0], dtype=torch.float64)).detach()
     tensor([0.1000, 0.6000], dtype=torch.float64)
     """
+    _prepare(A, B)
+    return solve_sparse_rhs(A, B, _make_kernel(solve, transpose_solve, kwargs))
+
+
+def _prepare(A: Any, B: Any) -> None:
     check_solve_inputs(A, B)
+    # JAX trusts the indices (a 1-based COO index gave NaN, silently), solves float16 into NaN and
+    # bfloat16 to two digits: indices in range and float32/float64 values only.
+    check_matrix("A", A, SOLVE_DTYPES)
     if A.dtype != B.dtype:
         raise ValueError(f"A and B must have the same dtype. Got A: {A.dtype}, B: {B.dtype}")
-    return solve_sparse_rhs(A, B, _make_kernel(solve, transpose_solve, kwargs))
+    check_dense("B", B)

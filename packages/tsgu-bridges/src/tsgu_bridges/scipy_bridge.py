@@ -19,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._checks import EXPORT_DTYPES, check_matrix
+
 __all__ = ["from_scipy", "to_scipy"]
 
 
@@ -42,6 +44,9 @@ def _check(x: Any, name: str = "x") -> torch.Tensor:
         raise ValueError(
             f"{name} must be 2-D (n, m) or batched (b, n, m) without dense dimensions, got {tuple(x.shape)}"
         )
+    # SciPy trusts the indices it is handed (shared memory, no copy): check them, and the dtype
+    # (scipy.sparse holds no float16/bfloat16), before it sees them.
+    check_matrix(name, x, EXPORT_DTYPES)
     if x.device.type != "cpu":
         raise ValueError(f"{name} must be on the CPU for SciPy, got {x.device} (use the CuPy bridge on CUDA)")
     return x.detach()
