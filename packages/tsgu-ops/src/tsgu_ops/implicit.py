@@ -29,7 +29,7 @@ import torch
 from torch.autograd.function import Function
 
 from . import _checks
-from .pattern import SparsePattern
+from .pattern import SparsePattern, conj
 from .sampled import SampledProduct, deliver, differentiable_values, register_use
 
 SolveFn = Callable[..., torch.Tensor]
@@ -51,7 +51,7 @@ def solve_grad_values(
     and ``X`` the solution, both shaped like the right-hand side.  ``mask`` (bool, per entry)
     zeroes entries that the forward solve did not read.
     """
-    U, V = pattern.flat_rhs(Gb), pattern.flat_rhs(X).conj()
+    U, V = pattern.flat_rhs(Gb), conj(pattern.flat_rhs(X))
     values = SampledProduct.apply(V, U, pattern) if transposed else SampledProduct.apply(U, V, pattern)
     values = -values
     if mask is not None:
@@ -86,9 +86,9 @@ class SolveOnValues(Function):
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         values, X = ctx.saved_tensors
         # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)): conj is a no-op for real dtypes
-        Gb = SolveOnValues.apply(
-            values, G.conj(), ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask
-        ).conj()
+        Gb = conj(
+            SolveOnValues.apply(values, conj(G), ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask)
+        )
         dv = None
         if ctx.needs_input_grad[0]:
             dv = solve_grad_values(ctx.pattern, Gb, X, ctx.transposed, ctx.mask)
@@ -144,7 +144,7 @@ def kernel_forward(ctx: Any, A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -
 def kernel_backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(dA, dB)`` for :func:`kernel_forward`: a differentiable transposed solve and a sampled product."""
     A, X = ctx.saved_tensors
-    Gb = solve_sparse(A, G.conj(), ctx.kernel, transposed=True, pattern=ctx.pattern).conj()
+    Gb = conj(solve_sparse(A, conj(G), ctx.kernel, transposed=True, pattern=ctx.pattern))
     dA = None
     if ctx.needs_input_grad[0]:
         dA = deliver(ctx, 0, ctx.pattern, solve_grad_values(ctx.pattern, Gb, X, False), A)

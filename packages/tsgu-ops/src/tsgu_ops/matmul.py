@@ -8,7 +8,7 @@ import torch
 from torch.autograd.function import Function
 
 from . import _checks
-from .pattern import COMPUTE_DTYPES, SparsePattern
+from .pattern import COMPUTE_DTYPES, SparsePattern, conj
 from .sampled import PatternMatmul, SampledProduct, deliver, differentiable_values, register_use
 
 
@@ -66,11 +66,11 @@ class SparseMatMul(Function):
         dA = dB = None
         Gf = pattern.flat_rhs(G)
         if ctx.needs_input_grad[0]:
-            dvalues = SampledProduct.apply(Gf, pattern.flat_rhs(B).conj(), pattern)
+            dvalues = SampledProduct.apply(Gf, conj(pattern.flat_rhs(B)), pattern)
             dA = deliver(ctx, 0, pattern, dvalues, A)
         if ctx.needs_input_grad[1]:
             values = differentiable_values(A, pattern)
-            dB = pattern.unflat(PatternMatmul.apply(values.conj(), Gf, pattern, True), G, pattern.m)
+            dB = pattern.unflat(PatternMatmul.apply(conj(values), Gf, pattern, True), G, pattern.m)
         return dA, dB
 
 
@@ -84,8 +84,8 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     Gradients: for each stored entry ``(i, j)`` of ``A``, ``dA[i, j] = Σ_k G[i, k] conj(B[j, k])``
     (the sampled product ``G Bᴴ`` at ``A``'s entries; ``conj`` is a no-op for real dtypes, and for
     complex dtypes these are the conjugate gradients PyTorch's autograd uses), returned with
-    ``A``'s layout, indices and index dtype (a COO ``A`` keeps its own, possibly uncoalesced, index list; a CSR ``A`` keeps
-    ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᴴ G``.  Each is computed only when
+    ``A``'s layout, indices and index dtype (a COO ``A`` keeps its own, possibly uncoalesced,
+    index list; a CSR ``A`` keeps ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᴴ G``.  Each is computed only when
     requested, and second derivatives are supported.  No ``n × m`` dense tensor is ever made.
 
     Parameters

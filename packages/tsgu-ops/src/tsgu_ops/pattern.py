@@ -26,6 +26,19 @@ import torch
 #: gather path (the ``chunk × p`` row blocks of U and V); the product is computed chunk by chunk.
 SAMPLED_CHUNK_ELEMENTS = 1 << 20
 
+#: Value dtypes that the products and solves compute with (and the native kernels support on every
+#: device): real, and complex with conjugate (Wirtinger) gradients.
+COMPUTE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def conj(t: torch.Tensor) -> torch.Tensor:
+    """Complex conjugate as a new tensor (differentiable); ``t`` itself for real dtypes.
+
+    ``Tensor.conj()`` returns a lazy view, which fails on views of sparse values and which some
+    sparse kernels would read without the conjugation.
+    """
+    return t.conj_physical() if t.is_complex() else t
+
 
 def quiet(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Run ``fn`` with PyTorch's sparse beta/invariant warnings silenced."""
@@ -251,7 +264,7 @@ class SparsePattern:
         v = self._sorted(values)
         if v.numel() == 0:
             return True
-        tol = 8 * torch.finfo(v.dtype).eps * float(v.abs().max())
+        tol = 8 * torch.finfo(v.real.dtype).eps * float(v.abs().max())
         return bool(((v - v[perm_t]).abs() <= tol).all())
 
     def matmul(self, values: torch.Tensor, X: torch.Tensor, transpose: bool = False) -> torch.Tensor:
@@ -259,6 +272,7 @@ class SparsePattern:
         rows = self.M if transpose else self.N
         if self.nnz == 0:
             return torch.zeros(rows, X.shape[-1], dtype=X.dtype, device=X.device)
+        values, X = values.resolve_conj(), X.resolve_conj()  # the kernels ignore the conj bit
         S = self.csr_t(values) if transpose else self.csr(values)
         return quiet(lambda: S @ X)
 
@@ -345,15 +359,18 @@ class SparsePattern:
     def sampled(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """``s[k] = U[rows[k]] · V[cols[k]]`` for every stored entry (original order).
 
-        ``U`` is ``(N, p)`` and ``V`` is ``(M, p)``.  Uses PyTorch's native sampled product
-        (``torch.sparse.sampled_addmm``) where it supports the dtype, else a gather in chunks of at
-        most :data:`SAMPLED_CHUNK_ELEMENTS` elements, so no ``nnz × p`` temporary is made.
+        ``U`` is ``(N, p)`` and ``V`` is ``(M, p)``.  No factor is conjugated (the product is
+        bilinear; callers conjugate where a complex gradient needs it).  Uses PyTorch's native
+        sampled product (``torch.sparse.sampled_addmm``) where it supports the dtype (float32,
+        float64, complex64, complex128), else a gather in chunks of at most
+        :data:`SAMPLED_CHUNK_ELEMENTS` elements, so no ``nnz × p`` temporary is made.
         """
         p = U.shape[-1]
         dtype = torch.promote_types(U.dtype, V.dtype)
         if self.nnz == 0 or p == 0:
             return torch.zeros(self.nnz, dtype=dtype, device=U.device)
-        if U.dtype == V.dtype and U.dtype in (torch.float32, torch.float64):
+        U, V = U.resolve_conj(), V.resolve_conj()  # the kernels ignore the conj bit
+        if U.dtype == V.dtype and U.dtype in COMPUTE_DTYPES:
             zeros = torch.zeros(self.n_canonical, dtype=U.dtype, device=U.device)
             pattern = quiet(
                 lambda: torch.sparse_csr_tensor(

@@ -12,7 +12,8 @@ each other's derivatives:
 so implementing both as autograd Functions whose backward calls the other gives derivatives of any
 order.  The bars are complex conjugates: for complex inputs these are the conjugate (Wirtinger)
 gradients that PyTorch's autograd uses (``dA = G Bᴴ``, ``dB = Aᴴ G`` for ``C = A B``); for real
-inputs ``conj`` is a no-op view.  They work on the flattened (block-diagonal) problem of a :class:`~tsgu_ops.pattern.SparsePattern`.
+inputs ``conj`` is a no-op.  They work on the flattened (block-diagonal) problem of a
+:class:`~tsgu_ops.pattern.SparsePattern`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for
     differentiable_values,
     sparse_grad,
 )
-from .pattern import COMPUTE_DTYPES, SparsePattern
+from .pattern import COMPUTE_DTYPES, SparsePattern, conj
 
 
 class PatternMatmul(Function):
@@ -51,12 +52,12 @@ class PatternMatmul(Function):
         pattern, transpose = ctx.pattern, ctx.transpose
         d_values = d_X = None
         if ctx.needs_input_grad[0]:
-            Xc = X.conj()  # a no-op for real X; the conjugate (Wirtinger) gradient for complex X
+            Xc = conj(X)  # a no-op for real X; the conjugate (Wirtinger) gradient for complex X
             d_values = (
                 SampledProduct.apply(Xc, G, pattern) if transpose else SampledProduct.apply(G, Xc, pattern)
             )
         if ctx.needs_input_grad[1]:
-            d_X = PatternMatmul.apply(values.conj(), G, pattern, not transpose)
+            d_X = PatternMatmul.apply(conj(values), G, pattern, not transpose)
         return d_values, d_X, None, None
 
 
@@ -77,9 +78,9 @@ class SampledProduct(Function):
         pattern = ctx.pattern
         d_U = d_V = None
         if ctx.needs_input_grad[0]:
-            d_U = PatternMatmul.apply(g, V.conj(), pattern, False)
+            d_U = PatternMatmul.apply(g, conj(V), pattern, False)
         if ctx.needs_input_grad[1]:
-            d_V = PatternMatmul.apply(g, U.conj(), pattern, True)
+            d_V = PatternMatmul.apply(g, conj(U), pattern, True)
         return d_U, d_V, None
 
 

@@ -39,6 +39,9 @@ from .pattern import quiet
 LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
 INDEX_DTYPES = (torch.int32, torch.int64)
 VALUE_DTYPES = (torch.float32, torch.float64)
+#: Complex value dtypes supported by the products and solves (conjugate gradients); opt in with
+#: ``sparse_matrices(value_dtypes=COMPLEX_DTYPES)``.
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 STRUCTURES = ("general", "lower", "upper", "strict_lower", "strict_upper", "spd")
 
 PROFILE_ENV = "TSGU_HYPOTHESIS_PROFILE"
@@ -104,7 +107,9 @@ def build_case(
 ) -> SparseCase:
     """Deterministically build a :class:`SparseCase` (the engine behind the strategies).
 
-    The same number of entries is stored in every batch item (a CSR rule).  Triangular structures
+    The same number of entries is stored in every batch item (a CSR rule).  A complex
+    ``value_dtype`` gives values with random real and imaginary parts in ``[-1, 1)`` (``"spd"`` and
+    ``"symmetric"`` are then Hermitian).  Triangular structures
     with a diagonal get a well-conditioned diagonal (``|d|`` in ``[1, 2]``) so that solves are stable;
     ``"spd"`` is symmetric and strictly diagonally dominant, ``"symmetric"`` symmetric indefinite
     (dominant diagonal of alternating sign) and ``"dominant"`` non-symmetric and strictly
@@ -123,16 +128,20 @@ def build_case(
         k = k // 2
         cells = (torch.arange(n)[:, None] > torch.arange(m)[None, :]).nonzero()
         k = min(k, cells.shape[0])
-    dense = torch.zeros(b, n, m, dtype=torch.float64)
+    cplx = value_dtype.is_complex
+    dense = torch.zeros(b, n, m, dtype=torch.complex128 if cplx else torch.float64)
     for item in range(b):  # test data only: tiny sizes
         pick = cells[torch.randperm(cells.shape[0], generator=g)[:k]]
         vals = torch.rand(k, generator=g, dtype=torch.float64) * 2 - 1
-        dense[item, pick[:, 0], pick[:, 1]] = torch.where(vals == 0, 0.5, vals)
-        if structure == "spd":
-            dense[item] = dense[item] + dense[item].T
+        vals = torch.where(vals == 0, 0.5, vals)
+        if cplx:
+            vals = vals + 1j * (torch.rand(k, generator=g, dtype=torch.float64) * 2 - 1)
+        dense[item, pick[:, 0], pick[:, 1]] = vals.to(dense.dtype)
+        if structure == "spd":  # Hermitian for complex values
+            dense[item] = dense[item] + dense[item].T.conj()
             dense[item] += torch.diag(dense[item].abs().sum(1) + 1.0)
         elif structure == "symmetric":  # indefinite: diagonal of both signs, dominant
-            dense[item] = dense[item] + dense[item].T
+            dense[item] = dense[item] + dense[item].T.conj()
             sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).double()
             dense[item] += torch.diag(sign * (dense[item].abs().sum(1) + 1.0))
         elif structure == "dominant":  # non-symmetric, strictly diagonally dominant by rows

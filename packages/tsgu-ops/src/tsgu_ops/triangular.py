@@ -9,7 +9,7 @@ from torch.autograd.function import Function
 
 from . import _checks
 from .implicit import Kernel, solve_grad_values, solve_sparse
-from .pattern import COMPUTE_DTYPES, SparsePattern, quiet
+from .pattern import COMPUTE_DTYPES, SparsePattern, conj, quiet
 from .sampled import deliver, register_use
 
 
@@ -128,8 +128,8 @@ class SparseTriangularSolve(Function):
     ``SparseTriangularSolve.apply(A, B, upper, unitriangular, transpose)``.  Backward: with
     ``Gb = op(A)⁻ᴴ G`` (a differentiable solve), ``dB = Gb`` and ``dA[i, j] = −Gb[i] · conj(X[j])``
     (``−conj(X[i]) · Gb[j]`` when ``transpose``) at the stored entries of the triangle that the
-    solve reads (``conj`` is a no-op for real dtypes).  :func:`sparse_triangular_solve` runs the same computation on ``A``'s values
-    (:class:`~tsgu_ops.implicit.SolveOnValues`).
+    solve reads (``conj`` is a no-op for real dtypes).  :func:`sparse_triangular_solve` runs the
+    same computation on ``A``'s values (:class:`~tsgu_ops.implicit.SolveOnValues`).
     """
 
     @staticmethod
@@ -155,8 +155,8 @@ class SparseTriangularSolve(Function):
         upper, transpose = ctx.flags
         pattern: SparsePattern = ctx.pattern
         mask = _triangle_mask(pattern, upper)
-        Gb = solve_sparse(A, G.conj(), ctx.kernel, transposed=not transpose, mask=mask, pattern=pattern)
-        Gb = Gb.conj()  # op(A)⁻ᴴ G; a no-op for real dtypes
+        # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)); conj is a no-op for real dtypes
+        Gb = conj(solve_sparse(A, conj(G), ctx.kernel, transposed=not transpose, mask=mask, pattern=pattern))
         dA = None
         if ctx.needs_input_grad[0]:
             dA = deliver(ctx, 0, pattern, solve_grad_values(pattern, Gb, X, transpose, mask), A)
