@@ -85,8 +85,9 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     (the sampled product ``G Bᴴ`` at ``A``'s entries; ``conj`` is a no-op for real dtypes, and for
     complex dtypes these are the conjugate gradients PyTorch's autograd uses), returned with
     ``A``'s layout, indices and index dtype (a COO ``A`` keeps its own, possibly uncoalesced,
-    index list; a CSR ``A`` keeps ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᴴ G``.  Each is computed only when
-    requested, and second derivatives are supported.  No ``n × m`` dense tensor is ever made.
+    index list; a CSR ``A`` keeps ``crow``/``col`` and their int32/int64 dtype); ``dB = Aᴴ G``.
+    Each is computed only when requested, and second derivatives are supported.  No ``n × m``
+    dense tensor is ever made.
 
     Parameters
     ----------

@@ -28,8 +28,8 @@ from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for
     SparseToValues,
     ValuesToSparse,
     deliver,
-    register_use,
     differentiable_values,
+    register_use,
     sparse_grad,
 )
 from .pattern import COMPUTE_DTYPES, SparsePattern, conj
