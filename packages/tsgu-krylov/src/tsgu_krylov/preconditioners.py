@@ -4,27 +4,49 @@ A preconditioner is a callable applying ``M⁻¹`` to a block ``(*batch, n, k)``
 this package and :func:`~tsgu_krylov.sparse_generic_solve` accept one.  Its ``.T`` is the
 preconditioner of ``Aᵀ`` (what the backward pass of a solve uses).
 
-The incomplete factorisations keep exactly the pattern of ``A`` (no fill-in).  They are computed
-with the fine-grained fixed-point iteration of Chow and Patel (SIAM J. Sci. Comput. 37, 2015):
-every stored factor entry is updated at once from
+The incomplete factorisations keep exactly the pattern of ``A`` (no fill-in).  By default
+(``method="exact"``) they are the factors of the sequential textbook algorithm, for ILU(0) (IKJ
+order, ``L`` unit lower, ``U`` upper)::
 
-* ILU(0): ``u_ij = a_ij − Σ_{k<i} l_ik u_kj`` (i ≤ j) and
-  ``l_ij = (a_ij − Σ_{k<j} l_ik u_kj) / u_jj`` (i > j),
-* IC(0): ``l_jj = √(a_jj − Σ_{k<j} l_jk²)`` and ``l_ij = (a_ij − Σ_{k<j} l_ik l_jk) / l_jj``,
+    for i, for k < i with a_ik stored:  a_ik /= a_kk
+                                        a_ij -= a_ik a_kj   for j > k with a_ij and a_kj stored
 
-where the sums over the whole pattern are one sparse product ``L·U`` (``L·Lᵀ``) sampled on the
-pattern.  A sweep is a handful of native kernels instead of a sequential loop over rows; the
-iteration reaches the exact incomplete factors (the sequential algorithm's) after at most as many
-sweeps as the dependency depth, and a good preconditioner after a few (``sweeps``, default 5).
+and for IC(0) ``l_jj = √(a_jj − Σ_{k<j} l_jk²)``, ``l_ij = (a_ij − Σ_{k<j} l_ik l_jk) / l_jj``.  Each
+stored entry is computed once, from entries of earlier rows and of earlier columns of its own row;
+the entries are grouped in *levels* of the dependency graph (an entry's level is one more than the
+highest level it reads), and one level is computed at once with a few native kernels (gathers, a
+product and a scatter-add over the level's update pairs).  The Python loop runs over levels, never
+over rows or entries: about ``2·(nx + ny + nz)`` of them for a 3-D grid Laplacian.  The work is
+device-generic (the same kernels on CPU and GPU) and shared by the items of a batch.
+
+A zero ILU(0) pivot ``u_kk`` or a non-positive IC(0) pivot raises a ``ValueError`` that names the
+row and the pivot value (factors are never silently NaN).
+
+``method="sweeps"`` computes the factors instead with ``sweeps`` fine-grained fixed-point sweeps of
+Chow and Patel (SIAM J. Sci. Comput. 37, 2015), which update every entry at once from the current
+``L·U`` (``L·Lᵀ``) product on the pattern.  A sweep is a handful of kernels regardless of the
+dependency depth, but a few sweeps only approximate the exact factors, and on some matrices the
+iteration diverges; its result is therefore checked: finite, and the fixed-point residual
+``‖(L U − A)|pattern‖ / ‖A|pattern‖`` at most ``max_residual`` (default 1), else ``ValueError``.
+Sweeps also do not keep ILU(0) of a symmetric matrix symmetric.
+
+A solver that needs a symmetric positive-definite preconditioner (CG, MINRES) gets one from
+:func:`make_preconditioner` with ``symmetric=True`` (what :func:`~tsgu_krylov.sparse_generic_solve`
+passes for them): ``"ilu0"`` of a symmetric ``A`` is then applied symmetrically, as IC(0) (for a
+symmetric ``A`` the exact ILU(0) factors are ``U = D Lᵀ``, so ``L U = (L D^½)(L D^½)ᵀ``, the IC(0)
+factorisation), and ``"ilu0"`` of a non-symmetric ``A`` is refused.
+
 Applying ``M⁻¹`` is two sparse triangular solves with tsgu-ops' kernel.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
+from tsgu_ops._checks import check_sparse_indices
 from tsgu_ops.pattern import SparsePattern, compress_rows, lexsort_rows_cols, quiet
 from tsgu_ops.triangular import csr_triangular_solve
 
@@ -33,6 +55,7 @@ from ._operator import fold_block
 __all__ = ["IC0", "ILU0", "Jacobi", "Preconditioner", "make_preconditioner"]
 
 _SPARSE = (torch.sparse_coo, torch.sparse_csr)
+_METHODS = ("exact", "sweeps")
 
 
 def _pattern_of(A: Any, name: str = "A") -> tuple[SparsePattern, torch.Tensor]:
@@ -50,8 +73,54 @@ def _pattern_of(A: Any, name: str = "A") -> tuple[SparsePattern, torch.Tensor]:
     if not A.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {A.dtype}")
     A = A.detach()
+    check_sparse_indices(name, A)
     pattern = SparsePattern(A)
     return pattern, pattern._sorted(pattern.values(A))
+
+
+def _canonical(
+    pattern: SparsePattern, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int64 rows, cols and values, strictly row-major with one entry per coordinate.
+
+    A CSR input may hold unsorted or repeated columns within a row; they are sorted and summed.
+    """
+    rows, cols = pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)
+    keys = rows * pattern.N + cols
+    if keys.numel() > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        keys, inverse = torch.unique(keys, sorted=True, return_inverse=True)
+        values = torch.zeros(keys.numel(), dtype=values.dtype, device=values.device).index_add(
+            0, inverse, values
+        )
+        rows, cols = keys // pattern.N, keys % pattern.N
+    return rows, cols, values
+
+
+def _where(pattern: SparsePattern, row: int) -> str:
+    """``row r`` (or ``batch item b, row r``) of a flattened row index."""
+    if pattern.batch is None:
+        return f"row {row}"
+    return f"batch item {row // pattern.n}, row {row % pattern.n}"
+
+
+def _check_method(method: Any, sweeps: Any) -> int | None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if method == "exact":
+        if sweeps is not None:
+            raise ValueError("sweeps is an option of method='sweeps'; the exact factorisation has none")
+        return None
+    if sweeps is None:
+        return 5
+    if isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 1:
+        raise ValueError(f"sweeps must be a positive int, got {sweeps!r}")
+    return sweeps
+
+
+def _check_max_residual(max_residual: Any) -> float:
+    if isinstance(max_residual, bool) or not isinstance(max_residual, (int, float)) or not max_residual > 0:
+        raise ValueError(f"max_residual must be a positive number, got {max_residual!r}")
+    return float(max_residual)
 
 
 class Preconditioner:
@@ -104,6 +173,168 @@ class Jacobi(Preconditioner):
         return R * self.inv_diag
 
 
+def _expand(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated ranges ``starts[g] + 0 … counts[g]−1``: the group and the index of each.
+
+    (A binary search of each output position among the range ends: on the CPU far cheaper than
+    ``repeat_interleave`` with a tensor of repeats.)
+    """
+    dev = starts.device
+    if counts.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=dev)
+        return empty, empty
+    ends = torch.cumsum(counts, 0)
+    pos = torch.arange(int(ends[-1]), device=dev)
+    group = torch.searchsorted(ends, pos, right=True)
+    return group, pos + (starts - (ends - counts)).index_select(0, group)
+
+
+def _ilu_pairs(
+    rows: torch.Tensor, cols: torch.Tensor, N: int, diag_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Update pairs of ILU(0) on a row-major pattern, and each entry's divisor.
+
+    Entry ``(i, j)`` receives ``−l_ik u_kj`` for every ``k < min(i, j)`` with ``(i, k)`` and
+    ``(k, j)`` stored: pairs ``(s1, s2, t)`` of positions.  A strictly lower entry is then divided
+    by ``u_jj`` (``div``; ``nnz`` means no division).
+    """
+    nnz = rows.numel()
+    crow = compress_rows(rows, N).to(torch.int64)
+    lower = torch.nonzero(cols < rows).squeeze(-1)
+    k = cols[lower]
+    starts = diag_pos[k] + 1  # row k's strictly upper entries follow its diagonal
+    group, s2 = _expand(starts, crow[k + 1] - starts)
+    s1 = lower[group]
+    want = rows[s1] * N + cols[s2]
+    keys = rows * N + cols
+    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
+    hit = keys[pos] == want
+    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
+    div[lower] = diag_pos[k]
+    return s1[hit], s2[hit], pos[hit], div
+
+
+def _ic_pairs(
+    rows: torch.Tensor, cols: torch.Tensor, N: int, diag_pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Update pairs of IC(0) on a row-major lower-triangular pattern, and each entry's divisor.
+
+    Entry ``(i, j)``, ``j ≤ i``, receives ``−l_ik l_jk`` for every ``k < j`` with ``(i, k)`` and
+    ``(j, k)`` stored: for each column ``k``, every pair of its strictly lower entries.
+    """
+    nnz = rows.numel()
+    strict = torch.nonzero(cols < rows).squeeze(-1)
+    by_col = strict[torch.argsort(cols[strict], stable=True)]  # column-major, rows ascending
+    ccol = compress_rows(cols[by_col], N).to(torch.int64)
+    k = cols[by_col]
+    rank = torch.arange(by_col.numel(), device=rows.device) - ccol[k]
+    group, partner = _expand(ccol[k], rank + 1)  # rows ≤ its own in the same column
+    s1 = by_col[group]
+    s2 = by_col[partner]
+    want = rows[s1] * N + rows[s2]
+    keys = rows * N + cols
+    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
+    hit = keys[pos] == want
+    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
+    div[strict] = diag_pos[cols[strict]]
+    return s1[hit], s2[hit], pos[hit], div
+
+
+def _levels(nnz: int, s1: torch.Tensor, s2: torch.Tensor, t: torch.Tensor, div: torch.Tensor) -> torch.Tensor:
+    """Level of every entry in the dependency graph (Kahn's algorithm, one frontier at a time).
+
+    A structural analysis of the pattern with many small steps: it runs on the CPU, whatever the
+    device of the factorisation (one transfer of the indices each way).
+    """
+    cpu = torch.device("cpu")
+    s1, s2, t, div = s1.to(cpu), s2.to(cpu), t.to(cpu), div.to(cpu)
+    has = torch.nonzero(div < nnz).squeeze(-1)
+    src = torch.cat([s1, s2, div[has]])
+    dst = torch.cat([t, t, has])
+    order = torch.argsort(src, stable=True)
+    out_ptr = compress_rows(src[order], nnz).to(torch.int64)
+    out_start, out_count = out_ptr[:-1], out_ptr[1:] - out_ptr[:-1]
+    out_dst = dst[order]
+    indeg = torch.bincount(dst, minlength=nnz)
+    level = torch.zeros(nnz, dtype=torch.int64)
+    minus_one = torch.full((dst.numel(),), -1, dtype=torch.int64)
+    frontier = torch.nonzero(indeg == 0).squeeze(-1)
+    lev = 0
+    while True:
+        level.index_fill_(0, frontier, lev)
+        _, idx = _expand(out_start.index_select(0, frontier), out_count.index_select(0, frontier))
+        if idx.numel() == 0:
+            break
+        reached = out_dst.index_select(0, idx)
+        indeg.index_add_(0, reached, minus_one[: idx.numel()])
+        ready = reached[indeg.index_select(0, reached) == 0]  # once per edge that reached it
+        # keep one copy of each: a done entry's in-degree is free, store a distinct mark there
+        mark = torch.arange(-1, -ready.numel() - 1, -1)
+        indeg.index_put_((ready,), mark)
+        frontier = ready[indeg.index_select(0, ready) == mark]
+        lev += 1
+    return level
+
+
+def _factor_by_levels(
+    a: torch.Tensor,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    t: torch.Tensor,
+    div: torch.Tensor,
+    sqrt_at: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequential incomplete factorisation, one dependency level at a time.
+
+    Entry ``e`` becomes ``(a_e − Σ_{pairs p → e} f_{s1[p]} f_{s2[p]}) / f_{div[e]}`` (no division
+    where ``div[e] = nnz``), or, for IC(0) where ``sqrt_at[e]`` (the diagonal, never divided), the
+    square root of the bracket.  Returns the factor values (row-major) and the brackets (for the
+    diagonal entries: the pivots).
+    """
+    nnz = a.numel()
+    dev = a.device
+    level = _levels(nnz, s1, s2, t, div).to(dev)
+    # level order; within a level the entries to divide come first, then the others
+    plain = (div == nnz) if sqrt_at is None else sqrt_at
+    key = 2 * level + plain.to(torch.int64)
+    order = torch.argsort(key, stable=True)
+    n_levels = int(level.max()) + 1 if nnz else 0
+    bounds = compress_rows(key[order], 2 * n_levels).tolist()  # [divided, plain) per level
+    rank = torch.empty(nnz + 1, dtype=torch.int64, device=dev)
+    rank[order] = torch.arange(nnz, device=dev)
+    rank[nnz] = nnz  # a slot that holds 1
+    t_rank, p_order = torch.sort(rank[t], stable=True)  # pairs by the level order of their target
+    p_bounds = torch.searchsorted(t_rank, torch.tensor(bounds[::2], device=dev)).tolist()
+    sources = torch.stack([rank[s1][p_order], rank[s2][p_order]])
+    div_l = rank[div[order]]
+    work = torch.empty(nnz + 1, dtype=a.dtype, device=dev)  # brackets
+    work[:nnz] = a[order]
+    f = torch.ones(nnz + 1, dtype=a.dtype, device=dev)
+    for lev in range(n_levels):
+        lo, mid, hi = bounds[2 * lev], bounds[2 * lev + 1], bounds[2 * lev + 2]
+        plo, phi = p_bounds[lev], p_bounds[lev + 1]
+        if phi > plo:
+            prod = f[sources[:, plo:phi]].prod(0)
+            work.index_add_(0, t_rank[plo:phi], prod, alpha=-1)
+        if mid > lo:
+            torch.div(work[lo:mid], f[div_l[lo:mid]], out=f[lo:mid])
+        if hi > mid:
+            if sqrt_at is None:
+                f[mid:hi] = work[mid:hi]
+            else:
+                torch.sqrt(work[mid:hi], out=f[mid:hi])
+    back = rank[:nnz]
+    return f[back], work[back]
+
+
+def _diagonal_slots(rows: torch.Tensor, cols: torch.Tensor, N: int, what: str) -> torch.Tensor:
+    """Position of each row's diagonal entry among row-major entries (every one must be stored)."""
+    on = torch.nonzero(rows == cols).squeeze(-1)
+    if on.numel() != N:
+        raise ValueError(f"{what}: every diagonal entry of A must be stored (the pattern lacks some)")
+    return on
+
+
 def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, N: int) -> torch.Tensor:
     """CSR matrix from row-major sorted coordinates."""
     return quiet(
@@ -129,14 +360,53 @@ def _sampled_spgemm(Lm: torch.Tensor, Um: torch.Tensor, keys: torch.Tensor, N: i
     return torch.where(skeys[pos] == keys, sval[pos], torch.zeros((), dtype=val.dtype, device=val.device))
 
 
-def _diagonal_slots(
-    pattern: SparsePattern, rows: torch.Tensor, cols: torch.Tensor, what: str
-) -> torch.Tensor:
-    """Position of each row's diagonal entry among the given row-major entries."""
-    on = rows == cols
-    if int(on.sum()) != pattern.N:
-        raise ValueError(f"{what}: every diagonal entry of A must be stored (the pattern lacks some)")
-    return torch.nonzero(on).squeeze(-1)
+def _check_pivots(
+    pattern: SparsePattern, pivots: torch.Tensor, size: torch.Tensor, what: str, positive: bool
+) -> None:
+    """Raise at the first row whose pivot is zero (``positive``: not positive) or not finite.
+
+    ``size`` bounds the terms each pivot was computed from (``|a_kk| + Σ |l_kj u_jk|``): a pivot
+    within a few rounding errors of that is zero in all but name, and dividing by it would only
+    amplify rounding noise, so it counts as zero.
+    """
+    tiny = 8 * torch.finfo(pivots.dtype).eps * size
+    ok = pivots > tiny if positive else pivots.abs() > tiny
+    bad = torch.nonzero(~(ok & torch.isfinite(pivots))).squeeze(-1)
+    if bad.numel():
+        row = int(bad[0])
+        value = float(pivots[row])
+        note = ""
+        if not math.isfinite(value):
+            kind = "non-finite"
+        else:
+            kind = "non-positive" if positive else "zero"
+            if value != 0 and abs(value) <= float(tiny[row]):
+                note = f" (zero within rounding error: the terms it comes from are ~{float(size[row]):.3g})"
+        hint = (
+            "A is not positive definite, or IC(0) does not exist for it; try 'ilu0' with a "
+            "non-symmetric solver, or 'jacobi'"
+            if positive
+            else "A has no ILU(0) factorisation in this ordering; try 'jacobi' or reorder A"
+        )
+        raise ValueError(
+            f"{what} breakdown at {_where(pattern, row)}: {kind} pivot {value:.6g}{note}; {hint}"
+        )
+
+
+def _check_finite(pattern: SparsePattern, rows: torch.Tensor, f: torch.Tensor, what: str) -> None:
+    bad = torch.nonzero(~torch.isfinite(f)).squeeze(-1)
+    if bad.numel():
+        row = int(rows[bad[0]])
+        raise ValueError(f"{what}: the factors are not finite (overflow) at {_where(pattern, row)}")
+
+
+def _check_sweeps(pattern: SparsePattern, resid: float, limit: float, sweeps: int, what: str) -> None:
+    if not resid <= limit:
+        raise ValueError(
+            f"{what} with method='sweeps' did not converge: after {sweeps} sweeps the relative "
+            f"fixed-point residual ‖(factor product − A) on the pattern‖ / ‖A‖ is {resid:.3g} "
+            f"(limit max_residual={limit:g}); use method='exact' (the default)"
+        )
 
 
 class ILU0(Preconditioner):
@@ -146,8 +416,25 @@ class ILU0(Preconditioner):
     ----------
     A : Tensor
         Square sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)``, every diagonal entry stored.
-    sweeps : int
-        Fixed-point sweeps of the factorisation (see the module docstring).
+    method : {"exact", "sweeps"}
+        ``"exact"`` (default): the sequential algorithm's factors, computed level by level.
+        ``"sweeps"``: ``sweeps`` Chow–Patel fixed-point sweeps, an approximation whose result is
+        checked (see the module docstring).
+    sweeps : int, optional
+        Number of sweeps for ``method="sweeps"`` (default 5); not allowed with ``"exact"``.
+    max_residual : float
+        ``method="sweeps"`` only: the largest accepted relative fixed-point residual.
+
+    Attributes
+    ----------
+    L, U : Tensor
+        The factors as flattened ``(b·n, b·n)`` CSR matrices (``L`` stores its unit diagonal).
+
+    Raises
+    ------
+    ValueError
+        A missing diagonal entry; a zero (or rounding-level) pivot ``u_kk``, naming the row and the
+        pivot; non-finite factors; sweeps that did not converge.
 
     Examples
     --------
@@ -157,21 +444,62 @@ class ILU0(Preconditioner):
     >>> ILU0(A)(torch.tensor([[5.0], [5.0]], dtype=torch.float64))  # no fill-in here: exact
     tensor([[1.],
             [1.]], dtype=torch.float64)
+    >>> ILU0(torch.tensor([[1.0, 1.0], [1.0, 1.0]]).to_sparse())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ILU(0) breakdown at row 1: zero pivot 0; ...
     """
 
-    def __init__(self, A: torch.Tensor, sweeps: int = 5):
+    def __init__(
+        self, A: torch.Tensor, method: str = "exact", sweeps: int | None = None, max_residual: float = 1.0
+    ):
         pattern, a = _pattern_of(A)
         super().__init__(pattern)
+        n_sweeps = _check_method(method, sweeps)
+        limit = _check_max_residual(max_residual)
         N = pattern.N
-        rows, cols = pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)
-        diag_pos = _diagonal_slots(pattern, rows, cols, "ILU(0)")
-        d = a[diag_pos]
-        if bool((d == 0).any()):
-            raise ValueError("ILU(0): A has a zero diagonal entry")
+        rows, cols, a = _canonical(pattern, a)
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("ILU(0): A has non-finite (inf or NaN) values")
+        diag_pos = _diagonal_slots(rows, cols, N, "ILU(0)")
+        if n_sweeps is None:
+            s1, s2, t, div = _ilu_pairs(rows, cols, N, diag_pos)
+            f, _ = _factor_by_levels(a, s1, s2, t, div, None)
+            size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[diag_pos]
+            _check_pivots(pattern, f[diag_pos], size, "ILU(0)", positive=False)
+        else:
+            f = self._sweeps(pattern, rows, cols, a, N, diag_pos, n_sweeps, limit)
+        _check_finite(pattern, rows, f, "ILU(0)")
+        lower = cols <= rows
+        upper = cols >= rows
+        fl = f.clone()
+        fl[diag_pos] = 1.0  # the unit diagonal is stored: the CSR solve is far slower without it
+        self.L = _csr(rows[lower], cols[lower], fl[lower], N)
+        self.U = _csr(rows[upper], cols[upper], f[upper], N)
+        self.method, self.sweeps = method, n_sweeps
+
+    @staticmethod
+    def _sweeps(
+        pattern: SparsePattern,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        a: torch.Tensor,
+        N: int,
+        diag_pos: torch.Tensor,
+        sweeps: int,
+        limit: float,
+    ) -> torch.Tensor:
+        """Chow–Patel sweeps from ``L = strict lower of A / diag``, ``U = upper of A``."""
         lower = cols < rows
         keys = rows * N + cols
         lr, lc = rows[lower], cols[lower]
         ur, uc = rows[~lower], cols[~lower]
+        ar = torch.arange(N, device=rows.device)
+        order = lexsort_rows_cols(torch.cat([lr, ar]), torch.cat([lc, ar]), N)
+        rows_l, cols_l = torch.cat([lr, ar])[order], torch.cat([lc, ar])[order]
+        ones = torch.ones(N, dtype=a.dtype, device=a.device)
+        d = a[diag_pos]
+        _check_pivots(pattern, d, d.abs(), "ILU(0)", positive=False)
         u = a[~lower].clone()
         l = a[lower] / d[lc]
         u_diag_slot = torch.nonzero(ur == uc).squeeze(-1)  # u_jj among the upper entries, by row j
@@ -181,16 +509,16 @@ class ILU0(Preconditioner):
             l_new = (a[lower] - s[lower] + l * ujj) / ujj
             u = a[~lower] - s[~lower]
             l = l_new
-            if bool((u[u_diag_slot] == 0).any()):
-                raise ValueError("ILU(0) breakdown: a zero pivot appeared; try Jacobi")
-        # the unit diagonal is stored: PyTorch's CSR solve is far slower with unitriangular=True
-        ar = torch.arange(N, device=lr.device)
-        rows_l, cols_l = torch.cat([lr, ar]), torch.cat([lc, ar])
-        order = lexsort_rows_cols(rows_l, cols_l, N)
-        vals_l = torch.cat([l, torch.ones(N, dtype=l.dtype, device=l.device)])
-        self.L = _csr(rows_l[order], cols_l[order], vals_l[order], N)
-        self.U = _csr(ur, uc, u, N)
-        self.sweeps = sweeps
+            size = d.abs() + s[diag_pos].abs()
+            _check_pivots(pattern, u[u_diag_slot], size, "ILU(0)", positive=False)
+        f = torch.empty_like(a)
+        f[lower], f[~lower] = l, u
+        _check_finite(pattern, rows, f, "ILU(0)")
+        full_l = _csr(rows_l, cols_l, torch.cat([l, ones])[order], N)
+        prod = _sampled_spgemm(full_l, _csr(ur, uc, u, N), keys, N)
+        resid = float(torch.linalg.vector_norm(prod - a) / torch.linalg.vector_norm(a))
+        _check_sweeps(pattern, resid, limit, sweeps, "ILU(0)")
+        return f
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         if self.transposed:  # (LU)ᵀ = Uᵀ Lᵀ
@@ -208,13 +536,25 @@ class IC0(Preconditioner):
     A : Tensor
         Symmetric positive-definite sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)``; only its
         lower triangle is read.
-    sweeps : int
-        Fixed-point sweeps of the factorisation.
+    method : {"exact", "sweeps"}
+        ``"exact"`` (default): the sequential algorithm's factor, computed level by level.
+        ``"sweeps"``: ``sweeps`` Chow–Patel fixed-point sweeps, checked (see the module docstring).
+    sweeps : int, optional
+        Number of sweeps for ``method="sweeps"`` (default 5); not allowed with ``"exact"``.
+    max_residual : float
+        ``method="sweeps"`` only: the largest accepted relative fixed-point residual.
+
+    Attributes
+    ----------
+    L : Tensor
+        The lower factor as a flattened ``(b·n, b·n)`` CSR matrix.
 
     Raises
     ------
     ValueError
-        When a pivot is not positive (``A`` is not positive definite, or IC(0) does not exist for it).
+        A missing diagonal entry; a pivot ``a_jj − Σ l_jk²`` that is not positive, naming the row
+        and the pivot (``A`` is not positive definite, or IC(0) does not exist for it); sweeps that
+        did not converge.
 
     Examples
     --------
@@ -224,24 +564,57 @@ class IC0(Preconditioner):
     >>> IC0(A)(torch.tensor([[6.0], [7.0]], dtype=torch.float64))
     tensor([[1.],
             [1.]], dtype=torch.float64)
+    >>> IC0(torch.tensor([[1.0, 2.0], [2.0, 1.0]]).to_sparse())  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: IC(0) breakdown at row 1: non-positive pivot -3; ...
     """
 
-    def __init__(self, A: torch.Tensor, sweeps: int = 5):
+    def __init__(
+        self, A: torch.Tensor, method: str = "exact", sweeps: int | None = None, max_residual: float = 1.0
+    ):
         pattern, a = _pattern_of(A)
         super().__init__(pattern)
+        n_sweeps = _check_method(method, sweeps)
+        limit = _check_max_residual(max_residual)
         N = pattern.N
-        rows, cols = pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)
+        rows, cols, a = _canonical(pattern, a)
         keep = cols <= rows
         rows, cols, a = rows[keep], cols[keep], a[keep]
-        diag_pos = _diagonal_slots(pattern, rows, cols, "IC(0)")
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("IC(0): A has non-finite (inf or NaN) values")
+        diag_pos = _diagonal_slots(rows, cols, N, "IC(0)")
+        if n_sweeps is None:
+            s1, s2, t, div = _ic_pairs(rows, cols, N, diag_pos)
+            on = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
+            on[diag_pos] = True
+            f, before = _factor_by_levels(a, s1, s2, t, div, on)
+            size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[diag_pos]
+            _check_pivots(pattern, before[diag_pos], size, "IC(0)", positive=True)
+        else:
+            f = self._sweeps(pattern, rows, cols, a, N, diag_pos, n_sweeps, limit)
+        _check_finite(pattern, rows, f, "IC(0)")
+        self.L = _csr(rows, cols, f, N)
+        self.method, self.sweeps = method, n_sweeps
+
+    @staticmethod
+    def _sweeps(
+        pattern: SparsePattern,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        a: torch.Tensor,
+        N: int,
+        diag_pos: torch.Tensor,
+        sweeps: int,
+        limit: float,
+    ) -> torch.Tensor:
+        """Chow–Patel sweeps from ``L = lower of A`` scaled by ``√diag``."""
         d = a[diag_pos]
-        if bool((d <= 0).any()):
-            raise ValueError("IC(0) breakdown: A has a non-positive diagonal entry (not positive definite)")
+        _check_pivots(pattern, d, d.abs(), "IC(0)", positive=True)
         strict = cols < rows
         keys = rows * N + cols
         sr, sc = rows[strict], cols[strict]
-        # transposed order of the strict part, for Lᵀ as CSR
-        t_order = lexsort_rows_cols(sc, sr, N)
+        t_order = lexsort_rows_cols(sc, sr, N)  # transposed order of the strict part, for Lᵀ
         ldiag = d.sqrt()
         lstrict = a[strict] / ldiag[sc]
         for _ in range(sweeps):
@@ -249,19 +622,18 @@ class IC0(Preconditioner):
             LsT = _csr(sc[t_order], sr[t_order], lstrict[t_order], N)
             s = _sampled_spgemm(Ls, LsT, keys, N)
             pivot = d - s[diag_pos]
-            if bool((pivot <= 0).any()):
-                raise ValueError(
-                    "IC(0) breakdown: a non-positive pivot appeared (A is not positive definite enough "
-                    "for an incomplete Cholesky factor); try ILU0 or Jacobi"
-                )
+            _check_pivots(pattern, pivot, d.abs() + s[diag_pos].abs(), "IC(0)", positive=True)
             new_diag = pivot.sqrt()
             lstrict = (a[strict] - s[strict]) / ldiag[sc]
             ldiag = new_diag
-        values = torch.empty_like(a)
-        values[strict] = lstrict
-        values[diag_pos] = ldiag
-        self.L = _csr(rows, cols, values, N)
-        self.sweeps = sweeps
+        f = torch.empty_like(a)
+        f[strict], f[diag_pos] = lstrict, ldiag
+        _check_finite(pattern, rows, f, "IC(0)")
+        t_all = lexsort_rows_cols(cols, rows, N)
+        prod = _sampled_spgemm(_csr(rows, cols, f, N), _csr(cols[t_all], rows[t_all], f[t_all], N), keys, N)
+        resid = float(torch.linalg.vector_norm(prod - a) / torch.linalg.vector_norm(a))
+        _check_sweeps(pattern, resid, limit, sweeps, "IC(0)")
+        return f
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         Y = csr_triangular_solve(self.L, R, upper=False)
@@ -271,10 +643,23 @@ class IC0(Preconditioner):
 _KINDS = {"jacobi": Jacobi, "ic0": IC0, "ilu0": ILU0}
 
 
-def make_preconditioner(A: torch.Tensor, kind: Any) -> Any:
+def make_preconditioner(A: torch.Tensor, kind: Any, *, symmetric: bool = False) -> Any:
     """``None`` or a preconditioner for ``A`` by name: ``"jacobi"``, ``"ic0"`` or ``"ilu0"``.
 
     A preconditioner object or callable passes through unchanged.
+
+    Parameters
+    ----------
+    A : Tensor
+        The matrix (sparse COO/CSR or dense, ``(n, n)`` or ``(b, n, n)``).
+    kind : str, Preconditioner, Tensor, callable or None
+        A name (case, ``(``, ``)``, ``-`` and ``_`` ignored: ``"IC(0)"`` is ``"ic0"``) or a ready
+        preconditioner.
+    symmetric : bool
+        Whether the solver needs a symmetric positive-definite preconditioner (CG, MINRES).  Then
+        ``"ilu0"`` of a symmetric ``A`` is applied symmetrically, i.e. built as IC(0) (the same
+        factorisation: for a symmetric ``A``, ILU(0) gives ``U = D Lᵀ``), and ``"ilu0"`` of a
+        non-symmetric ``A`` raises ``ValueError``.
 
     Examples
     --------
@@ -283,14 +668,38 @@ def make_preconditioner(A: torch.Tensor, kind: Any) -> Any:
     >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64).to_sparse_csr()
     >>> type(make_preconditioner(A, "IC(0)")).__name__
     'IC0'
+    >>> type(make_preconditioner(A, "ilu0", symmetric=True)).__name__  # e.g. for MINRES
+    'IC0'
     """
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
     if kind is None or isinstance(kind, Preconditioner):
         return kind
     if isinstance(kind, str):
         key = kind.lower().replace("(", "").replace(")", "").replace("-", "").replace("_", "")
         if key not in _KINDS:
             raise ValueError(f"preconditioner must be one of {sorted(_KINDS)} or a callable, got {kind!r}")
+        if key == "ilu0" and symmetric:
+            return _symmetric_ilu0(A)
         return _KINDS[key](A)
     if isinstance(kind, torch.Tensor) or callable(kind):
         return kind
     raise TypeError(f"preconditioner must be a name, a tensor or a callable, got {type(kind).__name__}")
+
+
+def _symmetric_ilu0(A: torch.Tensor) -> IC0:
+    """ILU(0) applied symmetrically, for a solver that needs an SPD preconditioner: IC(0)."""
+    pattern, values = _pattern_of(A)
+    if not pattern.symmetric(values):
+        raise ValueError(
+            "preconditioner='ilu0': the solver (CG or MINRES) needs a symmetric preconditioner, but A "
+            "is not symmetric, so ILU(0) is not; use a non-symmetric solver (gmres, bicgstab) with "
+            "'ilu0', or 'jacobi'"
+        )
+    try:
+        return IC0(A)
+    except ValueError as err:
+        raise ValueError(
+            "preconditioner='ilu0' for a solver that needs a symmetric positive-definite "
+            f"preconditioner is applied symmetrically, as IC(0), which broke down: {err}"
+        ) from err
