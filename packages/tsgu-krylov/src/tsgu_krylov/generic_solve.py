@@ -123,7 +123,9 @@ class _Kernel:
     def _preconditioner(self, A: torch.Tensor, transposed: bool) -> Any:
         spec = self.kwargs.get("preconditioner")
         if not self._pc_built:
-            self._pc = make_preconditioner(A, spec)
+            # CG and MINRES need a symmetric (SPD) preconditioner: "ilu0" is then applied symmetrically
+            needs_spd = any(f is linear_cg or f is minres for f in (self.solve, self.transpose_solve))
+            self._pc = make_preconditioner(A, spec, symmetric=needs_spd)
             self._pc_built = True
         pc = self._pc
         if transposed and isinstance(pc, Preconditioner):
