@@ -115,6 +115,208 @@ def dense_solve_variant(k: int, convection: float) -> Callable[..., Run]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Solvers side by side with torch-sla (the closest modern peer) and SciPy, at equal achieved residual.
+# Libraries define their tolerances differently, so each one's ``rtol`` is lowered from the target
+# until its *true* residual ``max_j ‖b_j − A x_j‖ / ‖b_j‖`` is at most the target; every row records
+# the rtol it needed and the residual it reached (forward, and the backward's adjoint solve).
+PEER_TARGET = 1e-10
+PEER_PROBLEMS: dict[str, tuple[tuple[int, ...], float]] = {
+    "poisson30": ((30, 30, 30), 0.0),
+    "poisson40": ((40, 40, 40), 0.0),
+    "convdiff200": ((200, 200), 1.0),
+}
+
+
+def _peer_system(problem: str, nrhs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from tsgu_ops.testing import grid_operator
+
+    shape, convection = PEER_PROBLEMS[problem]
+    A = grid_operator(shape, convection).to_sparse_csr()
+    g = torch.Generator().manual_seed(0)
+    n = A.shape[0]
+    B = torch.randn(n, nrhs, dtype=torch.float64, generator=g) if nrhs > 1 else torch.randn(n, generator=g)
+    return A, B.to(torch.float64)
+
+
+def _col_res(A: torch.Tensor, X: torch.Tensor, B: torch.Tensor, transpose: bool = False) -> float:
+    """Largest per-column true relative residual ``‖B − op(A) X‖ / ‖B‖``."""
+    op = A.detach().to_sparse_coo().t().coalesce() if transpose else A.detach()
+    X2, B2 = X.detach().reshape(B.shape[0], -1), B.detach().reshape(B.shape[0], -1)
+    R = B2 - op @ X2
+    return float((torch.linalg.vector_norm(R, dim=0) / torch.linalg.vector_norm(B2, dim=0)).max())
+
+
+def _calibrate(solve_at: Callable[[float], Any], residual: Callable[[Any], float]) -> tuple[float, float]:
+    """The largest ``rtol`` (target, target/2, …) whose solve reaches the target true residual."""
+    rtol = PEER_TARGET
+    res = float("inf")
+    for _ in range(10):
+        res = residual(solve_at(rtol))
+        if res <= PEER_TARGET:
+            break
+        rtol /= 2
+    return rtol, res
+
+
+def _adjoint_res(A: torch.Tensor, B: torch.Tensor, fwd: Callable[[torch.Tensor], torch.Tensor]) -> float:
+    """True residual of the backward's transpose solve: ``dB = A⁻ᵀ 1`` read from ``B.grad``."""
+    Bg = B.clone().requires_grad_()
+    fwd(Bg).sum().backward()
+    assert Bg.grad is not None
+    return _col_res(A, Bg.grad, torch.ones_like(B), transpose=True)
+
+
+def _peer_note(rtol: float, res: float, bres: float | None, extra: str = "") -> str:
+    note = f"rtol {rtol:.1e}: true residual {res:.1e}"
+    if bres is not None:
+        note += f", backward {bres:.1e}"
+    return note + extra
+
+
+def peer_tsgu_variant(problem: str, solver: str, nrhs: int) -> Callable[..., Run]:
+    def setup(ctx: dict[str, Any]) -> Run:
+        from tsgu_krylov import sparse_generic_solve
+
+        A0, B = _peer_system(problem, nrhs)
+        dev = ctx["device"]
+        A = A0.to(dev).requires_grad_()
+        B = B.to(dev)
+        extra: dict[str, Any] = {"atol": 0.0} if solver == "bicgstab" else {}
+        if solver == "gmres":
+            extra["restart"] = 30
+
+        def solve(rtol: float, rhs: torch.Tensor = B) -> torch.Tensor:
+            return sparse_generic_solve(A, rhs, solver, rtol=rtol, on_failure="ignore", **extra)
+
+        rtol, res = _calibrate(lambda r: solve(r).detach(), lambda X: _col_res(A0, X.cpu(), B.cpu()))
+        bres = _adjoint_res(A0, B.cpu(), lambda Bg: solve(rtol, Bg.to(dev)).cpu())
+        meta = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr", "residual": res}
+        meta["note"] = _peer_note(rtol, res, bres)
+        return Run(lambda: solve(rtol), lambda out: _backward_sum(out, A), meta)
+
+    return setup
+
+
+def _torch_sla() -> Any:
+    try:
+        import torch_sla
+    except ImportError as exc:  # an optional comparator: see benchmarks/requirements-bench.txt
+        raise NotImplementedError(
+            "torch-sla is not installed (pip install -r benchmarks/requirements-bench.txt)"
+        ) from exc
+    return torch_sla
+
+
+def peer_torch_sla_variant(problem: str, method: str, nrhs: int) -> Callable[..., Run]:
+    """torch-sla 0.4.0, ``backend="pytorch"`` (its own iterative solvers; no preconditioner, as ours)
+    or ``backend="scipy"`` (``method="lu"``: SuperLU, refactorised for the backward's transpose)."""
+
+    def setup(ctx: dict[str, Any]) -> Run:
+        _torch_sla()
+        from torch_sla.linear_solve import SparseLinearSolvePyTorch, spsolve
+
+        A0, B = _peer_system(problem, nrhs)
+        dev = ctx["device"]
+        if method == "lu" and dev != "cpu":
+            raise NotImplementedError("torch-sla's SciPy backend runs on the CPU only")
+        coo = A0.to_sparse_coo().coalesce()
+        row, col = (t.to(dev) for t in coo.indices())
+        val = coo.values().to(dev).clone().requires_grad_()
+        B = B.to(dev)
+        n = A0.shape[0]
+
+        def solve(rtol: float, rhs: torch.Tensor = B) -> torch.Tensor:
+            if method == "lu":
+                return spsolve(val, row, col, (n, n), rhs, backend="scipy", method="lu")  # type: ignore[no-any-return]
+            # torch_sla.spsolve(backend="pytorch") with rtol exposed (spsolve fixes it at 1e-10)
+            return SparseLinearSolvePyTorch.apply(  # type: ignore[no-any-return]
+                val, row, col, (n, n), rhs, method, 1e-10, rtol, 100000, "none", False
+            )
+
+        if method == "lu":
+            rtol, res = float("nan"), _col_res(A0, solve(0.0).detach().cpu(), B.cpu())
+        else:
+            rtol, res = _calibrate(lambda r: solve(r).detach(), lambda X: _col_res(A0, X.cpu(), B.cpu()))
+        bres = _adjoint_res(A0, B.cpu(), lambda Bg: solve(rtol, Bg.to(dev)).cpu())
+        meta = {"nnz": A0._nnz(), "rows": n, "dtype": "float64", "layout": "coo", "residual": res}
+        meta["note"] = (
+            f"direct, true residual {res:.1e}, backward {bres:.1e}"
+            if method == "lu"
+            else _peer_note(rtol, res, bres)
+        )
+        return Run(lambda: solve(rtol), lambda out: _backward_sum(out, val), meta)
+
+    return setup
+
+
+def peer_scipy_variant(problem: str, solver: str, nrhs: int) -> Callable[..., Run]:
+    """SciPy's iterative solver, forward only (one call per right-hand side: it has no block mode)."""
+
+    def setup(ctx: dict[str, Any]) -> Run:
+        import numpy as np
+        import scipy.sparse.linalg as sla
+
+        from tsgu_bridges import to_scipy
+
+        if ctx["device"] != "cpu":
+            raise NotImplementedError("SciPy runs on the CPU only")
+        A0, B = _peer_system(problem, nrhs)
+        S = to_scipy(A0)
+        Bn = B.reshape(A0.shape[0], -1).numpy()
+        fn = {"cg": sla.cg, "gmres": sla.gmres, "bicgstab": sla.bicgstab}[solver]
+        extra: dict[str, Any] = (
+            {"restart": 30, "maxiter": 100000} if solver == "gmres" else {"maxiter": 100000}
+        )
+
+        def solve(rtol: float) -> Any:
+            return np.stack([fn(S, Bn[:, j], rtol=rtol, atol=0.0, **extra)[0] for j in range(Bn.shape[1])], 1)
+
+        def residual(X: Any) -> float:
+            return float((np.linalg.norm(Bn - S @ X, axis=0) / np.linalg.norm(Bn, axis=0)).max())
+
+        rtol, res = _calibrate(solve, residual)
+        meta = {"nnz": A0._nnz(), "rows": A0.shape[0], "dtype": "float64", "layout": "csr", "residual": res}
+        meta["note"] = "forward only, " + _peer_note(rtol, res, None)
+        return Run(lambda: solve(rtol), None, meta)
+
+    return setup
+
+
+def peer_cases() -> list[Case]:
+    """tsgu against torch-sla (``backend="pytorch"`` and its SciPy LU) and SciPy, same matrices."""
+    cases: list[Case] = []
+    specs = [
+        ("poisson30", "cg", 1),
+        ("poisson30", "cg", 8),
+        ("poisson40", "cg", 1),
+        ("poisson40", "cg", 8),
+        ("convdiff200", "bicgstab", 1),
+        ("convdiff200", "gmres", 1),
+    ]
+    for problem, solver, nrhs in specs:
+        shape, _ = PEER_PROBLEMS[problem]
+        size = "x".join(map(str, shape))
+        kind = "3-D Poisson" if problem.startswith("poisson") else "2-D convection-diffusion"
+        variants = [
+            Variant(f"tsgu {solver}", peer_tsgu_variant(problem, solver, nrhs)),
+            Variant(
+                f"torch-sla pytorch {solver}", peer_torch_sla_variant(problem, solver, nrhs), baseline=True
+            ),
+            Variant("torch-sla scipy LU", peer_torch_sla_variant(problem, "lu", nrhs)),
+            Variant(f"scipy {solver}", peer_scipy_variant(problem, solver, nrhs)),
+        ]
+        cases.append(
+            Case(
+                f"krylov_peer_{problem}_{solver}_{nrhs}rhs",
+                "sparse_generic_solve",
+                f"{kind} {size}, {nrhs} rhs, true residual <= {PEER_TARGET:g}",
+                variants,
+            )
+        )
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
 # tsgu-bridges: SciPy direct solve, LU reused by the backward pass
 def bridge_variant(impl: str, k: int, nrhs: int) -> Callable[..., Run]:
     def setup(ctx: dict[str, Any]) -> Run:
@@ -267,6 +469,7 @@ def more_cases(full: bool = False) -> list[Case]:
     cases.append(
         Case("krylov_convdiff", "sparse_generic_solve", f"convection-diffusion {k}^3, rtol 1e-6", cd)
     )
+    cases += peer_cases()
     ks = 16
     cases.append(
         Case(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.pattern import SparsePattern
+from tsgu_ops.pattern import SparsePattern, quiet
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -29,24 +29,62 @@ _SPARSE = (torch.sparse_coo, torch.sparse_csr)
 class SparseOperator:
     """``X ↦ A @ X`` (or ``Aᵀ @ X``) for a detached sparse ``A``, on blocks of any leading shape.
 
-    The flattened CSR matrix is built once; a 2-D ``A`` applied to a batched block multiplies all
-    columns of all items at once, and a batched ``A`` ``(b, n, n)`` is one block-diagonal product.
+    The flattened CSR matrix is built once per solve, with 32-bit indices where they fit (PyTorch's
+    CPU kernels convert 64-bit indices to 32-bit ones on every product otherwise, which doubles its
+    cost); a 2-D ``A`` applied to a batched block multiplies all columns of all items at once, and a
+    batched ``A`` ``(b, n, n)`` is one block-diagonal product.  A single column is one
+    matrix-vector product (:meth:`mv`), the cheapest kernel.
     """
 
     def __init__(self, A: torch.Tensor, transpose: bool = False, pattern: SparsePattern | None = None):
         A = A.detach()
         self.pattern = pattern if pattern is not None else SparsePattern(A)
         values = self.pattern.values(A)
-        self.matrix = self.pattern.csr_t(values) if transpose else self.pattern.csr(values)
+        self.matrix = compact_csr(self.pattern.csr_t(values) if transpose else self.pattern.csr(values))
         self.batch = self.pattern.batch
         self.n = self.pattern.n
         self.shape = tuple(A.shape)
         self.dtype = A.dtype
 
+    def mv(self, x: torch.Tensor) -> torch.Tensor:
+        """``A @ x`` for one vector ``x`` of the flattened operator's length (``b·n``)."""
+        return torch.mv(self.matrix, x)
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         S = self.matrix
+        if self.batch is None and (X.dim() == 1 or (X.dim() == 2 and X.shape[-1] == 1)):
+            y = torch.mv(S, X.reshape(-1))  # one column: the matrix-vector kernel
+            return y if X.dim() == 1 else y.unsqueeze(-1)
         flat, unfold = fold_block(X, self.batch, self.shape)
         return unfold(S @ flat, S.shape[0] // (self.batch or 1))
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def compact_csr(S: torch.Tensor) -> torch.Tensor:
+    """``S`` (a 2-D CSR tensor) with 32-bit index tensors when every index and ``nnz`` fit.
+
+    The values are shared, not copied.  Any other tensor is returned unchanged.
+
+    Examples
+    --------
+    >>> import torch
+    >>> S = torch.eye(3, dtype=torch.float64).to_sparse_csr()
+    >>> compact_csr(S).crow_indices().dtype
+    torch.int32
+    """
+    if S.layout != torch.sparse_csr or S.dim() != 2:
+        return S
+    crow, col = S.crow_indices(), S.col_indices()
+    if crow.dtype == torch.int32 or max(S.shape[0], S.shape[1], col.numel()) >= _INT32_MAX:
+        return S
+    values = S.values()
+    return quiet(
+        lambda: torch.sparse_csr_tensor(
+            crow.to(torch.int32), col.to(torch.int32), values, tuple(S.shape), check_invariants=False
+        )
+    )
 
 
 def fold_block(
@@ -121,11 +159,14 @@ def from_block(X: torch.Tensor, vector: bool) -> torch.Tensor:
 
 def col_dot(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Per-column inner products ``Σᵢ conj(U[..., i, j]) V[..., i, j]`` → ``(*batch, k)``."""
-    if U.is_complex():
-        return (U.conj() * V).sum(-2)
-    return (U * V).sum(-2)
+    if U.dim() == 2 and U.shape[-1] == 1 and V.shape == U.shape:  # one column: one BLAS dot
+        u, v = U.reshape(-1), V.reshape(-1)
+        return (torch.vdot(u, v) if U.is_complex() else torch.dot(u, v)).reshape(1)
+    return torch.linalg.vecdot(U, V, dim=-2)
 
 
 def col_norm(U: torch.Tensor) -> torch.Tensor:
     """Per-column 2-norms ``(*batch, k)``."""
+    if U.dim() == 2 and U.shape[-1] == 1:
+        return torch.linalg.vector_norm(U).reshape(1)
     return torch.linalg.vector_norm(U, dim=-2)
