@@ -1,8 +1,16 @@
 """Every repeatable job of the tsgu monorepo.
 
 Default sessions (``nox`` with no arguments; what CI runs): ``lint``, ``tests``, ``isolated``,
-``integration``, ``docs``.  On request: ``torch_matrix`` (torch 2.5.1 / 2.9.1 / 2.13.0 / 2.14.1; all but
-2.13.0 are multi-GB CUDA builds), ``fuzz``, ``bench``, ``bump -- NEW_VERSION``.
+``integration``, ``docs``.  On request: ``torch_matrix`` and ``python_matrix`` (below), ``fuzz``,
+``bench``, ``bump -- NEW_VERSION``.
+
+The compatibility matrix: ``nox -s torch_matrix`` runs every package's tests, each package alone in a
+venv of its own, then the integration tests and each built wheel alone, against torch 2.5.1, 2.9.1,
+2.13.0 and 2.14.1 on the Python that runs nox; ``nox -s python_matrix`` does the same with torch
+``TSGU_TORCH`` (2.13.0) on Python 3.10, 3.11, 3.12 and 3.13.  Pick one cell with
+``nox -s "torch_matrix(torch_version='2.5.1')"`` or ``nox -s python_matrix-3.13``.  They are not
+default sessions: every torch but the CPU 2.13.0 build is a multi-GB CUDA wheel from PyPI.  Each cell
+writes its counts to ``.nox/matrix-results/``; ``nox -s matrix_report`` prints them as one table.
 
 Virtual environments are made with uv when it is installed (much faster than pip).  uv does not read
 pip's configuration, so a ``find-links`` folder configured for pip (where a CPU build of torch may
@@ -11,10 +19,12 @@ lie) is handed to uv through ``UV_FIND_LINKS``; torch is always pinned.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import nox
@@ -23,6 +33,8 @@ ROOT = Path(__file__).parent
 VERSION = (ROOT / "VERSION").read_text().strip()
 TORCH = os.environ.get("TSGU_TORCH", "2.13.0")
 TORCH_MATRIX = ["2.5.1", "2.9.1", "2.13.0", "2.14.1"]
+PYTHON_MATRIX = ["3.10", "3.11", "3.12", "3.13"]
+MATRIX_RESULTS = ROOT / ".nox" / "matrix-results"
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 
 # package -> (import name, extras needed by its tests)
@@ -68,6 +80,27 @@ def _pip_find_links() -> str | None:
     return None
 
 
+def _expose_pyenv_pythons() -> None:
+    """Let nox find the matrix Pythons that pyenv holds, by adding them to ``PYENV_VERSION``.
+
+    pyenv's shims answer only for the versions ``PYENV_VERSION`` names; the user's own choice stays first.
+    """
+    root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if not root.is_dir():
+        return
+    named = [v for v in os.environ.get("PYENV_VERSION", "").split(":") if v]
+    for minor in PYTHON_MATRIX:
+        found = sorted(
+            (p.name for p in root.glob(f"{minor}.*") if re.fullmatch(r"\d+\.\d+\.\d+", p.name)),
+            key=lambda v: tuple(int(x) for x in v.split(".")),
+        )
+        if found and not any(v == minor or v.startswith(minor + ".") for v in named):
+            named.append(found[-1])
+    if named:
+        os.environ["PYENV_VERSION"] = ":".join(named)
+
+
+_expose_pyenv_pythons()
 FIND_LINKS = _pip_find_links()
 if FIND_LINKS:
     os.environ.setdefault("UV_FIND_LINKS", FIND_LINKS)
@@ -127,7 +160,9 @@ def _isolated_run(session: nox.Session, pkg: str, torch_version: str) -> None:
     module, extras = PACKAGES[pkg]
     _install_torch(session, torch_version)
     local = [_local(dep) for dep in INTERNAL[pkg]]
-    session.install(*TEST_TOOLS, *local, _local(pkg, extras))
+    # a reused venv already holds ``pkg`` at this version: uv would keep the stale build of the sources
+    fresh = [a for p in PACKAGES for a in ("--reinstall-package", p)] if session.venv_backend == "uv" else []
+    session.install(*TEST_TOOLS, *fresh, *local, _local(pkg, extras))
     tests_dir = ROOT / "packages" / pkg / "tests"
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
     _pytest_outside_tree(session, tests_dir, env)
@@ -141,12 +176,216 @@ def isolated(session: nox.Session, pkg: str) -> None:
     _isolated_run(session, pkg, TORCH)
 
 
+def _uv() -> str:
+    """The uv executable (the matrix sessions make one venv per package with it)."""
+    found = shutil.which("uv")
+    if found is None:
+        try:
+            from uv import find_uv_bin  # the ``uv`` package from PyPI ships the binary
+
+            found = find_uv_bin()
+        except (ImportError, FileNotFoundError):
+            pass
+    if found is None:
+        raise RuntimeError("the matrix sessions need uv: pip install uv")
+    return found
+
+
+def _fresh_venv(session: nox.Session, venv: Path, python: str) -> str:
+    """An empty venv at ``venv`` on the interpreter ``python``; returns its python."""
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run(_uv(), "venv", "--quiet", "--python", python, str(venv), external=True)
+    return str(venv / "bin" / "python")
+
+
+def _uv_install(session: nox.Session, py: str, *args: str) -> None:
+    # uv caches a wheel built from a local folder until its pyproject.toml changes: rebuild ours
+    refresh = [a for p in PACKAGES for a in ("--refresh-package", p)]
+    session.run(_uv(), "pip", "install", "--quiet", "--python", py, *refresh, *args, external=True)
+
+
+def _counted_pytest(session: nox.Session, py: str, tests: Path, env: dict[str, str], report: Path) -> dict:
+    """pytest from a scratch folder on ``tests``; the counts from its JUnit report (never raises)."""
+    report.unlink(missing_ok=True)
+    with session.chdir(session.create_tmp()):
+        args = [
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(ROOT),
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            # one module that fails to import is counted as an error; the others still run
+            "--continue-on-collection-errors",
+        ]
+        try:
+            session.run(
+                py, *args, f"--junitxml={report}", str(tests), *session.posargs, env=env, external=True
+            )
+            rc = 0
+        except nox.command.CommandFailed:
+            rc = 1
+    counts = {"passed": 0, "failed": 0, "skipped": 0, "ok": rc == 0}
+    if report.exists():
+        suites = ET.parse(report).getroot()
+        for suite in suites.iter("testsuite"):
+            tests_n, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
+            bad = int(suite.get("failures", 0)) + int(suite.get("errors", 0))
+            counts["failed"] += bad
+            counts["skipped"] += skipped
+            counts["passed"] += tests_n - bad - skipped
+        counts["failures"] = [
+            f"{case.get('classname', '')}::{case.get('name', '')}"
+            for case in suites.iter("testcase")
+            if case.find("failure") is not None or case.find("error") is not None
+        ]
+    return counts
+
+
+def _matrix_cell(session: nox.Session, torch_version: str) -> None:
+    """Every package alone, then the built wheels, against torch ``torch_version`` on this session's Python.
+
+    Each package gets a venv holding only it, its declared dependencies (internal ones from the local
+    paths), its test extras, pytest and hypothesis (as ``isolated`` does); then the seven wheels are
+    built and installed together from those files for ``tests-integration``.  Every step runs even
+    when an earlier one failed; the counts go to ``.nox/matrix-results/`` and the session fails if any
+    step failed.
+    """
+    python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True).strip()
+    pyver = session.run(
+        "python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])", silent=True
+    ).strip()
+    tmp = Path(session.create_tmp()).resolve()
+    env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
+    results: dict[str, dict] = {}
+    for pkg, (module, extras) in PACKAGES.items():
+        try:
+            py = _fresh_venv(session, tmp / f"pkg-{pkg}", python)
+            local = [_local(dep) for dep in INTERNAL[pkg]]
+            _uv_install(session, py, f"torch=={torch_version}", *TEST_TOOLS, *local, _local(pkg, extras))
+        except nox.command.CommandFailed:
+            results[pkg] = {"passed": 0, "failed": 0, "skipped": 0, "ok": False, "note": "install failed"}
+            continue
+        results[pkg] = _counted_pytest(
+            session, py, ROOT / "packages" / pkg / "tests", env, tmp / f"{pkg}.xml"
+        )
+        try:
+            session.run(
+                py, "-c", f"import {module}; assert {module}.__version__ == '{VERSION}'", external=True
+            )
+        except nox.command.CommandFailed:
+            results[pkg].update(ok=False, note="version check failed")
+    results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
+    MATRIX_RESULTS.mkdir(parents=True, exist_ok=True)
+    torch_build = "?"
+    for venv in [tmp / "integration", *(tmp / f"pkg-{pkg}" for pkg in PACKAGES)]:
+        try:
+            out = session.run(
+                str(venv / "bin" / "python"),
+                "-c",
+                "import torch; print(torch.__version__)",
+                silent=True,
+                external=True,
+            )
+            torch_build = str(out).strip().splitlines()[-1]
+            break
+        except (nox.command.CommandFailed, IndexError):
+            continue
+    cell = {
+        "python": pyver,
+        "torch": torch_version,
+        "torch_build": torch_build,
+        "results": results,
+    }
+    (MATRIX_RESULTS / f"py{pyver}-torch{torch_version}.json").write_text(json.dumps(cell, indent=1) + "\n")
+    session.log(_matrix_table([cell]))
+    failed = [name for name, r in results.items() if not r["ok"]]
+    if failed:
+        session.error(f"torch {torch_version} on Python {pyver}: failed: {', '.join(failed)}")
+
+
+def _matrix_integration(session: nox.Session, python: str, torch_version: str, tmp: Path, env: dict) -> dict:
+    """Build the seven wheels and run tests-integration on all of them installed from those files.
+
+    (Each package alone on this torch is the per-package step of the cell, so the one-line smoke call
+    of every wheel alone that ``integration`` makes adds nothing here.)
+    """
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    try:
+        session.install("hatchling>=1.27")
+        for pkg in PACKAGES:
+            with session.chdir(ROOT / "packages" / pkg):
+                session.run("python", "-m", "hatchling", "build", "-t", "wheel", "-d", str(dist), silent=True)
+        py = _fresh_venv(session, tmp / "integration", python)
+        _uv_install(
+            session,
+            py,
+            *TEST_TOOLS,
+            "--find-links",
+            str(dist),
+            f"torch=={torch_version}",
+            f"torchsparsegradutils=={VERSION}",
+        )
+    except nox.command.CommandFailed:
+        return {"passed": 0, "failed": 0, "skipped": 0, "ok": False, "note": "build or install failed"}
+    counts = _counted_pytest(
+        session, py, ROOT / "tests-integration", {**env, "TSGU_DIST": str(dist)}, tmp / "integration.xml"
+    )
+    return counts
+
+
+def _matrix_table(cells: list[dict]) -> str:
+    """Markdown: one row per (Python, torch), one column per package; ``passed/failed/skipped``."""
+    cols = [*PACKAGES, "integration"]
+    lines = ["| Python | torch | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for cell in cells:
+        row = []
+        for col in cols:
+            r = cell["results"].get(col)
+            if r is None:
+                row.append("–")
+                continue
+            mark = "✅" if r["ok"] else "❌"
+            row.append(
+                f"{mark} {r['passed']}/{r['failed']}/{r['skipped']}"
+                + (f" ({r['note']})" if r.get("note") else "")
+            )
+        lines.append(
+            f"| {cell['python']} | {cell.get('torch_build', cell['torch'])} | " + " | ".join(row) + " |"
+        )
+    return "\n".join(lines)
+
+
 @nox.session
 @nox.parametrize("torch_version", TORCH_MATRIX)
 def torch_matrix(session: nox.Session, torch_version: str) -> None:
-    """tsgu-ops and tsgu-indexed against one torch release (all but 2.13.0 are CUDA builds)."""
-    for pkg in ("tsgu-ops", "tsgu-indexed"):
-        _isolated_run(session, pkg, torch_version)
+    """Every package alone + the built wheels, against one torch release (all but 2.13.0: CUDA builds)."""
+    _matrix_cell(session, torch_version)
+
+
+@nox.session(python=PYTHON_MATRIX)
+def python_matrix(session: nox.Session) -> None:
+    """Every package alone + the built wheels, with torch ``TSGU_TORCH`` (2.13.0), on one Python."""
+    _matrix_cell(session, TORCH)
+
+
+@nox.session(venv_backend="none")
+def matrix_report(session: nox.Session) -> None:
+    """The counts of every matrix cell run so far, as one markdown table (passed/failed/skipped)."""
+    cells = [json.loads(p.read_text()) for p in sorted(MATRIX_RESULTS.glob("*.json"))]
+    if not cells:
+        session.error("no matrix results yet: run nox -s torch_matrix or nox -s python_matrix")
+    cells.sort(
+        key=lambda c: (
+            tuple(int(x) for x in c["python"].split(".")),
+            tuple(int(x) for x in c["torch"].split(".")),
+        )
+    )
+    print(_matrix_table(cells))
 
 
 @nox.session(reuse_venv=False)  # the wheels keep one version number: never reuse stale installs
@@ -250,9 +489,14 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite on its built-in problems (``nox -s bench -- --full`` for larger sizes)."""
+    """The benchmark suite on its built-in problems (``nox -s bench -- --full`` for larger sizes).
+
+    The solver cases compare with torch-sla (``benchmarks/requirements-bench.txt``), installed here
+    without its dependencies so the pinned torch stays; it is never a dependency of a package.
+    """
     _install_torch(session)
     session.install("-r", "requirements-dev.txt")
+    session.install("--no-deps", "-r", "benchmarks/requirements-bench.txt")
     session.run("python", "-m", "benchmarks", *session.posargs)
 
 
