@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import pytest
@@ -220,3 +221,43 @@ def test_cupy_and_jax_bridges_import_under_their_0_2_7_paths():
         }
         assert hasattr(importlib.import_module("torchsparsegradutils.jax.jax_sparse_solve"), "SparseSolveJ4T")
         assert hasattr(importlib.import_module("torchsparsegradutils.jax.jax_bindings"), "t2j")
+
+
+@pytest.mark.parametrize(
+    ("package", "attributes"),
+    [
+        ("torchsparsegradutils.cupy", ["cupy_bindings", "cupy_sparse_solve"]),
+        ("torchsparsegradutils.jax", ["jax_bindings", "jax_sparse_solve"]),
+        ("torchsparsegradutils.distributions", ["sparse_multivariate_normal"]),
+        ("torchsparsegradutils.encoders", ["pairwise_encoder"]),
+        ("torchsparsegradutils.utils", ["dist_stats_helpers"]),
+    ],
+)
+def test_submodules_are_attributes_of_their_package_right_after_import(package, attributes):
+    """As in 0.2.7, ``import torchsparsegradutils.cupy`` makes ``.cupy_bindings`` reachable (a fresh
+    interpreter, so that no other test has imported the submodule first)."""
+    import subprocess
+
+    if package.endswith(".jax") and importlib.util.find_spec("jax") is None:
+        pytest.skip("the JAX submodules exist only with jax installed (as in 0.2.7)")
+    code = (
+        "import importlib, types, warnings\n"
+        "warnings.simplefilter('ignore')\n"
+        f"pkg = importlib.import_module({package!r})\n"
+        f"for name in {attributes!r}:\n"
+        "    value = getattr(pkg, name)\n"
+        "    assert isinstance(value, types.ModuleType), (name, value)\n"
+        "    assert value.__name__ == pkg.__name__ + '.' + name, value.__name__\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_native_distribution_has_class_level_loc_and_scale_tril():
+    from torchsparsegradutils.distributions import SparseMultivariateNormalNative
+
+    assert isinstance(SparseMultivariateNormalNative.loc, property)
+    assert isinstance(SparseMultivariateNormalNative.scale_tril, property)
+    L = torch.tensor([[2.0, 0.0], [0.5, 1.0]], dtype=torch.float64).to_sparse_csr()
+    loc = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    dist = SparseMultivariateNormalNative(loc, L)
+    assert dist.loc is loc and dist.scale_tril is L

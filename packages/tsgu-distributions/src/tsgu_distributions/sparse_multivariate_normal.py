@@ -396,10 +396,30 @@ class SparseMultivariateNormalNative(Distribution):
             raise ValueError("scale_tril must be square.")
         if scale_tril.shape[0] != loc.shape[0]:
             raise ValueError("scale_tril must have the same size as loc.")
-        self.loc = loc
-        self.scale_tril = scale_tril
+        _check_values("loc", loc)
+        _checks.require_no_dense_dims("scale_tril", scale_tril)
+        _checks.check_sparse_indices("scale_tril", scale_tril)
+        _checks.require_value_dtype("scale_tril", scale_tril, _checks.FLOAT_DTYPES)
+        if scale_tril.dtype != loc.dtype:
+            raise TypeError(
+                f"loc and scale_tril must have the same dtype, got loc: {loc.dtype}, "
+                f"scale_tril: {scale_tril.dtype}"
+            )
+        self._loc = loc
+        self._scale_tril = scale_tril
         self._factor = Factor(scale_tril, unit=False)
         super().__init__(torch.Size(), loc.shape, validate_args=validate_args)
+
+    # ``loc`` and ``scale_tril`` are class-level (read-only) properties, as in 0.2.7.
+    @property
+    def loc(self) -> torch.Tensor:
+        """The mean, ``(n,)``."""
+        return self._loc
+
+    @property
+    def scale_tril(self) -> torch.Tensor:
+        """The CSR covariance factor ``L`` (``Σ = L Lᵀ``), ``(n, n)``."""
+        return self._scale_tril
 
     @property
     def mean(self) -> torch.Tensor:

@@ -5,7 +5,11 @@ Without CuPy it warns once at import, sets ``have_cupy = False`` and the binding
 
 import warnings
 
-from tsgu_bridges.cupy_bindings import (
+# Imported through the 0.2.7 submodules, so that ``cupy_bindings`` and ``cupy_sparse_solve`` are
+# attributes of this package after ``import torchsparsegradutils.cupy`` (as in 0.2.7).
+from . import cupy_bindings as cupy_bindings
+from . import cupy_sparse_solve as cupy_sparse_solve
+from .cupy_bindings import (
     _backend_to_torch,
     _get_array_modules,
     _torch_to_backend,
@@ -15,7 +19,7 @@ from tsgu_bridges.cupy_bindings import (
     t2c_coo,
     t2c_csr,
 )
-from tsgu_bridges.cupy_sparse_solve import sparse_solve_c4t
+from .cupy_sparse_solve import sparse_solve_c4t
 
 if not have_cupy:
     warnings.warn(

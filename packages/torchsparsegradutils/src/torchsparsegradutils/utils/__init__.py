@@ -4,6 +4,8 @@ As in 0.2.7, ``make_spd_sparse`` and the ``generate_*`` functions are not re-exp
 them from :mod:`torchsparsegradutils.utils.random_sparse`).
 """
 
+import importlib
+
 # Names come through their 0.2.7 submodules, so that e.g. ``utils.linear_cg`` is the function (as in
 # 0.2.7) and ``torchsparsegradutils.utils.linear_cg`` the module only through ``sys.modules``.
 from .bicgstab import BICGSTABSettings, bicgstab
@@ -26,10 +28,11 @@ _LAZY = {"mean_hotelling_t2_test", "cov_nagao_test"}
 def __getattr__(name: str) -> object:
     # The statistical helpers live in tsgu-distributions: loaded on first use, so that importing
     # torchsparsegradutils does not load the distributions (as in 0.2.7).
-    if name in _LAZY:
-        from . import dist_stats_helpers
-
-        return getattr(dist_stats_helpers, name)
+    # ``utils.dist_stats_helpers`` (the submodule, an attribute of utils in 0.2.7) likewise.
+    if name in _LAZY or name == "dist_stats_helpers":
+        # import_module, not ``from . import``: the latter would look the name up here again
+        module = importlib.import_module(f"{__name__}.dist_stats_helpers")
+        return module if name == "dist_stats_helpers" else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
