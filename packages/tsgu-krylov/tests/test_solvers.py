@@ -154,7 +154,7 @@ def test_warm_start_at_the_solution_needs_no_iteration():
     _, info = linear_cg(A, b, initial_guess=x, return_info=True, tolerance=1e-8)
     assert info.iterations == 0 and info.reason in ("converged", "stopped_updating")
     _, info = bicgstab(A, b, x0=x, return_info=True)
-    assert info.iterations == 0 and info.matvecs == 2
+    assert info.iterations == 0 and info.matvecs == 1  # 0.2.7: an exact warm start costs 1
 
 
 @pytest.mark.parametrize("name", ["cg", "minres", "bicgstab", "gmres"])

@@ -9,7 +9,15 @@ from typing import Any, Literal
 
 import torch
 
-from ._operator import MatVec, col_norm
+from tsgu_ops._checks import (
+    FLOAT_DTYPES,
+    check_sparse_indices,
+    require_not_meta,
+    require_same_dtype,
+    require_value_dtype,
+)
+
+from ._operator import MatVec, SparseOperator, as_matvec, as_preconditioner, col_norm
 
 OnFailure = Literal["warn", "raise", "ignore"]
 _ON_FAILURE = ("warn", "raise", "ignore")
@@ -44,7 +52,12 @@ class SolveInfo:
         Bool, ``(*batch, k)``: right-hand sides whose recurrence broke down (a zero denominator);
         they were frozen at their last iterate.
     reason : str
-        ``"converged"``, ``"max_iter"`` or ``"breakdown"``.
+        ``"converged"``, ``"max_iter"``, ``"breakdown"`` or ``"non_finite"`` (the worst that
+        happened to any right-hand side, in the order non_finite, breakdown, max_iter).
+    non_finite : Tensor
+        Bool, ``(*batch, k)``: right-hand sides that met a NaN or an infinity (in the operator, the
+        right-hand side, the preconditioner or an iterate that overflowed); their solution is NaN
+        and their relative residual NaN.
     """
 
     iterations: int
@@ -54,6 +67,7 @@ class SolveInfo:
     tolerance: float
     breakdown: torch.Tensor
     reason: str
+    non_finite: torch.Tensor | None = None
 
 
 def check_on_failure(on_failure: Any) -> None:
@@ -97,13 +111,78 @@ def alias(primary_name: str, primary: Any, **aliases: Any) -> Any:
 
 
 def check_rhs(rhs: Any) -> torch.Tensor:
+    """``rhs`` as a solver takes it: a real float32/float64 dense tensor with data (not ``meta``).
+
+    The 0.2.7 message ("rhs must be a real floating-point torch.Tensor") starts the error for a
+    non-tensor, an integer or a complex ``rhs``; the supported dtypes follow.
+    """
     if not isinstance(rhs, torch.Tensor) or rhs.is_complex() or not rhs.is_floating_point():
-        raise TypeError("rhs must be a real floating-point torch.Tensor")
+        got = rhs.dtype if isinstance(rhs, torch.Tensor) else type(rhs).__name__
+        raise TypeError(
+            "rhs must be a real floating-point torch.Tensor (float32 or float64; complex values are "
+            f"not supported by tsgu-krylov), got {got}"
+        )
+    require_value_dtype("rhs", rhs, FLOAT_DTYPES)
+    require_not_meta("rhs", rhs)
     if rhs.dim() == 0:
         raise ValueError("rhs must have at least one dimension")
     if rhs.layout != torch.strided:
         raise TypeError(f"rhs must be a dense (strided) tensor, got {rhs.layout}")
     return rhs
+
+
+def check_operator_tensor(op: Any, name: str, rhs: torch.Tensor) -> None:
+    """Validate an operator or preconditioner given as a tensor (a callable is the caller's business).
+
+    A sparse tensor's indices are checked (:func:`tsgu_ops._checks.check_sparse_indices`: an
+    out-of-range index would make the native product read out of bounds), its values must be
+    float32/float64 like ``rhs`` and it must hold data (not ``meta``).
+    """
+    if not isinstance(op, torch.Tensor):
+        return
+    require_not_meta(name, op)
+    if op.layout in (torch.sparse_coo, torch.sparse_csr):
+        check_sparse_indices(name, op)
+    require_value_dtype(name, op, FLOAT_DTYPES)
+    require_same_dtype(name, op, "rhs", rhs)
+
+
+def operator(op: Any, rhs: torch.Tensor, name: str = "matmul_closure") -> MatVec:
+    """:func:`~._operator.as_matvec` after :func:`check_operator_tensor`."""
+    check_operator_tensor(op, name, rhs)
+    return as_matvec(op, name)
+
+
+def preconditioner_operator(op: Any, rhs: torch.Tensor, name: str = "preconditioner") -> MatVec | None:
+    """:func:`~._operator.as_preconditioner` after :func:`check_operator_tensor`."""
+    check_operator_tensor(op, name, rhs)
+    return as_preconditioner(op, name)
+
+
+def operator_batch(op: Any) -> tuple[tuple[int, ...], int] | None:
+    """``(batch shape, n)`` of a batched operator (a tensor of 3 or more dims, or a batched
+    :class:`~._operator.SparseOperator`); ``None`` for a 2-D operator or a callable."""
+    if isinstance(op, torch.Tensor) and op.dim() >= 3:
+        return tuple(op.shape[:-2]), int(op.shape[-1])
+    if isinstance(op, SparseOperator) and op.batch is not None:
+        return (op.batch,), op.n
+    return None
+
+
+def rhs_block(rhs: torch.Tensor, op: Any) -> tuple[torch.Tensor, bool]:
+    """The right-hand side as a block ``(*batch, n, k)`` and whether it was a (batch of) vector(s).
+
+    ``(n,)`` is one vector.  For a batched operator ``(*batch, n, n)``, a right-hand side
+    ``(*batch, n)`` is one vector per batch item (a 2-D right-hand side otherwise means ``(n, k)``).
+    """
+    if rhs.dim() == 1:
+        return rhs.unsqueeze(-1), True
+    batch = operator_batch(op)
+    if batch is not None:
+        shape, n = batch
+        if rhs.dim() == len(shape) + 1 and tuple(rhs.shape) == (*shape, n):
+            return rhs.unsqueeze(-1), True
+    return rhs, False
 
 
 def check_x0(
@@ -139,23 +218,59 @@ def true_relative_residual(
     return r / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm)), r
 
 
+def column_non_finite(X: torch.Tensor) -> torch.Tensor:
+    """Bool ``(*batch, k)``: columns of a block holding a NaN or an infinity."""
+    return ~torch.isfinite(X).all(-2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What :func:`finish` decided: the solution to return (NaN in non-finite columns) and the report."""
+
+    X: torch.Tensor
+    info: SolveInfo
+
+
 def finish(
     solver: str,
     *,
+    X: torch.Tensor,
+    B: torch.Tensor,
     iterations: int,
     matvecs: int,
     rel: torch.Tensor,
     abs_res: torch.Tensor,
+    b_norm: torch.Tensor,
     rtol: float,
     atol: float,
     breakdown: torch.Tensor,
     on_failure: str,
-) -> SolveInfo:
-    """Build the report and signal non-convergence as asked (warning by default)."""
-    converged = (rel <= rtol) | (abs_res <= atol)
+    non_finite: torch.Tensor | None = None,
+) -> Outcome:
+    """Build the report and signal non-convergence as asked (warning by default).
+
+    A column converged when ``‖b − A x‖ ≤ max(rtol·‖b‖, atol)`` (a zero right-hand side is held to
+    ``atol`` alone).  A column that met a NaN or an infinity (``non_finite`` from the solver's loop,
+    or found here in ``B``, ``X`` or the residual) never passes for a solution: its ``X`` becomes
+    NaN, whatever the loop left there, and it is reported.
+    """
+    bad = column_non_finite(X) | column_non_finite(B) | ~torch.isfinite(abs_res)
+    if non_finite is not None:
+        bad = bad | non_finite
+    if bool(bad.any()):
+        X = torch.where(bad.unsqueeze(-2), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
+        rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
+    converged = ~bad & (abs_res <= torch.clamp(rtol * b_norm, min=atol))
+    breakdown = breakdown & ~bad
     n_bad = int((~converged).sum())
+    n_nonfinite = int(bad.sum())
     n_broken = int(breakdown.sum())
-    reason = "converged" if n_bad == 0 else ("breakdown" if n_broken else "max_iter")
+    if n_nonfinite:
+        reason = "non_finite"
+    elif n_bad == 0:
+        reason = "converged"
+    else:
+        reason = "breakdown" if n_broken else "max_iter"
     info = SolveInfo(
         iterations=iterations,
         matvecs=matvecs,
@@ -164,18 +279,32 @@ def finish(
         tolerance=rtol,
         breakdown=breakdown.detach(),
         reason=reason,
+        non_finite=bad.detach(),
     )
     if n_bad:
-        worst = float(rel.max()) if rel.numel() else float("nan")
-        msg = (
-            f"{solver} terminated in {iterations} iterations with maximum true relative residual "
-            f"{worst:.3e} which is larger than the tolerance of {rtol}. {n_bad} of {converged.numel()} "
-            f"right-hand sides did not converge."
-        )
+        finite_rel = rel[~bad]
+        worst = float(finite_rel.max()) if finite_rel.numel() else float("nan")
+        parts = []
+        if n_bad > n_nonfinite:
+            parts.append(
+                f"{solver} terminated in {iterations} iterations with maximum true relative residual "
+                f"{worst:.3e} which is larger than the tolerance of {rtol}. {n_bad - n_nonfinite} of "
+                f"{converged.numel()} right-hand sides did not converge."
+            )
         if n_broken:
-            msg += f" {n_broken} broke down (a zero denominator in the recurrence)."
-        signal(msg, on_failure)
-    return info
+            parts.append(f"{n_broken} broke down (a zero denominator in the recurrence).")
+        if n_nonfinite:
+            parts.append(non_finite_message(solver, n_nonfinite, converged.numel()))
+        signal(" ".join(parts), on_failure)
+    return Outcome(X, info)
+
+
+def non_finite_message(solver: str, n_bad: int, total: int) -> str:
+    return (
+        f"{solver}: {n_bad} of {total} right-hand sides met a non-finite value (NaN or Inf in the "
+        "operator, the right-hand side or the preconditioner, or an iterate that overflowed); their "
+        "solution is returned as NaN."
+    )
 
 
 def signal(msg: str, on_failure: str) -> None:

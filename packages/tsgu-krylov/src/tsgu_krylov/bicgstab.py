@@ -1,13 +1,18 @@
 """BiCGSTAB (van der Vorst) for general non-symmetric systems, right-preconditioned.
 
-Each step costs two operator applications.  All right-hand side columns advance together as one
-block with their own scalars ``ρ, α, ω``; a column stops when ``‖r‖ ≤ max(atol, rtol·‖b‖)``, when it
-used its budget of operator applications, or when the recurrence breaks down (``ρ = 0`` or a zero
-denominator), in which case it keeps its last iterate and is reported.
+Each step costs two operator applications (one when every column is done after its first half).
+All right-hand side columns advance together as one block with their own scalars ``ρ, α, ω``; a
+column stops when ``‖r‖ ≤ max(atol, rtol·‖b‖)`` (its own ``‖b‖``; ``atol`` alone for a zero column),
+when the budget of operator applications is used, or when the recurrence breaks down (``ρ = 0`` or a
+zero denominator), in which case it keeps its last iterate and is reported.
 
-Differences from torchsparsegradutils 0.2.7 (a pykrylov port that loops over columns, without
-batch support, breakdown guard or convergence signal): one block for every column and batch item,
-breakdown detection, a warning (or error) when a column misses its tolerance, ``return_info``.
+As in torchsparsegradutils 0.2.7, ``matvec_max`` bounds every operator application, the initial
+residual included (here the final true-residual check too), a warm start within tolerance costs one
+application and no iteration, and a callable operator solving a vector right-hand side receives
+vectors and may answer ``(n,)`` or ``(n, 1)``.  Differences (0.2.7 is a pykrylov port that loops over
+columns, without batch support, breakdown guard or convergence signal): one block for every column
+and batch item, breakdown detection, a warning (or error) when a column misses its tolerance or
+meets a NaN/Inf, ``return_info``.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from ._common import (
     check_rhs,
     check_tolerance,
     check_x0,
+    column_non_finite,
     finish,
+    operator,
+    preconditioner_operator,
     resolve_check_every,
+    rhs_block,
     safe_div,
     true_relative_residual,
 )
-from ._operator import as_block, as_matvec, as_preconditioner, col_dot, col_norm, from_block
+from ._operator import MatVec, col_dot, col_norm, from_block
 
 __all__ = ["BICGSTABSettings", "bicgstab"]
 
@@ -41,9 +50,11 @@ _logger.disabled = True
 class BICGSTABSettings(NamedTuple):
     """Defaults of :func:`bicgstab` (the torchsparsegradutils 0.2.7 settings tuple).
 
-    ``matvec_max`` is the budget of operator applications per column (``None``: ``2 n + 1``, enough
-    for the ``n`` steps that solve the system in exact arithmetic; 0.2.7 used ``2 n``),
-    ``precon`` a preconditioner applying ``M⁻¹`` (tensor or callable).
+    ``matvec_max`` is the budget of operator applications: the initial residual, each step's one
+    or two products and the final true-residual check all count, and no more are made (``None``:
+    ``2 n + 2``, room for the ``n`` steps that solve the system in exact arithmetic; 0.2.7 used
+    ``2 n``, without a final check); ``precon`` a preconditioner applying ``M⁻¹`` (tensor or
+    callable).
     """
 
     matvec_max: int | None = None
@@ -108,20 +119,26 @@ def bicgstab(
     >>> bicgstab(A, torch.tensor([1.0, 1.0], dtype=torch.float64))
     tensor([0.1429, 0.5714], dtype=torch.float64)
     """
-    A = as_matvec(matmul_closure)
     precon = preconditioner if preconditioner is not None else settings.precon
+    if not (isinstance(matmul_closure, torch.Tensor) or callable(matmul_closure)):
+        raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
     if precon is not None and not (isinstance(precon, torch.Tensor) or callable(precon)):
         raise RuntimeError("settings.precon must be a tensor, or a callable object!")
-    M = as_preconditioner(precon, "settings.precon")
     check_rhs(rhs)
+    B, vector = rhs_block(rhs, matmul_closure)
+    A = _column_tolerant(operator(matmul_closure, rhs), matmul_closure, vector and rhs.dim() == 1)
+    M = preconditioner_operator(precon, rhs, "settings.precon")
+    if M is not None:
+        M = _column_tolerant(M, precon, vector and rhs.dim() == 1)
     rtol = alias("rtol", rtol, tol=tol)
     rtol = check_tolerance("rtol", settings.reltol if rtol is None else rtol)
     atol = check_tolerance("atol", settings.abstol if atol is None else atol)
     max_iter = alias("max_iter", max_iter, maxiter=maxiter)
+    if max_iter is not None and int(max_iter) < 0:
+        raise ValueError(f"max_iter must be nonnegative, got {max_iter}")
     check_on_failure(on_failure)
     check_every = resolve_check_every(check_every, rhs.device)
     initial_guess = alias("initial_guess", initial_guess, x0=x0)
-    B, vector = as_block(rhs)
     X0 = check_x0(initial_guess, rhs, B)
     n = B.shape[-2]
     budget = settings.matvec_max
@@ -136,73 +153,133 @@ def bicgstab(
         )
         X = torch.zeros_like(B) if X0 is None else X0.clone()
         return from_block(X, vector)
-    budget = 2 * n + 1 if budget is None else budget
-    steps = (budget - 1) // 2  # the initial residual costs one application, each step two
-    if max_iter is not None:
-        steps = min(steps, int(max_iter))
+    # every operator application counts: the initial residual, one or two per step, and the
+    # final true-residual check (needed only after a step; reserved in the budget)
+    budget = 2 * n + 2 if budget is None else int(budget)
+    max_steps = None if max_iter is None else int(max_iter)
 
+    # per column: ‖r‖ ≤ max(rtol·‖b‖, atol), whatever the initial guess (a zero b: atol alone)
     b_norm = col_norm(B)
     threshold = torch.clamp(rtol * b_norm, min=atol)
     X = torch.zeros_like(B) if X0 is None else X0.clone()
     R = B - apply_checked(A, X, "matmul_closure", "rhs")
     matvecs = 1
+    # a NaN/Inf in A, b or x0 marks its column, which is cleared and NaN at the end
+    non_finite = column_non_finite(R)
+    if bool(non_finite.any()):
+        keep = ~non_finite.unsqueeze(-2)
+        R, X = R.where(keep, 0.0), X.where(keep, 0.0)
     R_hat = R.clone()
     ones = torch.ones_like(b_norm)
     rho, alpha, omega = ones, ones, ones
     V = torch.zeros_like(B)
     P = torch.zeros_like(B)
-    active = col_norm(R) > threshold
+    res = col_norm(R)
+    active = res > threshold
     breakdown = torch.zeros_like(active)
     iterations = 0
     checked_M = False
-    for it in range(steps):
-        if it % check_every == 0 and not bool(active.any()):
+    while max_steps is None or iterations < max_steps:
+        if iterations % check_every == 0 and not bool(active.any()):
+            break
+        if matvecs + 2 > budget:  # room for one application and the final check
             break
         rho_new = col_dot(R_hat, R)
-        bad = active & ((rho_new == 0) | ~torch.isfinite(rho_new))
+        bad = active & (rho_new == 0)
+        overflow = active & ~torch.isfinite(rho_new)
         beta = safe_div(rho_new, rho, active) * safe_div(alpha, omega, active)
         P = R + beta.unsqueeze(-2) * (P - omega.unsqueeze(-2) * V)
         if M is None:
             P_hat = P
         elif not checked_M:
-            P_hat = apply_checked(M, P, "preconditioner", "residual")
+            P_hat = apply_checked(M, P, "settings.precon", "residual")
             checked_M = True
         else:
             P_hat = M(P)
         V = A(P_hat)
+        matvecs += 1
         den = col_dot(R_hat, V)
-        bad = bad | (active & ((den == 0) | ~torch.isfinite(den)))
-        step = active & ~bad
+        overflow |= active & ~torch.isfinite(den)
+        bad = (bad | (active & (den == 0))) & ~overflow
+        step = active & ~bad & ~overflow
         alpha = safe_div(rho_new, den, step)
         S = R - alpha.unsqueeze(-2) * V
         X.addcmul_(alpha.unsqueeze(-2), P_hat)
-        half = step & (col_norm(S) > threshold)  # columns that still need the stabilising half-step
-        S_hat = S if M is None else M(S)
-        T = A(S_hat)
-        matvecs += 2
-        tt = col_dot(T, T)
-        omega_new = safe_div(col_dot(T, S), tt, half)
-        bad = bad | (half & (omega_new == 0))
-        X.addcmul_(omega_new.unsqueeze(-2), S_hat)
-        R = S - omega_new.unsqueeze(-2) * T  # α = ω = 0 for inactive columns: R is unchanged
-        omega = torch.where(half, omega_new, omega)
+        s_norm = col_norm(S)
+        overflow |= step & ~torch.isfinite(s_norm)
+        step &= ~overflow
+        half = step & (s_norm > threshold)  # columns that still need the stabilising half-step
+        # the second half is skipped when no column needs it (a look at the flags costs nothing
+        # on the CPU), and cut when the budget has no room for it and the final check
+        need_half = check_every > 1 or bool(half.any())
+        if need_half and matvecs + 2 > budget:
+            R = torch.where(step.unsqueeze(-2), S, R)
+            non_finite |= overflow
+            breakdown |= bad
+            iterations += 1
+            break
+        if need_half:
+            S_hat = S if M is None else M(S)
+            T = A(S_hat)
+            matvecs += 1
+            tt = col_dot(T, T)
+            overflow |= half & ~(torch.isfinite(tt) & torch.isfinite(col_dot(T, S)))
+            half &= ~overflow
+            omega_new = safe_div(col_dot(T, S), tt, half)
+            bad = bad | (half & (omega_new == 0))
+            X.addcmul_(omega_new.unsqueeze(-2), S_hat)
+            R = S - omega_new.unsqueeze(-2) * T  # α = ω = 0 for inactive columns: R is unchanged
+            omega = torch.where(half, omega_new, omega)
+        else:
+            R = S
         rho = torch.where(step, rho_new, rho)
         breakdown |= bad
-        active = step & half & ~bad & (col_norm(R) > threshold)
-        iterations = it + 1
+        non_finite |= overflow
+        res = col_norm(R)
+        active = step & half & ~bad & (res > threshold)
+        iterations += 1
         settings.logger.debug("iteration %d: %d active columns", iterations, int(active.sum()))
-    rel, abs_res = true_relative_residual(A, X, B, b_norm)
-    matvecs += 1
-    info = finish(
+    if iterations:
+        rel, abs_res = true_relative_residual(A, X, B, b_norm)
+        matvecs += 1
+    else:  # the initial residual is the true residual of the returned iterate
+        abs_res = res
+        rel = res / torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+    outcome = finish(
         "BiCGSTAB",
+        X=X,
+        B=B,
         iterations=iterations,
         matvecs=matvecs,
         rel=rel,
         abs_res=abs_res,
+        b_norm=b_norm,
         rtol=rtol,
         atol=atol,
         breakdown=breakdown,
         on_failure=on_failure,
+        non_finite=non_finite,
     )
-    X = from_block(X, vector)
-    return (X, info) if return_info else X
+    X = from_block(outcome.X, vector)
+    return (X, outcome.info) if return_info else X
+
+
+def _column_tolerant(op: MatVec, given: Any, vector: bool) -> MatVec:
+    """A user callable as 0.2.7 called it: a vector right-hand side gives it vectors ``(n,)``.
+
+    Its result may be ``(n,)`` or ``(n, 1)`` whichever it was given (0.2.7 accepted both); any
+    other shape is the 0.2.7 error of :func:`~._common.apply_checked`.  Tensors are unaffected.
+    """
+    if isinstance(given, torch.Tensor):
+        return op
+
+    def apply(X: torch.Tensor) -> torch.Tensor:
+        Y = op(X.squeeze(-1) if vector else X)
+        if isinstance(Y, torch.Tensor) and Y.shape != X.shape and X.shape[-1] == 1:
+            if Y.shape == X.shape[:-1]:
+                Y = Y.unsqueeze(-1)
+            elif vector and Y.shape == (*X.shape[:-1], 1, 1):
+                Y = Y.squeeze(-1)
+        return Y  # type: ignore[no-any-return]
+
+    return apply

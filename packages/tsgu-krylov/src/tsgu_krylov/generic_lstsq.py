@@ -67,11 +67,11 @@ def check_lstsq_inputs(A: Any, B: Any) -> None:
         raise TypeError("B must be a dense (strided) tensor")
     if A.dtype != B.dtype:
         raise TypeError(f"A and B must have the same dtype, got A: {A.dtype}, B: {B.dtype}")
-    if A.device != B.device:
-        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
     require_value_dtype("A", A, FLOAT_DTYPES)
     require_not_meta("B", B)
-    check_sparse_indices("A", A)
+    check_sparse_indices("A", A)  # before any native kernel reads them (also rejects meta)
+    if A.device != B.device:
+        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
 
 
 def _as_block(Y: Any, rows: int, k: int, name: str) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
+from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
 from tsgu_ops.implicit import (
     Kernel,
     check_solve_inputs,
@@ -132,8 +133,12 @@ class _Kernel:
             return pc.T
         return pc
 
-    def _call(self, fn: Any, A: Any, B: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-        Bc = B.squeeze(-1) if self.vector else B
+    def _call(
+        self, fn: Any, A: Any, B: torch.Tensor, kwargs: dict[str, Any], builtin: bool = False
+    ) -> torch.Tensor:
+        # a built-in solver takes the block (n, 1) / (b, n, 1) itself; a user solver gets B's own
+        # shape, as in 0.2.7
+        Bc = B.squeeze(-1) if self.vector and not builtin else B
         X = fn(A, Bc, **kwargs)
         if isinstance(X, tuple):  # a built-in solver asked for its info: keep the solution
             X = X[0]
@@ -151,7 +156,7 @@ class _Kernel:
             if "preconditioner" in kwargs:
                 kwargs["preconditioner"] = self._preconditioner(A, transposed)
             kwargs.pop("return_info", None)
-            return self._call(fn, self._operator(A, transposed), B, kwargs)
+            return self._call(fn, self._operator(A, transposed), B, kwargs, builtin=True)
         if fn is self.solve and transposed:  # a lone user solve: give it Aᵀ itself
             if self._At is None:
                 self._At = transposed_sparse(A, self._pattern)
@@ -243,8 +248,17 @@ def sparse_generic_solve(
     Raises
     ------
     ValueError, TypeError
-        The 0.2.7 messages (see spec §2.6); a dtype mismatch between ``A`` and ``B`` only warns
-        and ``B`` is cast to ``A``'s dtype.
+        The 0.2.7 messages (see spec §2.6); ``A`` with out-of-range or malformed indices, on the
+        ``meta`` device, or with values other than float32/float64 (complex values are not
+        supported by tsgu-krylov); a complex ``B``.  Another real dtype of ``B`` only warns, and
+        ``B`` is cast to ``A``'s dtype (0.2.7).
+    ConvergenceError
+        A built-in solver given ``on_failure="raise"`` that missed its tolerance or met a NaN/Inf.
+
+    Notes
+    -----
+    With a built-in solver, a NaN or an infinity in ``A`` or ``B`` (or an overflowing iterate)
+    gives a :class:`~tsgu_krylov.ConvergenceWarning` and NaN in the affected columns of ``X``.
 
     Examples
     --------
@@ -260,6 +274,14 @@ def sparse_generic_solve(
     torch.sparse_csr
     """
     check_solve_inputs(A, B)
+    check_sparse_indices("A", A)  # before any native kernel reads them
+    require_value_dtype("A", A, FLOAT_DTYPES)
+    require_not_meta("B", B)
+    if B.is_complex():
+        raise TypeError(
+            f"B must have real values (float32 or float64; complex values are not supported by "
+            f"tsgu-krylov), got {B.dtype}"
+        )
     if A.dtype != B.dtype:
         warnings.warn(
             f"A and B have different dtypes ({A.dtype} and {B.dtype}); B is cast to {A.dtype}",

@@ -26,12 +26,16 @@ from ._common import (
     check_rhs,
     check_tolerance,
     check_x0,
+    column_non_finite,
     finish,
     givens,
+    operator,
+    preconditioner_operator,
     resolve_check_every,
+    rhs_block,
     true_relative_residual,
 )
-from ._operator import as_block, as_matvec, as_preconditioner, col_norm, from_block
+from ._operator import col_norm, from_block
 
 __all__ = ["gmres"]
 
@@ -94,8 +98,8 @@ def gmres(
     tensor([0.1429, 0.5714], dtype=torch.float64)
     """
     check_rhs(rhs)
-    A = as_matvec(matmul_closure)
-    M = as_preconditioner(preconditioner)
+    A = operator(matmul_closure, rhs)
+    M = preconditioner_operator(preconditioner, rhs)
     rtol = alias("rtol", rtol, tol=tol)
     rtol = check_tolerance("rtol", 1e-5 if rtol is None else rtol)
     atol = check_tolerance("atol", atol)
@@ -103,7 +107,7 @@ def gmres(
         raise ValueError(f"restart must be a positive int, got {restart!r}")
     check_on_failure(on_failure)
     check_every = resolve_check_every(check_every, rhs.device)
-    B, vector = as_block(rhs)
+    B, vector = rhs_block(rhs, matmul_closure)
     X0 = check_x0(alias("x0", x0, initial_guess=initial_guess), rhs, B, "x0")
     n = B.shape[-2]
     max_iter = alias("max_iter", max_iter, maxiter=maxiter)
@@ -121,10 +125,15 @@ def gmres(
     matvecs = 0
     first = True
     breakdown = torch.zeros(lead, dtype=torch.bool, device=device)
+    # columns that met a NaN/Inf (in A, b, M or an overflowing iterate): frozen, NaN at the end
+    non_finite = torch.zeros(lead, dtype=torch.bool, device=device)
     while iterations < max_iter:
         R = B - (apply_checked(A, X, "matmul_closure", "rhs") if first else A(X))
         matvecs += 1
         beta = col_norm(R)
+        non_finite |= ~torch.isfinite(beta) | column_non_finite(X)
+        R = R.where(~non_finite.unsqueeze(-2), 0.0)
+        beta = beta.where(~non_finite, 0.0)
         active = beta > target
         if not bool(active.any()):
             break
@@ -171,10 +180,12 @@ def gmres(
             g[..., j + 1] = -sg * g[..., j]
             g[..., j] = c * g[..., j]
             res = g[..., j + 1].abs()
-            done_now = live & ((res <= target) | (hn == 0))
-            breakdown |= live & (r == 0)
-            stop = torch.where(done_now, torch.full_like(stop, j + 1), stop)
-            live = live & ~done_now & (r != 0)
+            overflow = live & ~(torch.isfinite(r) & torch.isfinite(res))
+            non_finite |= overflow
+            done_now = live & ~overflow & ((res <= target) | (hn == 0))
+            breakdown |= live & ~overflow & (r == 0)
+            stop = torch.where(done_now | overflow, torch.full_like(stop, j + 1), stop)
+            live = live & ~done_now & ~overflow & (r != 0)
             j_done = j + 1
             iterations += 1
             if j_done % check_every == 0 and not bool(live.any()):
@@ -192,22 +203,26 @@ def gmres(
         diag_ok = torch.diagonal(Rm, dim1=-2, dim2=-1) != 0
         Rm = Rm + torch.diag_embed((~diag_ok).to(dtype))  # broken-down columns: zero step there
         gk = torch.where(keep & diag_ok, gk, 0.0)
-        gk = torch.where(active.unsqueeze(-1), gk, 0.0)
+        gk = torch.where((active & ~non_finite).unsqueeze(-1), gk, 0.0)
         y = torch.linalg.solve_triangular(Rm, gk.unsqueeze(-1), upper=True).squeeze(-1)  # (*lead, k)
         update = (y.unsqueeze(-2) @ Vb[..., :k, :]).squeeze(-2).transpose(-1, -2)  # (*batch, n, k)
         X = X + (update if M is None else M(update))
     rel, abs_res = true_relative_residual(A, X, B, b_norm)
     matvecs += 1
-    info = finish(
+    outcome = finish(
         "GMRES",
+        X=X,
+        B=B,
         iterations=iterations,
         matvecs=matvecs,
         rel=rel,
         abs_res=abs_res,
+        b_norm=b_norm,
         rtol=rtol,
         atol=atol,
-        breakdown=breakdown & ~((rel <= rtol) | (abs_res <= atol)),
+        breakdown=breakdown & ~(abs_res <= torch.clamp(rtol * b_norm, min=atol)),
         on_failure=on_failure,
+        non_finite=non_finite,
     )
-    X = from_block(X, vector)
-    return (X, info) if return_info else X
+    X = from_block(outcome.X, vector)
+    return (X, outcome.info) if return_info else X

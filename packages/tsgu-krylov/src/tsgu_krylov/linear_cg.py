@@ -27,12 +27,16 @@ from ._common import (
     check_on_failure,
     check_rhs,
     check_x0,
+    column_non_finite,
     finish,
+    operator,
+    preconditioner_operator,
     resolve_check_every,
+    rhs_block,
     safe_div,
     true_relative_residual,
 )
-from ._operator import as_block, as_matvec, as_preconditioner, col_dot, col_norm, from_block
+from ._operator import col_dot, col_norm, from_block
 
 __all__ = ["CGInfo", "LinearCGSettings", "linear_cg"]
 
@@ -54,7 +58,8 @@ class CGInfo:
     Tensor fields have shape ``(*batch, k)`` (length 1 for a vector right-hand side) and are detached.
     ``reason`` is ``"converged"`` (every true residual met the tolerance), ``"mean_converged"`` /
     ``"recursive_converged"`` (the loop's test passed but a true residual did not),
-    ``"stopped_updating"`` (no iteration was needed) or ``"max_iter"``.
+    ``"stopped_updating"`` (no iteration was needed), ``"max_iter"`` or ``"non_finite"`` (a
+    column met a NaN or an infinity; ``non_finite`` says which, and their solution is NaN).
     """
 
     iterations: int
@@ -63,7 +68,10 @@ class CGInfo:
     recursive_relative_residual: torch.Tensor
     true_relative_residual: torch.Tensor
     tolerance: float
-    reason: Literal["converged", "recursive_converged", "mean_converged", "stopped_updating", "max_iter"]
+    reason: Literal[
+        "converged", "recursive_converged", "mean_converged", "stopped_updating", "max_iter", "non_finite"
+    ]
+    non_finite: torch.Tensor | None = None
 
 
 def _finite_nonneg(name: str, value: Any) -> float:
@@ -103,9 +111,11 @@ def linear_cg(
     ----------
     matmul_closure : Tensor or callable
         ``A``: a sparse COO/CSR or dense tensor ``(n, n)`` / ``(*batch, n, n)``, or a callable
-        ``f(X) -> A @ X`` on blocks ``(*batch, n, k)``.
+        ``f(X) -> A @ X`` on blocks ``(*batch, n, k)``.  A sparse tensor's indices are validated.
     rhs : Tensor
-        ``b``: ``(n,)`` or ``(*batch, n, k)`` (``k`` right-hand sides solved together).
+        ``b``: ``(n,)`` or ``(*batch, n, k)`` (``k`` right-hand sides solved together); with a
+        batched tensor ``A`` ``(*batch, n, n)`` also ``(*batch, n)`` (one vector per item).
+        float32 or float64 (complex, half precision and integers are rejected), ``A``'s dtype.
     n_tridiag : int
         Return the Lanczos tridiagonal matrices of the first ``n_tridiag`` columns too.
     tolerance, rtol, tol : float
@@ -146,11 +156,22 @@ def linear_cg(
     Raises
     ------
     TypeError, ValueError
-        Bad arguments (messages as torchsparsegradutils 0.2.7).
+        Bad arguments (messages as torchsparsegradutils 0.2.7), a dtype other than float32/float64,
+        a ``meta`` tensor, a sparse tensor with out-of-range indices.
     RuntimeError
         A non-tensor, non-callable operator, an operator or preconditioner returning the wrong
-        shape, NaNs from the operator, or a breakdown (``pᵀAp`` or ``rᵀz`` not finite or below
-        ``eps`` for a column that has not converged: ``A`` or ``M`` is not positive definite).
+        shape, or a breakdown (``pᵀAp`` below ``eps``, or ``rᵀz`` negative, for a column that has
+        not converged: ``A`` or ``M`` is not positive definite).  A residual whose ``rᵀz`` falls
+        below ``eps`` has converged exactly (it is frozen, not an error).
+    ConvergenceError
+        With ``on_failure="raise"``, a column that missed its tolerance or met a NaN/Inf.
+
+    Notes
+    -----
+    A NaN or an infinity in ``A``, ``b`` or the preconditioner, or an iterate that overflows,
+    gives a ``ConvergenceWarning`` (an error with ``on_failure="raise"``) and NaN in the affected
+    columns; ``CGInfo.non_finite`` marks them.  (0.2.7 raised "NaNs encountered ..." for a NaN
+    in the first product and a breakdown error for an overflow.)
 
     Examples
     --------
@@ -197,10 +218,10 @@ def linear_cg(
         raise RuntimeError(
             "Getting a tridiagonalization larger than the number of CG iterations run is not possible!"
         )
-    A = as_matvec(matmul_closure)
-    M = as_preconditioner(preconditioner)
+    A = operator(matmul_closure, rhs)
+    M = preconditioner_operator(preconditioner, rhs)
 
-    B, vector = as_block(rhs)
+    B, vector = rhs_block(rhs, matmul_closure)
     X0 = check_x0(initial_guess, rhs, B)
     n = B.shape[-2]
     n_iter = min(max_iter, n) if settings.terminate_cg_by_size else max_iter
@@ -216,17 +237,23 @@ def linear_cg(
     X = torch.zeros_like(Bn) if X0 is None else torch.where(zero.unsqueeze(-2), 0.0, X0 / scale)
 
     R = Bn - apply_checked(A, X, "matmul_closure", "rhs")
-    if bool(torch.isnan(R).any()):
-        raise RuntimeError("NaNs encountered when trying to perform matrix-vector multiplication")
+    # A NaN/Inf in A, b or M (0.2.7: "NaNs encountered ..." error) marks its column, which is
+    # cleared so that nothing non-finite reaches the shared loop, and is NaN at the end.
+    non_finite = column_non_finite(R)
     Z = R if M is None else apply_checked(M, R, "preconditioner", "residual")
+    non_finite |= column_non_finite(Z)
+    if bool(non_finite.any()):
+        keep = ~non_finite.unsqueeze(-2)
+        R, Z, X = R.where(keep, 0.0), Z.where(keep, 0.0), X.where(keep, 0.0)
     rz = col_dot(R, Z)
     res = col_norm(R)
     freeze_at = torch.clamp(atol / scale.squeeze(-2), min=stop_updating_after)
     active = res > freeze_at
-    if M is not None and bool((active & ~(torch.isfinite(rz) & (rz >= eps))).any()):
+    if M is not None and bool((active & (rz < eps)).any()):
         raise RuntimeError(
             "CG breakdown: preconditioned residual inner product must be finite and at least eps"
         )
+    active &= rz >= eps  # ‖r‖² below eps (no preconditioner): the residual is zero already
     P = Z.clone()
     matvecs = 1
     iterations = 0
@@ -253,9 +280,11 @@ def linear_cg(
             AP = A(P)
             matvecs += 1
             pAp = col_dot(P, AP)
-            bad = active & ~(torch.isfinite(pAp) & (pAp >= eps))
+            overflow = active & ~torch.isfinite(pAp)
+            non_finite |= overflow
+            bad = active & ~overflow & ~(pAp >= eps)
             broken_pap |= bad
-            step = active & ~bad
+            step = active & ~bad & ~overflow
             alpha = safe_div(rz, pAp, step)  # 0 for frozen columns: they do not move
             X.addcmul_(alpha.unsqueeze(-2), P)
             R.addcmul_(alpha.unsqueeze(-2), AP, value=-1.0)
@@ -263,9 +292,13 @@ def linear_cg(
             rz_new = col_dot(R, Z)
             res = torch.where(step, col_norm(R), res)
             still = step & (res > freeze_at)
-            bad = still & ~(torch.isfinite(rz_new) & (rz_new >= eps))
+            overflow = still & ~(torch.isfinite(rz_new) & torch.isfinite(res))
+            non_finite |= overflow
+            bad = still & ~overflow & (rz_new < 0)  # an indefinite preconditioner
             broken_rz |= bad
-            still = still & ~bad
+            # 0 ≤ rᵀz < eps: the residual vanished (exact convergence in at most n steps); the
+            # column is frozen at its solution, which is success, not a breakdown
+            still = still & ~bad & ~overflow & (rz_new >= eps)
             beta = safe_div(rz_new, rz, still)
             P = Z + beta.unsqueeze(-2) * P  # a frozen column's P is never used again (α = 0)
             rz = torch.where(still, rz_new, rz)
@@ -300,8 +333,25 @@ def linear_cg(
     X = X * scale
     true_rel, true_abs = true_relative_residual(A, X, B, b_norm)
     matvecs += 1
-    converged = (true_rel <= tolerance) | (true_abs <= atol)
-    if bool(converged.all()):
+    outcome = finish(
+        "CG",
+        X=X,
+        B=B,
+        iterations=iterations,
+        matvecs=matvecs,
+        rel=true_rel,
+        abs_res=true_abs,
+        b_norm=b_norm,
+        rtol=tolerance,
+        atol=atol,
+        breakdown=torch.zeros_like(active),
+        on_failure=on_failure,
+        non_finite=non_finite,
+    )
+    X, converged, true_rel = outcome.X, outcome.info.converged, outcome.info.relative_residual
+    if outcome.info.reason == "non_finite":
+        reason = "non_finite"
+    elif bool(converged.all()):
         reason = "converged"
     elif loop_passed:
         reason = "mean_converged" if convergence_reduction == "mean" else "recursive_converged"
@@ -309,17 +359,6 @@ def linear_cg(
         reason = "stopped_updating"
     else:
         reason = "max_iter"
-    finish(
-        "CG",
-        iterations=iterations,
-        matvecs=matvecs,
-        rel=true_rel,
-        abs_res=true_abs,
-        rtol=tolerance,
-        atol=atol,
-        breakdown=torch.zeros_like(converged),
-        on_failure=on_failure,
-    )
     out: list[Any] = [from_block(X, vector)]
     if n_tridiag:
         out.append(_tridiagonal(alphas, betas, tri_active, B, n_tridiag))
@@ -333,6 +372,7 @@ def linear_cg(
                 true_relative_residual=true_rel.detach(),
                 tolerance=tolerance,
                 reason=reason,  # type: ignore[arg-type]
+                non_finite=outcome.info.non_finite,
             )
         )
     return out[0] if len(out) == 1 else tuple(out)

@@ -14,8 +14,19 @@ from typing import Any
 
 import torch
 
-from ._common import givens, resolve_check_every
+from tsgu_ops._checks import (
+    COMPLEX_DTYPES,
+    FLOAT_DTYPES,
+    check_sparse_indices,
+    require_not_meta,
+    require_same_dtype,
+    require_value_dtype,
+)
+
+from ._common import check_on_failure, givens, non_finite_message, resolve_check_every, signal
 from ._operator import SparseOperator, col_norm
+
+_LSMR_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
 
 __all__ = ["lsmr"]
 
@@ -47,6 +58,8 @@ def lsmr(
     maxiter: int | None = None,
     x0: torch.Tensor | None = None,
     check_nonzero: bool = True,
+    *,
+    on_failure: str = "warn",
 ) -> tuple[torch.Tensor, int]:
     """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
 
@@ -69,11 +82,24 @@ def lsmr(
         Initial guess ``(n,)`` or ``(n, k)``; not modified.
     check_nonzero : bool
         Return at once when ``b`` or ``Aᴴ b`` is zero.
+    on_failure : {"warn", "raise", "ignore"}
+        What a column that meets a NaN or an infinity (in ``A``, ``b`` or an iterate that
+        overflowed) causes: a :class:`~tsgu_krylov.ConvergenceWarning`, a
+        :class:`~tsgu_krylov.ConvergenceError`, or nothing.  Its solution is NaN in every case.
 
     Returns
     -------
     (Tensor, int)
         ``x`` of shape ``(n,)`` or ``(n, k)`` and the number of iterations run.
+
+    Raises
+    ------
+    TypeError
+        ``b`` (or a tensor ``A``/``Armat``) of a dtype other than float32, float64, complex64 or
+        complex128 (LSMR is the one tsgu-krylov solver that takes complex values, as in 0.2.7),
+        or of different dtypes.
+    ValueError
+        Wrong shapes, a ``meta`` tensor, a sparse ``A``/``Armat`` with out-of-range indices.
 
     Examples
     --------
@@ -86,6 +112,16 @@ def lsmr(
     """
     if not isinstance(b, torch.Tensor):
         raise TypeError(f"b must be a torch.Tensor, got {type(b).__name__}")
+    require_value_dtype("b", b, _LSMR_DTYPES)
+    require_not_meta("b", b)
+    check_on_failure(on_failure)
+    for name, op in (("A", A), ("Armat", Armat)):
+        if isinstance(op, torch.Tensor):
+            require_not_meta(name, op)
+            if op.layout in (torch.sparse_coo, torch.sparse_csr):
+                check_sparse_indices(name, op)
+            require_value_dtype(name, op, _LSMR_DTYPES)
+            require_same_dtype(name, op, "b", b)
     if b.dim() == 2 and 1 in b.shape:
         b = b.reshape(-1)
     if b.dim() not in (1, 2):
@@ -128,7 +164,10 @@ def lsmr(
         V = Atop(U)
         alpha = col_norm(V).to(real)
         V = V / torch.where(alpha > 0, alpha, 1.0).unsqueeze(0)
+        # a NaN/Inf in A, b or x0: the column is marked and is NaN at the end
+        non_finite = ~(torch.isfinite(alpha) & torch.isfinite(beta))
         if maxiter == 0 or (check_nonzero and bool(((alpha * beta) == 0).all())):
+            X = _nan_columns(X, non_finite, on_failure, k)
             return (X.squeeze(-1) if vector else X), 0
         zero = torch.zeros_like(beta)
         one = torch.ones_like(beta)
@@ -140,7 +179,7 @@ def lsmr(
         maxrbar, minrbar = zero, torch.full_like(beta, 1e100)
         normb = beta
         ctol = 1.0 / conlim if conlim > 0 else 0.0
-        active = (alpha * beta) != 0
+        active = ((alpha * beta) != 0) & ~non_finite
         itn = 0
         last = torch.zeros(k, dtype=torch.int64, device=B.device)
         while itn < maxiter:
@@ -212,8 +251,20 @@ def lsmr(
                 | (1 + test3 <= 1)
             )
             last = torch.where(active, torch.full_like(last, itn), last)
-            active = active & ~stop
+            overflow = active & ~(torch.isfinite(normr) & torch.isfinite(normx) & torch.isfinite(alpha))
+            non_finite |= overflow
+            active = active & ~stop & ~overflow
             if itn % every == 0 and not bool(active.any()):
                 break
+    X = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k)
     X = X.squeeze(-1) if vector else X
     return X, int(last.max()) if k else 0
+
+
+def _nan_columns(X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int) -> torch.Tensor:
+    """NaN in the columns that met a NaN/Inf (or hold one), reported as ``on_failure`` asks."""
+    bad = non_finite | ~torch.isfinite(X).all(0)
+    if not bool(bad.any()):
+        return X
+    signal(non_finite_message("LSMR", int(bad.sum()), k), on_failure)
+    return torch.where(bad.unsqueeze(0), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
