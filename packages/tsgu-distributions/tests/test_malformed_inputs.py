@@ -118,3 +118,113 @@ def test_statistical_helpers_reject_malformed_input(p, bad):
         mean_hotelling_t2_test(mean, mean, cov, n)
     with pytest.raises(ValueError):
         cov_nagao_test(cov, cov, n)
+
+
+def _bad_factor(kind: str, n: int = 4) -> torch.Tensor:
+    """A lower factor with a malformed index structure or an unsupported dtype / device."""
+    if kind == "coo index out of range":
+        idx = torch.tensor([[0, 1, 2, n], [0, 1, 2, 0]])
+        return torch.sparse_coo_tensor(idx, torch.ones(4, dtype=F64), (n, n), check_invariants=False)
+    if kind == "coo negative index":
+        idx = torch.tensor([[0, 1, 2, 3], [0, -1, 2, 3]])
+        return torch.sparse_coo_tensor(idx, torch.ones(4, dtype=F64), (n, n), check_invariants=False)
+    if kind in ("csr crow decreasing", "csr col out of range", "csr crow end"):
+        crow = torch.tensor([0, 1, 2, 3, 4])
+        col = torch.tensor([0, 1, 2, 3])
+        if kind == "csr crow decreasing":
+            crow = torch.tensor([0, 2, 1, 3, 4])
+        elif kind == "csr col out of range":
+            col = torch.tensor([0, 1, 2, n + 3])
+        else:
+            crow = torch.tensor([0, 1, 2, 3, 3])
+        return torch.sparse_csr_tensor(crow, col, torch.ones(4, dtype=F64), (n, n), check_invariants=False)
+    base = torch.eye(n, dtype=F64).to_sparse()
+    if kind == "meta":
+        return base.to("meta")
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64}[kind]
+    return base.to(dtype)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "coo index out of range",
+        "coo negative index",
+        "csr crow decreasing",
+        "csr col out of range",
+        "csr crow end",
+        "meta",
+        "float16",
+        "bfloat16",
+        "int64",
+    ],
+)
+@pytest.mark.parametrize("which", ["scale_tril", "precision_tril"])
+def test_malformed_or_unsupported_factors_are_rejected_naming_the_argument(kind, which):
+    n = 4
+    L = _bad_factor(kind, n)
+    loc = torch.zeros(n, dtype=F64)
+    err = TypeError if kind in ("float16", "bfloat16", "int64") else ValueError
+    with pytest.raises(err, match=which):
+        SparseMultivariateNormal(loc, **{which: L})
+    if which == "scale_tril" and kind not in ("coo index out of range", "coo negative index"):
+        csr = L if L.layout == torch.sparse_csr else L.to_sparse_csr() if kind != "meta" else None
+        if csr is not None:
+            with pytest.raises(err, match="scale_tril"):
+                SparseMultivariateNormalNative(loc, csr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int64, torch.complex128])
+def test_dense_parameters_with_unsupported_dtypes_are_type_errors(dtype):
+    n = 3
+    L = _tril(n)
+    bad = torch.zeros(n, dtype=dtype)
+    with pytest.raises(TypeError, match=r"loc must have one of the dtypes float32, float64"):
+        SparseMultivariateNormal(bad, scale_tril=L)
+    with pytest.raises(TypeError, match=r"diagonal must have one of the dtypes float32, float64"):
+        SparseMultivariateNormal(
+            torch.zeros(n, dtype=F64), bad, scale_tril=torch.tril(L.to_dense(), -1).to_sparse()
+        )
+    with pytest.raises(TypeError, match="loc"):
+        SparseMultivariateNormalNative(bad, L.to_sparse_csr())
+    with pytest.raises(ValueError, match="loc is on the 'meta' device"):
+        SparseMultivariateNormal(torch.zeros(n, dtype=F64, device="meta"), scale_tril=L)
+
+
+def test_validate_args_follows_torch_default_as_documented():
+    """``validate_args=None`` means torch's global default (on), as the docstring says."""
+    from torch.distributions import Distribution
+
+    assert "set_default_validate_args" in SparseMultivariateNormal.__doc__
+    n = 4
+    upper = (torch.eye(n, dtype=F64) + torch.triu(torch.ones(n, n, dtype=F64), 1)).to_sparse()
+    loc = torch.zeros(n, dtype=F64)
+    with pytest.raises(ValueError, match="lower triangular"):
+        SparseMultivariateNormal(loc, scale_tril=upper)  # default: validation on
+    SparseMultivariateNormal(loc, scale_tril=upper, validate_args=False)
+    old = Distribution._validate_args
+    try:
+        Distribution.set_default_validate_args(False)
+        d = SparseMultivariateNormal(loc, scale_tril=upper)
+        assert not d._validate_args
+    finally:
+        Distribution.set_default_validate_args(old)
+    # a positive diagonal is required of LLᵀ factors and of `diagonal` only when validating
+    with pytest.raises(ValueError, match="positive diagonal"):
+        SparseMultivariateNormal(loc, scale_tril=(-torch.eye(n, dtype=F64)).to_sparse(), validate_args=True)
+    with pytest.raises(ValueError, match="diagonal"):
+        SparseMultivariateNormal(
+            loc, -torch.ones(n, dtype=F64), scale_tril=torch.zeros(n, n, dtype=F64).to_sparse()
+        )
+    # log_prob checks its value's shape when validating
+    d = SparseMultivariateNormal(loc, scale_tril=torch.eye(n, dtype=F64).to_sparse(), validate_args=True)
+    with pytest.raises(ValueError):
+        d.log_prob(torch.zeros(n + 1, dtype=F64))
+    # a stored diagonal in an LDLᵀ factor is 0.2.7's documented meaning: accepted even when validating
+    import tsgu_distributions.sparse_multivariate_normal as m
+
+    m._WARNED_STORED_DIAGONAL.discard("scale_tril")
+    with pytest.warns(UserWarning, match="stores diagonal entries"):
+        SparseMultivariateNormal(
+            loc, torch.ones(n, dtype=F64), scale_tril=torch.eye(n, dtype=F64).to_sparse(), validate_args=True
+        )
