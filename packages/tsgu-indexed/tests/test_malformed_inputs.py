@@ -81,3 +81,51 @@ def test_malformed_inputs_raise_value_or_type_error(N, R, D1, D2, op, bad, seed)
     fn = segment_mm if op == "segment" else gather_mm
     with pytest.raises((ValueError, TypeError)):
         fn(*args)
+
+
+@pytest.mark.parametrize("op", ["segment", "gather"])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.int64, torch.bool])
+def test_complex_and_integer_operands_raise_type_error_naming_supported_dtypes(op, dtype):
+    a, b = torch.ones(3, 2).to(dtype), torch.ones(2, 2, 2).to(dtype)
+    third = torch.tensor([1, 2]) if op == "segment" else torch.tensor([0, 1, 1])
+    with pytest.raises(TypeError, match="float16, bfloat16, float32, float64"):
+        (segment_mm if op == "segment" else gather_mm)(a, b, third)
+
+
+@pytest.mark.parametrize("op", ["segment", "gather"])
+@pytest.mark.parametrize("where", ["operands", "index"])
+def test_meta_tensors_raise_value_error(op, where):
+    dev = "meta" if where == "operands" else "cpu"
+    a, b = torch.ones(3, 2, device=dev), torch.ones(2, 2, 2, device=dev)
+    third = torch.tensor([1, 2]) if op == "segment" else torch.tensor([0, 1, 1])
+    if where == "index":
+        third = third.to("meta")
+    with pytest.raises(ValueError, match="meta"):
+        (segment_mm if op == "segment" else gather_mm)(a, b, third)
+
+
+@settings(deadline=None, max_examples=20)
+@given(
+    op=st.sampled_from(["segment", "gather"]),
+    bad=st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+    in_b=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
+def test_nan_and_inf_propagate_like_the_dense_product(op, bad, in_b, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(6, 4, generator=g).to(dtype)
+    b = torch.randn(3, 4, 4, generator=g).to(dtype)
+    idx = torch.randint(0, 3, (6,), generator=g)
+    if in_b:
+        b[int(idx[0]), 1, 2] = bad
+    else:
+        a[0, 1] = bad
+    if op == "segment":
+        idx = torch.sort(idx).values
+        out = segment_mm(a, b, torch.bincount(idx, minlength=3))
+    else:
+        out = gather_mm(a, b, idx)
+    ref = torch.bmm(a[:, None], b[idx])[:, 0]
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=1e-5, atol=1e-5)

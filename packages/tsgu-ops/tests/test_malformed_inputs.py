@@ -9,6 +9,7 @@ unchanged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tsgu_ops
-from tsgu_ops.testing import assert_unchanged, clone_input, sparse_matrices
+import tsgu_ops.testing
+from tsgu_ops.testing import (
+    UNSUPPORTED_VALUE_DTYPES,
+    assert_unchanged,
+    clone_input,
+    corrupt_indices,
+    empty_batch_matrices,
+    malformed_sparse_matrices,
+    nonfinite_sparse_matrices,
+    sparse_matrices,
+    with_values,
+)
 
 OK_ERRORS = (ValueError, TypeError)
 
@@ -342,3 +354,212 @@ def test_every_public_function_of_tsgu_ops_is_fed_malformed_input():
     }
     functions = {n for n in tsgu_ops.__all__ if n[0].islower() and not n.startswith("__")}
     assert functions == covered
+
+
+# ------------------------------------------------------------------------------------------------
+# Malformed index structure, unsupported dtypes, non-finite values and empty batches (issue 14)
+
+
+def _solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return B
+
+
+def _rhs(A: torch.Tensor, p: int = 2) -> torch.Tensor:
+    dev = "cpu" if A.device.type == "meta" else A.device
+    return torch.ones(*A.shape[:-1], p, dtype=A.dtype, device=dev)
+
+
+# function name -> (call taking the sparse tensor, the argument name its errors must mention,
+# whether it takes batched input, layouts it takes)
+SPARSE_TAKERS: dict[str, tuple[Callable[[torch.Tensor], Any], str, bool, tuple[torch.layout, ...]]] = {
+    "sparse_mm": (lambda A: tsgu_ops.sparse_mm(A, _rhs(A)), "A", True, tsgu_ops.testing.LAYOUTS),
+    "sparse_triangular_solve": (
+        lambda A: tsgu_ops.sparse_triangular_solve(A, _rhs(A), upper=False),
+        "A",
+        True,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "sampled_product": (
+        lambda A: tsgu_ops.sampled_product(A, _rhs(A), _rhs(A)),
+        "A",
+        True,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "implicit_solve": (
+        lambda A: tsgu_ops.implicit_solve(A, _rhs(A), _solve, _solve),
+        "A",
+        True,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "sparse_values": (tsgu_ops.sparse_values, "A", True, tsgu_ops.testing.LAYOUTS),
+    "sparse_with_values": (
+        lambda A: tsgu_ops.sparse_with_values(
+            A,
+            torch.zeros(
+                A._nnz() * (A.shape[0] if A.layout == torch.sparse_csr and A.dim() == 3 else 1),
+                dtype=A.dtype,
+                device=A.device,
+            ),
+        ),
+        "like",
+        True,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "sparse_logsumexp": (lambda A: tsgu_ops.sparse_logsumexp(A, -1), "input", True, tsgu_ops.testing.LAYOUTS),
+    "sparse_bidir_logsumexp": (tsgu_ops.sparse_bidir_logsumexp, "input", True, tsgu_ops.testing.LAYOUTS),
+    "convert_coo_to_csr": (tsgu_ops.convert_coo_to_csr, "sparse_coo_tensor", True, (torch.sparse_coo,)),
+    "sparse_block_diag": (
+        lambda A: tsgu_ops.sparse_block_diag(A, A),
+        "sparse_tensors[0]",
+        False,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "sparse_block_diag_split": (
+        lambda A: tsgu_ops.sparse_block_diag_split(A, tuple(A.shape)),
+        "t",
+        False,
+        tsgu_ops.testing.LAYOUTS,
+    ),
+    "stack_csr": (lambda A: tsgu_ops.stack_csr([A, A]), "tensors[0]", False, (torch.sparse_csr,)),
+}
+
+
+@settings(deadline=None, max_examples=80)
+@given(data=st.data())
+def test_malformed_indices_raise_value_error_naming_the_argument(data):
+    name = data.draw(st.sampled_from(sorted(SPARSE_TAKERS)))
+    call, arg, batched_ok, layouts = SPARSE_TAKERS[name]
+    case = data.draw(
+        malformed_sparse_matrices(
+            layouts=layouts,
+            batch=None if batched_ok else False,
+            structure="lower" if name == "sparse_triangular_solve" else "general",
+        )
+    )
+    with pytest.raises(ValueError, match=re.escape(arg)):
+        call(case.sparse)
+
+
+@pytest.mark.parametrize("kind", tsgu_ops.testing.MALFORMATIONS)
+def test_every_malformation_is_caught_by_sparse_mm_for_both_layouts(kind):
+    for layout in tsgu_ops.testing.LAYOUTS:
+        if kind.startswith("crow") and layout == torch.sparse_coo:
+            continue
+        A = tsgu_ops.testing.build_case(3, (4, 4), 0.5, layout, torch.int64, torch.float64).sparse
+        with pytest.raises(ValueError, match="A "):
+            tsgu_ops.sparse_mm(corrupt_indices(A, kind), torch.ones(4, 2, dtype=torch.float64))
+
+
+def test_one_based_coo_entry_is_not_silently_dropped_by_sparse_mm():
+    # issue 14 item 3: a 1-based COO index used to vanish from the product without a word
+    A = torch.sparse_coo_tensor(
+        torch.tensor([[1, 2], [1, 2]]), torch.tensor([1.0, 2.0]), (2, 2), check_invariants=False
+    )
+    with pytest.raises(ValueError, match="A has a row index out of range"):
+        tsgu_ops.sparse_mm(A, torch.ones(2, 1))
+
+
+COMPUTE_NAMES = "float32, float64, complex64, complex128"
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    case=sparse_matrices(square=True, value_dtypes=(torch.float64,), allow_duplicates=False),
+    dtype=st.sampled_from(UNSUPPORTED_VALUE_DTYPES),
+    which=st.sampled_from(
+        [
+            "sparse_mm",
+            "sparse_triangular_solve",
+            "implicit_solve",
+            "sparse_values",
+            "sampled_product",
+            "sparse_with_values",
+        ]
+    ),
+)
+def test_unsupported_value_dtypes_raise_type_error_naming_the_supported_ones(case, dtype, which):
+    A = case.sparse
+    vals = tsgu_ops.sparse_values(A).detach()
+    Ah = with_values(A, vals.to(dtype))
+    Bh = torch.ones(*A.shape[:-1], 2).to(dtype)
+    calls = {
+        "sparse_mm": lambda: tsgu_ops.sparse_mm(Ah, Bh),
+        "sparse_triangular_solve": lambda: tsgu_ops.sparse_triangular_solve(Ah, Bh),
+        "implicit_solve": lambda: tsgu_ops.implicit_solve(Ah, Bh, _solve, _solve),
+        "sparse_values": lambda: tsgu_ops.sparse_values(Ah),
+        "sampled_product": lambda: tsgu_ops.sampled_product(A, Bh, Bh),
+        "sparse_with_values": lambda: tsgu_ops.sparse_with_values(A, vals.to(dtype)),
+    }
+    with pytest.raises(TypeError, match=COMPUTE_NAMES):
+        calls[which]()
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.int64, torch.bool])
+def test_logsumexp_rejects_complex_and_integer_values(dtype):
+    A = tsgu_ops.testing.build_case(1, (3, 3), 0.6, torch.sparse_csr, torch.int32, torch.float64).sparse
+    Ac = with_values(A, A.values().to(dtype))
+    with pytest.raises(TypeError, match="float16, bfloat16, float32, float64"):
+        tsgu_ops.sparse_logsumexp(Ac, 1)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32, float64"):
+        tsgu_ops.sparse_bidir_logsumexp(Ac)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_logsumexp_keeps_working_in_half_precision(dtype):
+    x = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    out = tsgu_ops.sparse_logsumexp(x.to(dtype).to_sparse_csr(), 1)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), torch.logsumexp(x, 1), rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int32, torch.bool])
+def test_random_generators_reject_unsupported_value_dtypes(dtype):
+    for fn in GEN:
+        nnz = 4
+        with pytest.raises(TypeError, match="values_dtype"):
+            fn((4, 4), nnz, values_dtype=dtype)
+    with pytest.raises(TypeError, match="value_dtype"):
+        tsgu_ops.make_spd_sparse(3, torch.sparse_coo, dtype, torch.int64, "cpu")
+    with pytest.raises(ValueError, match="meta"):
+        tsgu_ops.rand_sparse((3, 3), 2, device="meta")
+
+
+def _finite_pattern_and_values_match(out: torch.Tensor, ref: torch.Tensor) -> None:
+    out, ref = out.detach(), ref.detach()
+    assert torch.equal(torch.isfinite(out), torch.isfinite(ref))
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    torch.testing.assert_close(out, ref, equal_nan=True)
+
+
+@settings(deadline=None, max_examples=30)
+@given(case=nonfinite_sparse_matrices(square=True, value_dtypes=(torch.float64,)), data=st.data())
+def test_nan_and_inf_values_propagate(case, data):
+    A = case.sparse
+    B = torch.ones(*A.shape[:-1], 2, dtype=A.dtype)
+    _finite_pattern_and_values_match(tsgu_ops.sparse_mm(A, B), case.dense @ B)
+    _finite_pattern_and_values_match(tsgu_ops.sparse_logsumexp(A, -1), torch.logsumexp(case.dense, -1))
+    U = B.clone()
+    U[..., 0, 0] = float(data.draw(st.sampled_from(["nan", "inf"])))
+    mask = case.dense != 0
+    S = tsgu_ops.sampled_product(A, U, B).to_dense()
+    ref = torch.where(mask | case.dense.isnan(), U @ B.mT, torch.zeros((), dtype=A.dtype))
+    _finite_pattern_and_values_match(S, ref)
+
+
+@settings(deadline=None, max_examples=20)
+@given(case=empty_batch_matrices())
+def test_empty_batches_give_empty_results_and_gradients(case):
+    A = case.sparse.requires_grad_()
+    B = torch.zeros(0, A.shape[1], 2, dtype=A.dtype, requires_grad=True)
+    for out in (
+        tsgu_ops.sparse_mm(A, B),
+        tsgu_ops.sparse_triangular_solve(A, B),
+        tsgu_ops.implicit_solve(A, B, _solve, _solve),
+    ):
+        assert out.shape == (0, A.shape[1], 2)
+        gA, gB = torch.autograd.grad(out.sum(), (A, B))
+        assert gA.shape == A.shape and gA.layout == A.layout and gB.shape == B.shape
+    assert tsgu_ops.sampled_product(A, B, B).shape == A.shape
+    assert tsgu_ops.sparse_logsumexp(A, -1).shape == (0, A.shape[1])
+    col, row = tsgu_ops.sparse_bidir_logsumexp(A)
+    assert col.shape == (0, A.shape[2]) and row.shape == (0, A.shape[1])

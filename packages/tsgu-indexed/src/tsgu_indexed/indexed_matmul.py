@@ -53,6 +53,8 @@ def _check_operands(a: Any, b: Any) -> None:
         )
     if a.device != b.device:
         raise ValueError(f"a and b must be on the same device, got a: {a.device}, b: {b.device}")
+    if a.device.type == "meta":
+        raise ValueError("a and b are on the 'meta' device: they hold no data to multiply")
 
 
 def _check_index(name: str, idx: Any) -> None:
@@ -62,6 +64,8 @@ def _check_index(name: str, idx: Any) -> None:
         raise TypeError(f"{name} must have dtype torch.int32 or torch.int64, got {idx.dtype}")
     if idx.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.device.type == "meta":
+        raise ValueError(f"{name} is on the 'meta' device: it holds no indices")
 
 
 def _validate(a: Any, b: Any, name: str, index: Any, expected_len: int) -> None:

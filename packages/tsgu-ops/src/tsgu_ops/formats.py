@@ -197,6 +197,7 @@ def convert_coo_to_csr(sparse_coo_tensor: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"sparse_coo_tensor must be 2-D or 3-D without dense dims, got shape {tuple(A.shape)}"
         )
+    _checks.check_sparse_indices("sparse_coo_tensor", A)
     A = A if A.is_coalesced() else A.coalesce()
     idx, values = A.indices(), A.values()
     if A.dim() == 2:
@@ -231,6 +232,8 @@ def _check_blocks(tensors: Sequence[Any]) -> torch.layout:
             raise ValueError(f"every tensor must have sparse_dim() == 2, tensor {i} has {t.sparse_dim()}")
         if t.dense_dim() != 0:
             raise ValueError(f"every tensor must have dense_dim() == 0, tensor {i} has {t.dense_dim()}")
+    for i, t in enumerate(tensors):
+        _checks.check_sparse_indices(f"sparse_tensors[{i}]", t)
     return next(iter(layouts))
 
 
@@ -312,6 +315,7 @@ def sparse_block_diag_split(t: torch.Tensor, *shapes: Sequence[int]) -> tuple[to
     cols = [int(s[1]) for s in shapes]
     if sum(rows) != t.shape[0] or sum(cols) != t.shape[1]:
         raise ValueError(f"the shapes add up to ({sum(rows)}, {sum(cols)}), but t has shape {tuple(t.shape)}")
+    _checks.check_sparse_indices("t", t)
     device = t.device
     row_off = torch.tensor([0, *rows], device=device).cumsum(0)
     col_off = torch.tensor([0, *cols], device=device).cumsum(0)
@@ -426,6 +430,8 @@ def stack_csr(tensors: Sequence[torch.Tensor], dim: int = 0) -> torch.Tensor:
         raise ValueError(f"all tensors must have the same shape, got {sorted(shapes)}")
     if dim not in (0, -3):
         raise ValueError(f"only dim=0 gives a valid batched CSR tensor, got dim={dim}")
+    for i, t in enumerate(tensors):
+        _checks.check_sparse_indices(f"tensors[{i}]", t)
     nnzs = {t._nnz() for t in tensors}
     if len(nnzs) != 1:
         raise ValueError(f"all tensors must have the same nnz to form a batched CSR, got {sorted(nnzs)}")

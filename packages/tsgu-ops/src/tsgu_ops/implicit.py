@@ -29,7 +29,7 @@ import torch
 from torch.autograd.function import Function
 
 from . import _checks
-from .pattern import SparsePattern, conj
+from .pattern import COMPUTE_DTYPES, SparsePattern, conj
 from .sampled import SampledProduct, deliver, differentiable_values, register_use
 
 SolveFn = Callable[..., torch.Tensor]
@@ -224,7 +224,11 @@ def implicit_solve(
     Raises
     ------
     ValueError, TypeError
-        For arguments of the wrong kind or shape, or a solver returning the wrong shape.
+        For arguments of the wrong kind or shape, values that are not float32, float64,
+        complex64 or complex128 (``TypeError``), malformed indices of ``A`` or a ``meta`` tensor
+        (``ValueError``), or a solver returning the wrong shape.  Complex values get the
+        conjugate (Wirtinger) gradients of PyTorch's autograd: the backward calls
+        ``transpose_solve(A, conj(G))`` and conjugates the result.
 
     Examples
     --------
@@ -257,7 +261,10 @@ def implicit_solve(
         raise ValueError(
             f"Incompatible dimensions: A has shape {tuple(A.shape)}, B has shape {tuple(B.shape)}"
         )
+    _checks.require_value_dtype("A", A, COMPUTE_DTYPES)
     _checks.require_same_dtype("A", A, "B", B)
+    _checks.require_same_device("A", A, "B", B)
+    _checks.check_sparse_indices("A", A)
     Bm = B.unsqueeze(-1) if vector else B
     X = solve_sparse(A, Bm, user_kernel(solve, transpose_solve))
     return X.squeeze(-1) if vector else X

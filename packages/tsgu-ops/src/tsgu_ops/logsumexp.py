@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
+from . import _checks
 from .pattern import SparsePattern, csr_row_indices
 from .sampled import SparseToValues
 
 _LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
+#: Value dtypes of the logsumexp functions (complex values have no logsumexp order: TypeError).
+VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_input(x: Any) -> None:
@@ -34,8 +37,9 @@ def _check_input(x: Any) -> None:
         )
     if x.dense_dim() != 0:
         raise ValueError(f"input must have no dense dimensions, got dense_dim()={x.dense_dim()}")
-    if not x.is_floating_point():
-        raise TypeError(f"input must have a floating-point dtype, got {x.dtype}")
+    _checks.require_value_dtype("input", x, VALUE_DTYPES)
+    # CSC is validated as the CSR tensor of its transpose (same index tensors)
+    _checks.check_sparse_indices("input", x.mT if x.layout == torch.sparse_csc else x)
 
 
 def _row_col_val(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,7 +64,7 @@ def _row_col_val(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     per = plain.shape[-1]
     n_major = compressed.shape[-1] - 1
     offs = torch.arange(b, device=x.device)
-    flat_c = compressed.reshape(b, -1).to(torch.int64)
+    flat_c = compressed.reshape(b, compressed.shape[-1]).to(torch.int64)
     flat = torch.cat(
         [
             torch.zeros(1, dtype=torch.int64, device=x.device),
@@ -182,9 +186,11 @@ def sparse_logsumexp(
     NotImplementedError
         Rank not 2/3, a layout other than COO/CSR/CSC, or reducing the batch dimension.
     ValueError
-        A hybrid tensor (dense dimensions).
+        A hybrid tensor (dense dimensions), malformed indices (out of range, a ``crow``/``ccol``
+        that decreases or does not end at nnz), or a ``meta`` tensor.
     TypeError
-        A non-tensor input, integer values, or a ``dim`` that is not an int or a sequence of ints.
+        A non-tensor input, values that are not float16, bfloat16, float32 or float64 (integer or
+        complex), or a ``dim`` that is not an int or a sequence of ints.
     RuntimeError
         An empty ``dim`` sequence or a repeated dimension.
     IndexError

@@ -102,7 +102,7 @@ class SparsePattern:
         self.shape = tuple(A.shape)
         self.batch: int | None = A.shape[0] if A.dim() == 3 else None
         self.n, self.m = int(A.shape[-2]), int(A.shape[-1])
-        b = self.batch or 1
+        b = 1 if self.batch is None else self.batch  # an empty batch (0, n, m) is valid
         self.N, self.M = b * self.n, b * self.m
         self.device = A.device
         self._transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -290,7 +290,7 @@ class SparsePattern:
                 is_coalesced=self.coo_coalesced,
                 check_invariants=False,
             )
-        v = values if self.batch is None else values.reshape(self.batch, -1)
+        v = values if self.batch is None else values.reshape(self.csr_col.shape)
         return quiet(
             lambda: torch.sparse_csr_tensor(
                 self.csr_crow, self.csr_col, v, self.shape, check_invariants=False

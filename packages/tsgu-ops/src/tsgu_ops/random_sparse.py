@@ -66,7 +66,24 @@ def _sample_unique(
     return out
 
 
-def _check_common(size: Sequence[int], nnz: int, indices_dtype: torch.dtype) -> tuple[int | None, int, int]:
+#: Value dtypes of the random generators (values are drawn uniformly, so complex is not offered).
+VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_values_dtype(name: str, dtype: object, device: Device) -> torch.device:
+    """TypeError unless ``dtype`` is a generator value dtype; ValueError for the meta device."""
+    if dtype not in VALUE_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in VALUE_DTYPES)
+        raise TypeError(f"{name} must be one of the dtypes {names}, got {dtype}")
+    dev = torch.device(device)
+    if dev.type == "meta":
+        raise ValueError("device must hold data; random sparse matrices cannot be drawn on 'meta'")
+    return dev
+
+
+def _check_common(
+    size: Sequence[int], nnz: int, indices_dtype: torch.dtype, values_dtype: torch.dtype, device: Device
+) -> tuple[int | None, int, int]:
     size = _checks.require_size("size", size, (2, 3))
     if isinstance(nnz, bool) or not isinstance(nnz, int):
         raise ValueError(f"nnz must be an int, got {type(nnz).__name__}")
@@ -74,6 +91,7 @@ def _check_common(size: Sequence[int], nnz: int, indices_dtype: torch.dtype) -> 
         raise ValueError(f"nnz must be non-negative, got {nnz}")
     if indices_dtype not in _checks.INDEX_DTYPES:
         raise ValueError(f"indices_dtype must be torch.int32 or torch.int64, got {indices_dtype}")
+    _check_values_dtype("values_dtype", values_dtype, device)
     b = size[0] if len(size) == 3 else None
     return b, size[-2], size[-1]
 
@@ -141,7 +159,7 @@ def _general(
     min_diag_value: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    b, r, c = _check_common(size, nnz, indices_dtype)
+    b, r, c = _check_common(size, nnz, indices_dtype, values_dtype, device)
     if nnz > r * c:
         raise ValueError(f"nnz must be at most rows * cols = {r * c}, got {nnz}")
     dev = torch.device(device)
@@ -258,7 +276,7 @@ def _triangular(
     min_diag_value: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    b, r, c = _check_common(size, nnz, indices_dtype)
+    b, r, c = _check_common(size, nnz, indices_dtype, values_dtype, device)
     if r != c:
         raise ValueError(f"size must be square, got {tuple(size)}")
     lo, hi = _check_value_range(value_range)
@@ -563,6 +581,7 @@ def make_spd_sparse(
         raise ValueError(f"Unsupported layout: {layout}. Use torch.sparse_coo or torch.sparse_csr")
     if index_dtype not in _checks.INDEX_DTYPES:
         raise ValueError(f"index_dtype must be torch.int32 or torch.int64, got {index_dtype}")
+    _check_values_dtype("value_dtype", value_dtype, device)
     if not 0.0 <= float(sparsity_ratio) <= 1.0:
         raise ValueError(f"sparsity_ratio must lie in [0, 1], got {sparsity_ratio}")
     pairs = n * (n - 1) // 2

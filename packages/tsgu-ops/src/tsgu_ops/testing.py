@@ -1,10 +1,21 @@
 """Hypothesis strategies and checks for sparse matrices (install ``tsgu-ops[testing]``).
 
 Like ``hypothesis.extra.numpy``, this module gives property-based tests sparse inputs that cover the
-cases that break sparse code: both layouts, int32/int64 indices, float32/float64 values, batched and
-unbatched, ``nnz = 0``, empty rows and columns, duplicate COO entries, triangular (strict, unit,
-non-unit) and symmetric positive definite matrices.  Every strategy draws a :class:`SparseCase`: the
-sparse tensor and its dense reference.
+cases that break sparse code: both layouts, int32/int64 indices, float32/float64 (and, on request,
+complex64/complex128) values, batched and unbatched, ``nnz = 0``, empty rows and columns, duplicate
+COO entries, triangular (strict, unit, non-unit) and symmetric positive definite matrices.  Every
+such strategy draws a :class:`SparseCase`: the sparse tensor and its dense reference.
+
+Malformed inputs, for tests that every public function rejects or survives them (stable names,
+used by every package of the project):
+
+* :func:`malformed_sparse_matrices` — :class:`MalformedCase` with out-of-range, negative or
+  1-based indices, a CSR ``crow`` that decreases, does not start at 0 or end at nnz, or a ``meta``
+  tensor (:data:`MALFORMATIONS`; :func:`corrupt_indices` does one corruption directly);
+* :func:`nonfinite_sparse_matrices` — stored values that are NaN/Inf (to be propagated);
+* :func:`empty_batch_matrices` — batched ``(0, n, m)`` tensors;
+* :data:`UNSUPPORTED_VALUE_DTYPES` with :func:`with_values` — half-precision, integer and bool
+  values on a valid pattern; complex values come from ``sparse_matrices(value_dtypes=COMPLEX_DTYPES)``.
 
 Examples
 --------
@@ -234,6 +245,184 @@ def sparse_matrices(
         dups = draw(st.sampled_from([0, 0, 2]))
     seed = draw(st.integers(0, 2**31 - 1))
     return build_case(seed, shape, density, layout, index_dtype, value_dtype, structure, dups)
+
+
+#: Kinds of malformed index structure drawn by :func:`malformed_sparse_matrices`.  Every public
+#: function that takes a sparse tensor must raise ``ValueError`` naming the argument for each.
+MALFORMATIONS = (
+    "index_out_of_range",  # COO row/column (or batch) index >= its size; CSR column >= m
+    "negative_index",  # an index of -1
+    "one_based",  # COO indices + 1 (Fortran/Matlab style); CSR crow and col + 1
+    "crow_decreasing",  # CSR only: crow not non-decreasing
+    "crow_end",  # CSR only: crow[-1] != nnz
+    "crow_start",  # CSR only: crow[0] != 0
+    "meta",  # a tensor on the meta device (no data)
+)
+#: Value dtypes that the products and solves reject with a ``TypeError`` naming the supported ones.
+UNSUPPORTED_VALUE_DTYPES = (torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.bool)
+
+
+@dataclass(frozen=True)
+class MalformedCase:
+    """A sparse tensor whose index structure is broken in the way named by ``kind``."""
+
+    sparse: torch.Tensor
+    kind: str
+
+
+def _coo(idx: torch.Tensor, values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    return torch.sparse_coo_tensor(idx, values, tuple(shape), check_invariants=False)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    return quiet(lambda: torch.sparse_csr_tensor(crow, col, values, tuple(shape), check_invariants=False))
+
+
+def corrupt_indices(A: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor:
+    """A copy of the valid COO/CSR tensor ``A`` (at least one stored entry) malformed by ``kind``.
+
+    ``kind`` is one of :data:`MALFORMATIONS`; the ``crow_*`` kinds need a CSR ``A``.  The result is
+    built with ``check_invariants=False`` (PyTorch would refuse it otherwise); its values are
+    ``A``'s.  Used by :func:`malformed_sparse_matrices`; exposed for targeted tests.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if kind == "meta":
+        return A.detach().to("meta")
+    shape = tuple(A.shape)
+    if A.layout == torch.sparse_coo:
+        idx, vals = A._indices().clone(), A._values().detach().clone()
+        k = int(torch.randint(0, idx.shape[1], (1,), generator=g))
+        d = int(torch.randint(0, idx.shape[0], (1,), generator=g))
+        if kind == "index_out_of_range":
+            idx[d, k] = shape[d]
+        elif kind == "negative_index":
+            idx[d, k] = -1
+        elif kind == "one_based":
+            idx[:, k] = torch.tensor(shape[: idx.shape[0]]) - 1  # some entry reaches the last cell
+            idx = idx + 1
+        else:
+            raise ValueError(f"kind {kind!r} does not apply to a COO tensor")
+        return _coo(idx, vals, shape)
+    crow, col = A.crow_indices().clone(), A.col_indices().clone()
+    vals = A.values().detach().clone()
+    c0, k0 = (crow, col) if A.dim() == 2 else (crow[0], col[0])
+    if kind == "index_out_of_range":
+        k0[int(torch.randint(0, k0.numel(), (1,), generator=g))] = shape[-1]
+    elif kind == "negative_index":
+        k0[int(torch.randint(0, k0.numel(), (1,), generator=g))] = -1
+    elif kind == "one_based":
+        crow, col = crow + 1, col + 1
+    elif kind == "crow_decreasing":
+        i = int(torch.argmax((c0[1:] - c0[:-1]).to(torch.int64)))  # a row holding entries
+        c0[i + 1] = c0[i] - 1 if int(c0[i]) > 0 else -1
+    elif kind == "crow_end":
+        c0[-1] = c0[-1] + 1
+    elif kind == "crow_start":
+        c0[0] = 1
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    return _csr(crow, col, vals, shape)
+
+
+@st.composite
+def malformed_sparse_matrices(
+    draw: Any,
+    *,
+    kinds: Sequence[str] = MALFORMATIONS,
+    layouts: Sequence[torch.layout] = LAYOUTS,
+    index_dtypes: Sequence[torch.dtype] = INDEX_DTYPES,
+    value_dtypes: Sequence[torch.dtype] = (torch.float64,),
+    batch: bool | None = None,
+    min_size: int = 2,
+    max_size: int = 5,
+    structure: str = "general",
+) -> MalformedCase:
+    """Strategy for :class:`MalformedCase`: a square matrix with at least one entry, broken by one of
+    ``kinds`` (:data:`MALFORMATIONS`; CSR-only kinds are drawn only with CSR).
+
+    ``structure`` is that of the valid matrix before the corruption (e.g. ``"lower"`` for solves).
+    """
+    layout = draw(st.sampled_from(list(layouts)))
+    usable = [k for k in kinds if layout == torch.sparse_csr or not k.startswith("crow")]
+    kind = draw(st.sampled_from(usable))
+    batched = draw(st.booleans()) if batch is None else batch
+    n = draw(st.integers(min_size, max_size))
+    shape = (draw(st.integers(1, 3)), n, n) if batched else (n, n)
+    case = build_case(
+        draw(st.integers(0, 2**31 - 1)),
+        shape,
+        1.0 if structure.startswith("strict") else 0.6,
+        layout,
+        draw(st.sampled_from(list(index_dtypes))),
+        draw(st.sampled_from(list(value_dtypes))),
+        structure,
+    )
+    return MalformedCase(corrupt_indices(case.sparse, kind, draw(st.integers(0, 2**16))), kind)
+
+
+def with_values(A: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A sparse tensor with ``A``'s layout, shape and indices holding ``values`` (storage order).
+
+    Not differentiable; for building test inputs of other dtypes or with non-finite values.
+    """
+    if A.layout == torch.sparse_coo:
+        return torch.sparse_coo_tensor(
+            A._indices(), values, tuple(A.shape), is_coalesced=A.is_coalesced(), check_invariants=False
+        )
+    return _csr(A.crow_indices(), A.col_indices(), values.reshape(A.col_indices().shape), A.shape)
+
+
+@st.composite
+def nonfinite_sparse_matrices(draw: Any, **kwargs: Any) -> SparseCase:
+    """Strategy: a :class:`SparseCase` (keyword arguments as :func:`sparse_matrices`, at least one
+    stored entry) with some stored values replaced by ``nan``, ``inf`` or ``-inf``; the dense
+    reference holds the same values.  Operations must propagate them (NaN/Inf in the result where
+    the dense computation has them), never crash or return a finite-looking answer."""
+    kwargs.setdefault("allow_empty", False)
+    kwargs.setdefault("allow_duplicates", False)
+    case = draw(sparse_matrices(**kwargs))
+    A = case.sparse
+    vals = (A._values() if A.layout == torch.sparse_coo else A.values().reshape(-1)).detach().clone()
+    if vals.numel() == 0:
+        return case
+    count = draw(st.integers(1, max(1, vals.numel() // 2)))
+    pos = draw(st.lists(st.integers(0, vals.numel() - 1), min_size=count, max_size=count, unique=True))
+    bad = draw(
+        st.lists(st.sampled_from([float("nan"), float("inf"), float("-inf")]), min_size=count, max_size=count)
+    )
+    vals[torch.tensor(pos)] = torch.tensor(bad, dtype=vals.real.dtype).to(vals.dtype)
+    S = with_values(A, vals)
+    return SparseCase(S, S.to_dense(), case.structure)
+
+
+@st.composite
+def empty_batch_matrices(
+    draw: Any,
+    *,
+    layouts: Sequence[torch.layout] = LAYOUTS,
+    index_dtypes: Sequence[torch.dtype] = INDEX_DTYPES,
+    value_dtypes: Sequence[torch.dtype] = (torch.float64,),
+    square: bool = True,
+) -> SparseCase:
+    """Strategy: a batched :class:`SparseCase` with an empty batch, shape ``(0, n, m)``."""
+    layout = draw(st.sampled_from(list(layouts)))
+    index_dtype = draw(st.sampled_from(list(index_dtypes)))
+    dtype = draw(st.sampled_from(list(value_dtypes)))
+    n = draw(st.integers(1, 4))
+    m = n if square else draw(st.integers(1, 4))
+    dense = torch.zeros(0, n, m, dtype=dtype)
+    if layout == torch.sparse_coo:
+        sp = torch.sparse_coo_tensor(
+            torch.zeros(3, 0, dtype=torch.int64), torch.zeros(0, dtype=dtype), (0, n, m)
+        )
+    else:
+        sp = _csr(
+            torch.zeros(0, n + 1, dtype=index_dtype),
+            torch.zeros(0, 0, dtype=index_dtype),
+            torch.zeros(0, 0, dtype=dtype),
+            (0, n, m),
+        )
+    return SparseCase(sp, dense)
 
 
 @st.composite
