@@ -271,6 +271,9 @@ def all_cases(full: bool = False, matrix: str | None = None) -> list[Case]:
     from .cases_more import more_cases
 
     cases += more_cases(full)
+    from .cases_factor import factor_cases
+
+    cases += factor_cases(full)
     if matrix:
         name = os.path.basename(matrix)
         keep = ("sparse_mm_csr", "sparse_mm_coo", "triangular_solve", "krylov_poisson", "krylov_convdiff")
