@@ -212,6 +212,9 @@ class SparseGenericSolve(Function):
         return (*rhs_kernel_backward(ctx, G), None, None, None)
 
 
+# Dynamo cannot trace sparse tensors through the solver loops (it fails inside torch, not with a graph
+# break): inside torch.compile the solve runs eagerly, as one opaque call, and autograd is unchanged.
+@torch.compiler.disable
 def sparse_generic_solve(
     A: torch.Tensor,
     B: torch.Tensor,
