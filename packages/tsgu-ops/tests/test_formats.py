@@ -200,3 +200,74 @@ def test_stack_csr_and_errors():
         stack_csr([a, b], dim=1)
     with pytest.raises(ValueError, match="same nnz"):
         stack_csr([a, torch.eye(3, dtype=torch.float64).to_sparse_csr()])
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients through sparse_block_diag / sparse_block_diag_split (issue 15 item 3)
+
+
+def _blocks(layout, dtype, dups):
+    from tsgu_ops.testing import build_case
+
+    shapes = [(2, 3), (3, 3), (1, 2)]
+    return [
+        build_case(
+            10 + i, s, 0.6, layout, torch.int32, dtype, duplicates=dups if layout == torch.sparse_coo else 0
+        )
+        for i, s in enumerate(shapes)
+    ]
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("dups", [0, 2])
+def test_block_diag_gradients_reach_every_block_sparsely(layout, dtype, dups):
+    from tsgu_ops.testing import assert_sparse_grad_matches
+
+    cases = _blocks(layout, dtype, dups)
+    blocks = [c.sparse.requires_grad_() for c in cases]
+    out = sparse_block_diag(*blocks)
+    assert out.requires_grad and out.layout == layout
+    dense = [c.dense.clone().requires_grad_() for c in cases]
+    ref = torch.block_diag(*dense)
+    torch.testing.assert_close(out.to_dense(), ref)
+    W = torch.randn(ref.shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad((out.to_dense() * W).sum().real, blocks)
+    ref_grads = torch.autograd.grad((ref * W).sum().real, dense)
+    for blk, g, gd in zip(blocks, grads, ref_grads):
+        assert_sparse_grad_matches(blk, g, gd, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("dups", [0, 2])
+def test_block_diag_split_gradients_reach_the_input_sparsely(layout, dtype, dups):
+    from tsgu_ops.testing import assert_sparse_grad_matches
+
+    cases = _blocks(layout, dtype, 0)
+    whole = torch.block_diag(*[c.dense for c in cases])
+    if layout == torch.sparse_coo:
+        t = whole.to_sparse()
+        if dups:  # an uncoalesced input: split each stored value in two entries
+            idx, v = t.indices(), t.values()
+            t = torch.sparse_coo_tensor(
+                torch.cat([idx, idx], 1), torch.cat([0.25 * v, 0.75 * v]), whole.shape
+            )
+    else:
+        t = whole.to_sparse_csr()
+    t = t.requires_grad_()
+    shapes = [tuple(c.dense.shape) for c in cases]
+    parts = sparse_block_diag_split(t, *shapes)
+    assert all(p.requires_grad and p.layout == layout for p in parts)
+    D = whole.clone().requires_grad_()
+    g = torch.Generator().manual_seed(1)
+    Ws = [torch.randn(s, dtype=dtype, generator=g) for s in shapes]
+    loss = sum((p.to_dense() * W).sum().real for p, W in zip(parts, Ws))
+    (gt,) = torch.autograd.grad(loss, (t,))
+    r = c = 0
+    ref_loss = 0
+    for (nr, nc), W in zip(shapes, Ws):
+        ref_loss = ref_loss + (D[r : r + nr, c : c + nc] * W).sum().real
+        r, c = r + nr, c + nc
+    (gD,) = torch.autograd.grad(ref_loss, (D,))
+    assert_sparse_grad_matches(t, gt, gD, rtol=1e-12, atol=1e-12)

@@ -15,7 +15,7 @@ import torch
 
 from . import _checks
 from .pattern import SparsePattern, compress_rows, csr_row_indices, quiet
-from .sampled import ValuesToSparse
+from .sampled import ValuesToSparse, differentiable_values, sparse_grad
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -25,6 +25,32 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: Sequ
     )
     if torch.is_grad_enabled() and values.requires_grad:
         return ValuesToSparse.apply(values.reshape(-1), SparsePattern(template))  # type: ignore[no-any-return]
+    return template
+
+
+def _values_of(t: torch.Tensor) -> torch.Tensor:
+    """Stored values of sparse ``t`` (storage order), differentiable back to ``t`` (sparse gradient)."""
+    return differentiable_values(t, SparsePattern(t)).reshape(-1)
+
+
+def _coo(idx: torch.Tensor, values: torch.Tensor, size: Sequence[int], coalesced: bool) -> torch.Tensor:
+    """A 2-D coalesced COO tensor, differentiable in ``values`` without densifying.
+
+    With ``coalesced=False`` the entries are sorted and duplicates summed (an ``index_add``, so the
+    gradient of each duplicate is the gradient of its coordinate).
+    """
+    template = torch.sparse_coo_tensor(
+        idx, values.detach(), tuple(size), is_coalesced=coalesced, check_invariants=False
+    )
+    if not coalesced:
+        pattern = SparsePattern(template)
+        values = pattern._sorted(values)
+        idx = torch.stack([pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)])
+        template = torch.sparse_coo_tensor(
+            idx, values.detach(), tuple(size), is_coalesced=True, check_invariants=False
+        )
+    if torch.is_grad_enabled() and values.requires_grad:
+        return sparse_grad(SparsePattern(template), values)
     return template
 
 
@@ -241,8 +267,10 @@ def sparse_block_diag(*sparse_tensors: torch.Tensor) -> torch.Tensor:
     """Block-diagonal matrix of 2-D sparse blocks sharing one layout (COO or CSR).
 
     Blocks may have different shapes; the result is ``(Σ n_i, Σ m_i)`` in the blocks' layout
-    (CSR keeps the index dtype when all blocks share it).  A single tensor is returned unchanged.
-    Differentiable with respect to the blocks' values, without densifying.
+    (CSR keeps the index dtype when all blocks share it; COO is coalesced, duplicates summed).  A
+    single tensor is returned unchanged.  Differentiable with respect to the blocks (their values
+    may require grad, as in 0.2.7): each block receives a sparse gradient with its own layout and
+    indices, in ``O(nnz)`` memory.  Any value dtype (complex included) is kept.
 
     Examples
     --------
@@ -267,10 +295,8 @@ def sparse_block_diag(*sparse_tensors: torch.Tensor) -> torch.Tensor:
     if layout == torch.sparse_coo:
         offs = [torch.tensor([[r], [c]], device=device) for r, c in zip(row_off, col_off)]
         idx = torch.cat([t._indices() + o for t, o in zip(sparse_tensors, offs)], 1)
-        values = torch.cat([t._values() for t in sparse_tensors])
-        coalesced = all(t.is_coalesced() for t in sparse_tensors)
-        out = torch.sparse_coo_tensor(idx, values, size, is_coalesced=coalesced, check_invariants=False)
-        return out if coalesced else out.coalesce()
+        values = torch.cat([_values_of(t) for t in sparse_tensors])
+        return _coo(idx, values, size, all(t.is_coalesced() for t in sparse_tensors))
     itypes = {t.crow_indices().dtype for t in sparse_tensors}
     itype = itypes.pop() if len(itypes) == 1 else torch.int64
     if size[1] >= 2**31 - 1 or sum(t._nnz() for t in sparse_tensors) >= 2**31 - 1:
@@ -283,7 +309,7 @@ def sparse_block_diag(*sparse_tensors: torch.Tensor) -> torch.Tensor:
         + [torch.tensor([nnz_off[-1]], dtype=itype, device=device)]
     )
     col = torch.cat([t.col_indices().to(itype) + o for t, o in zip(sparse_tensors, col_off)])
-    values = torch.cat([t.values() for t in sparse_tensors])
+    values = torch.cat([_values_of(t) for t in sparse_tensors])
     return _csr(crow, col, values, size)
 
 
@@ -292,7 +318,9 @@ def sparse_block_diag_split(t: torch.Tensor, *shapes: Sequence[int]) -> tuple[to
 
     ``shapes`` are the ``(rows_i, cols_i)`` of the blocks.  Unlike torchsparsegradutils 0.2.7, a
     stored entry outside the diagonal blocks raises ``ValueError`` (0.2.7 dropped it for COO and
-    produced invalid blocks for CSR).
+    produced invalid blocks for CSR).  COO blocks are coalesced.  Differentiable with respect to
+    ``t`` (its values may require grad): ``t`` receives a sparse gradient with its own layout and
+    indices, in ``O(nnz)`` memory.
 
     Examples
     --------
@@ -319,12 +347,10 @@ def sparse_block_diag_split(t: torch.Tensor, *shapes: Sequence[int]) -> tuple[to
     device = t.device
     row_off = torch.tensor([0, *rows], device=device).cumsum(0)
     col_off = torch.tensor([0, *cols], device=device).cumsum(0)
-    if t.layout == torch.sparse_coo:
-        tc = t if t.is_coalesced() else t.coalesce()
-        idx, values = tc.indices(), tc.values()
-    else:
-        idx = torch.stack([csr_row_indices(t.crow_indices(), t._nnz()), t.col_indices().to(torch.int64)])
-        values = t.values()
+    pattern = SparsePattern(t)
+    # values in row-major order (a COO input's duplicates summed), differentiable back to t
+    values = pattern._sorted(_values_of(t))
+    idx = torch.stack([pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)])
     block = torch.searchsorted(row_off[1:], idx[0], right=True)
     cblock = torch.searchsorted(col_off[1:], idx[1], right=True)
     if bool((block != cblock).any()):
@@ -334,7 +360,7 @@ def sparse_block_diag_split(t: torch.Tensor, *shapes: Sequence[int]) -> tuple[to
     out = []
     for li, v, r, c in zip(local.split(counts, 1), values.split(counts), rows, cols):
         if t.layout == torch.sparse_coo:
-            out.append(torch.sparse_coo_tensor(li, v, (r, c), is_coalesced=True))
+            out.append(_coo(li, v, (r, c), True))
         else:
             itype = t.crow_indices().dtype
             out.append(_csr(compress_rows(li[0].to(itype), r), li[1].to(itype), v, (r, c)))
