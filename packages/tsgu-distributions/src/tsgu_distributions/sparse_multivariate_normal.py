@@ -434,7 +434,7 @@ class SparseMultivariateNormalNative(Distribution):
         warnings.warn(
             "covariance_matrix densifies the sparse factor: use only for small n", UserWarning, stacklevel=2
         )
-        L = self.scale_tril.to_dense()
+        L = self._factor.dense()  # from the values: the gradient reaches scale_tril sparsely
         return L @ L.T
 
     @property
