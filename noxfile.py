@@ -36,6 +36,9 @@ TORCH_MATRIX = ["2.5.1", "2.9.1", "2.13.0", "2.14.1"]
 PYTHON_MATRIX = ["3.10", "3.11", "3.12", "3.13"]
 MATRIX_RESULTS = ROOT / ".nox" / "matrix-results"
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
+# torch.compile's inductor imports setuptools, which torch 2.5.1 and 2.9.1 declare only for Python >= 3.12
+# (docs/installation.md tells users the same): the matrix venvs hold it so that the compile tests run
+MATRIX_TOOLS = [*TEST_TOOLS, "setuptools"]
 
 # package -> (import name, extras needed by its tests)
 PACKAGES = {
@@ -264,7 +267,7 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
         try:
             py = _fresh_venv(session, tmp / f"pkg-{pkg}", python)
             local = [_local(dep) for dep in INTERNAL[pkg]]
-            _uv_install(session, py, f"torch=={torch_version}", *TEST_TOOLS, *local, _local(pkg, extras))
+            _uv_install(session, py, f"torch=={torch_version}", *MATRIX_TOOLS, *local, _local(pkg, extras))
         except nox.command.CommandFailed:
             results[pkg] = {"passed": 0, "failed": 0, "skipped": 0, "ok": False, "note": "install failed"}
             continue
@@ -324,7 +327,7 @@ def _matrix_integration(session: nox.Session, python: str, torch_version: str, t
         _uv_install(
             session,
             py,
-            *TEST_TOOLS,
+            *MATRIX_TOOLS,
             "--find-links",
             str(dist),
             f"torch=={torch_version}",
