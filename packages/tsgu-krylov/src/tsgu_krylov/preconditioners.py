@@ -1,8 +1,9 @@
 """Preconditioners: Jacobi, incomplete Cholesky IC(0) and incomplete LU ILU(0).
 
-A preconditioner is a callable applying ``M⁻¹`` to a block ``(*batch, n, k)``; every solver of
-this package and :func:`~tsgu_krylov.sparse_generic_solve` accept one.  Its ``.T`` is the
-preconditioner of ``Aᵀ`` (what the backward pass of a solve uses).
+A preconditioner is a callable applying ``M⁻¹`` to a block ``(*batch, n, k)`` (or a vector ``(n,)``,
+``(b, n)`` for a batch of matrices); every solver of this package and
+:func:`~tsgu_krylov.sparse_generic_solve` accept one.  Its ``.T`` is the preconditioner of ``Aᵀ``
+(what the backward pass of a solve uses).
 
 The incomplete factorisations keep exactly the pattern of ``A`` (no fill-in).  By default
 (``method="exact"``) they are the factors of the sequential textbook algorithm, for ILU(0) (IKJ
@@ -134,8 +135,12 @@ class Preconditioner:
         raise NotImplementedError
 
     def __call__(self, R: torch.Tensor) -> torch.Tensor:
-        flat, unfold = fold_block(R, self.pattern.batch, self.pattern.shape)
-        return unfold(self.apply_flat(flat), self.pattern.n)
+        # a vector (n,), or (b, n) for a batch of matrices, is applied as a one-column block
+        vector = R.dim() == (1 if self.pattern.batch is None else 2)
+        block = R.unsqueeze(-1) if vector else R
+        flat, unfold = fold_block(block, self.pattern.batch, self.pattern.shape)
+        out = unfold(self.apply_flat(flat), self.pattern.n)
+        return out.squeeze(-1) if vector else out
 
     @property
     def T(self) -> Preconditioner:
@@ -174,19 +179,12 @@ class Jacobi(Preconditioner):
 
 
 def _expand(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated ranges ``starts[g] + 0 … counts[g]−1``: the group and the index of each.
-
-    (A binary search of each output position among the range ends: on the CPU far cheaper than
-    ``repeat_interleave`` with a tensor of repeats.)
-    """
+    """Concatenated ranges ``starts[g] + 0 … counts[g]−1``: the group and the index of each."""
     dev = starts.device
-    if counts.numel() == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=dev)
-        return empty, empty
-    ends = torch.cumsum(counts, 0)
-    pos = torch.arange(int(ends[-1]), device=dev)
-    group = torch.searchsorted(ends, pos, right=True)
-    return group, pos + (starts - (ends - counts)).index_select(0, group)
+    total = int(counts.sum()) if counts.numel() else 0
+    group = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts, output_size=total)
+    shift = starts - (torch.cumsum(counts, 0) - counts)
+    return group, shift.index_select(0, group) + torch.arange(total, device=dev)
 
 
 def _ilu_pairs(
@@ -243,14 +241,57 @@ def _ic_pairs(
 def _levels(nnz: int, s1: torch.Tensor, s2: torch.Tensor, t: torch.Tensor, div: torch.Tensor) -> torch.Tensor:
     """Level of every entry in the dependency graph (Kahn's algorithm, one frontier at a time).
 
-    A structural analysis of the pattern with many small steps: it runs on the CPU, whatever the
-    device of the factorisation (one transfer of the indices each way).
+    A structural analysis of the pattern in many small steps: it runs on the host, whatever the
+    device of the factorisation (one transfer of the indices each way), with NumPy when it is
+    installed (a NumPy call costs a fraction of a PyTorch operator's dispatch) and PyTorch
+    otherwise.
     """
     cpu = torch.device("cpu")
-    s1, s2, t, div = s1.to(cpu), s2.to(cpu), t.to(cpu), div.to(cpu)
     has = torch.nonzero(div < nnz).squeeze(-1)
-    src = torch.cat([s1, s2, div[has]])
-    dst = torch.cat([t, t, has])
+    src = torch.cat([s1, s2, div[has]]).to(cpu)
+    dst = torch.cat([t, t, has]).to(cpu)
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - NumPy accompanies PyTorch almost everywhere
+        return _levels_torch(nnz, src, dst)
+    try:
+        src_np, dst_np = src.numpy(), dst.numpy()
+    except RuntimeError:  # pragma: no cover - a PyTorch built without NumPy support
+        return _levels_torch(nnz, src, dst)
+    return torch.from_numpy(_levels_numpy(numpy, nnz, src_np, dst_np))
+
+
+def _levels_numpy(np: Any, nnz: int, src: Any, dst: Any) -> Any:
+    """:func:`_levels` on NumPy arrays of edges ``src → dst``."""
+    order = np.argsort(src, kind="stable")
+    out_dst = dst[order]
+    out_count = np.bincount(src, minlength=nnz)
+    out_start = np.cumsum(out_count) - out_count
+    indeg = np.bincount(dst, minlength=nnz)
+    level = np.zeros(nnz, dtype=np.int64)
+    frontier = np.flatnonzero(indeg == 0)
+    lev = 0
+    while frontier.size:
+        level[frontier] = lev
+        counts = out_count[frontier]
+        ends = np.cumsum(counts)
+        total = int(ends[-1])
+        if total == 0:
+            break
+        idx = np.repeat(out_start[frontier] - (ends - counts), counts) + np.arange(total)
+        reached = out_dst[idx]
+        np.subtract.at(indeg, reached, 1)
+        ready = reached[indeg[reached] == 0]  # once per edge that reached it
+        # keep one copy of each: a done entry's in-degree is free, store a distinct mark there
+        mark = np.arange(-1, -ready.size - 1, -1)
+        indeg[ready] = mark
+        frontier = ready[indeg[ready] == mark]
+        lev += 1
+    return level
+
+
+def _levels_torch(nnz: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """:func:`_levels` with PyTorch operators on the CPU."""
     order = torch.argsort(src, stable=True)
     out_ptr = compress_rows(src[order], nnz).to(torch.int64)
     out_start, out_count = out_ptr[:-1], out_ptr[1:] - out_ptr[:-1]
@@ -260,7 +301,7 @@ def _levels(nnz: int, s1: torch.Tensor, s2: torch.Tensor, t: torch.Tensor, div: 
     minus_one = torch.full((dst.numel(),), -1, dtype=torch.int64)
     frontier = torch.nonzero(indeg == 0).squeeze(-1)
     lev = 0
-    while True:
+    while frontier.numel():
         level.index_fill_(0, frontier, lev)
         _, idx = _expand(out_start.index_select(0, frontier), out_count.index_select(0, frontier))
         if idx.numel() == 0:
@@ -288,8 +329,8 @@ def _factor_by_levels(
 
     Entry ``e`` becomes ``(a_e − Σ_{pairs p → e} f_{s1[p]} f_{s2[p]}) / f_{div[e]}`` (no division
     where ``div[e] = nnz``), or, for IC(0) where ``sqrt_at[e]`` (the diagonal, never divided), the
-    square root of the bracket.  Returns the factor values (row-major) and the brackets (for the
-    diagonal entries: the pivots).
+    square root of the bracket.  Returns the factor values (row-major) and, at the entries that
+    are not divided, the brackets (for the diagonal entries: the pivots).
     """
     nnz = a.numel()
     dev = a.device
@@ -305,26 +346,25 @@ def _factor_by_levels(
     rank[nnz] = nnz  # a slot that holds 1
     t_rank, p_order = torch.sort(rank[t], stable=True)  # pairs by the level order of their target
     p_bounds = torch.searchsorted(t_rank, torch.tensor(bounds[::2], device=dev)).tolist()
-    sources = torch.stack([rank[s1][p_order], rank[s2][p_order]])
+    s1r, s2r = rank[s1][p_order], rank[s2][p_order]
     div_l = rank[div[order]]
-    work = torch.empty(nnz + 1, dtype=a.dtype, device=dev)  # brackets
-    work[:nnz] = a[order]
+    # one buffer: the brackets, turned into factor entries in place, level by level
     f = torch.ones(nnz + 1, dtype=a.dtype, device=dev)
+    f[:nnz] = a[order]
+    brackets = f.clone() if sqrt_at is not None else f
     for lev in range(n_levels):
         lo, mid, hi = bounds[2 * lev], bounds[2 * lev + 1], bounds[2 * lev + 2]
         plo, phi = p_bounds[lev], p_bounds[lev + 1]
         if phi > plo:
-            prod = f[sources[:, plo:phi]].prod(0)
-            work.index_add_(0, t_rank[plo:phi], prod, alpha=-1)
+            prod = f.index_select(0, s1r[plo:phi]).mul_(f.index_select(0, s2r[plo:phi]))
+            f.index_add_(0, t_rank[plo:phi], prod, alpha=-1)
         if mid > lo:
-            torch.div(work[lo:mid], f[div_l[lo:mid]], out=f[lo:mid])
-        if hi > mid:
-            if sqrt_at is None:
-                f[mid:hi] = work[mid:hi]
-            else:
-                torch.sqrt(work[mid:hi], out=f[mid:hi])
+            f[lo:mid].div_(f.index_select(0, div_l[lo:mid]))
+        if hi > mid and sqrt_at is not None:
+            brackets[mid:hi] = f[mid:hi]
+            f[mid:hi].sqrt_()
     back = rank[:nnz]
-    return f[back], work[back]
+    return f[back], brackets[back]
 
 
 def _diagonal_slots(rows: torch.Tensor, cols: torch.Tensor, N: int, what: str) -> torch.Tensor:
