@@ -254,7 +254,8 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     paths), its test extras, pytest and hypothesis (as ``isolated`` does); then the seven wheels are
     built and installed together from those files for ``tests-integration``.  Every step runs even
     when an earlier one failed; the counts go to ``.nox/matrix-results/`` and the session fails if any
-    step failed.
+    step failed.  ``TSGU_MATRIX_ONLY=tsgu-ops,integration`` reruns only those steps of the cell (the
+    other rows of its results are kept).
     """
     python = session.run("python", "-c", "import sys; print(sys.executable)", silent=True).strip()
     pyver = session.run(
@@ -262,8 +263,17 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     ).strip()
     tmp = Path(session.create_tmp()).resolve()
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "dev")}
+    only = [x.strip() for x in os.environ.get("TSGU_MATRIX_ONLY", "").split(",") if x.strip()]
+    unknown = sorted(set(only) - {*PACKAGES, "integration"})
+    if unknown:
+        session.error(f"TSGU_MATRIX_ONLY names no step: {unknown}; steps: {[*PACKAGES, 'integration']}")
+    result_file = MATRIX_RESULTS / f"py{pyver}-torch{torch_version}.json"
     results: dict[str, dict] = {}
+    if only and result_file.exists():
+        results = json.loads(result_file.read_text())["results"]
     for pkg, (module, extras) in PACKAGES.items():
+        if only and pkg not in only:
+            continue
         try:
             py = _fresh_venv(session, tmp / f"pkg-{pkg}", python)
             local = [_local(dep) for dep in INTERNAL[pkg]]
@@ -280,10 +290,13 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
             )
         except nox.command.CommandFailed:
             results[pkg].update(ok=False, note="version check failed")
-    results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
+    if not only or "integration" in only:
+        results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
     MATRIX_RESULTS.mkdir(parents=True, exist_ok=True)
     torch_build = "?"
     for venv in [tmp / "integration", *(tmp / f"pkg-{pkg}" for pkg in PACKAGES)]:
+        if not (venv / "bin" / "python").exists():
+            continue
         try:
             out = session.run(
                 str(venv / "bin" / "python"),
@@ -302,7 +315,7 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
         "torch_build": torch_build,
         "results": results,
     }
-    (MATRIX_RESULTS / f"py{pyver}-torch{torch_version}.json").write_text(json.dumps(cell, indent=1) + "\n")
+    result_file.write_text(json.dumps(cell, indent=1) + "\n")
     session.log(_matrix_table([cell]))
     failed = [name for name, r in results.items() if not r["ok"]]
     if failed:
