@@ -274,3 +274,28 @@ def test_every_solver_accepts_every_preconditioner(name):
         its[solve.__name__] = (info.iterations, plain.iterations)
     if name != "jacobi":  # the Laplacian has a constant diagonal: Jacobi changes nothing
         assert all(p < q for p, q in its.values()), its
+
+
+def test_the_level_schedule_without_numpy_is_the_same(monkeypatch):
+    """The dependency levels come from NumPy when installed, else from PyTorch: same factors."""
+    import sys
+
+    import tsgu_krylov.preconditioners as pc
+
+    A = build_case(2, (2, 16, 16), 0.3, torch.sparse_csr, torch.int64, torch.float64, "dominant").sparse
+    S = grid_operator((5, 4))
+    with_numpy = (ILU0(A), IC0(S))
+    calls = []
+    original = pc._levels_torch
+
+    def spy(*args):
+        calls.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(pc, "_levels_torch", spy)
+    monkeypatch.setitem(sys.modules, "numpy", None)  # `import numpy` now raises ImportError
+    without = (ILU0(A), IC0(S))
+    assert len(calls) == 2
+    torch.testing.assert_close(without[0].U.to_dense(), with_numpy[0].U.to_dense(), rtol=0, atol=0)
+    torch.testing.assert_close(without[0].L.to_dense(), with_numpy[0].L.to_dense(), rtol=0, atol=0)
+    torch.testing.assert_close(without[1].L.to_dense(), with_numpy[1].L.to_dense(), rtol=0, atol=0)

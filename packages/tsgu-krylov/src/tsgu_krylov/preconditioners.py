@@ -252,7 +252,7 @@ def _levels(nnz: int, s1: torch.Tensor, s2: torch.Tensor, t: torch.Tensor, div: 
     dst = torch.cat([t, t, has]).to(cpu)
     try:
         import numpy
-    except ImportError:  # pragma: no cover - NumPy accompanies PyTorch almost everywhere
+    except ImportError:  # NumPy accompanies PyTorch almost everywhere, but is not required
         return _levels_torch(nnz, src, dst)
     try:
         src_np, dst_np = src.numpy(), dst.numpy()
