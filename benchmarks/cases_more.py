@@ -544,4 +544,7 @@ def more_cases(full: bool = False) -> list[Case]:
                 ],
             )
         )
+    from .cases_training import training_cases
+
+    cases += training_cases(full)
     return cases
