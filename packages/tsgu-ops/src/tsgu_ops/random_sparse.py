@@ -272,7 +272,7 @@ def _triangular(
     values_dtype: torch.dtype,
     device: Device,
     value_range: Sequence[float],
-    well_conditioned: bool,
+    well_conditioned: bool | None,
     min_diag_value: float,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
@@ -301,9 +301,10 @@ def _triangular(
     diag = torch.arange(n, device=dev).expand(bb, n)
     rows, cols = torch.cat([orows, diag], 1), torch.cat([ocols, diag], 1)
     values = _uniform(tuple(rows.shape), lo, hi, values_dtype, dev, generator)
-    if well_conditioned:
-        dvals = _uniform((bb, n), 0.0, 0.5, values_dtype, dev, generator) + min_diag_value
-        values = torch.cat([values[:, : nnz - n], dvals.to(values_dtype)], 1)
+    if well_conditioned is None or well_conditioned:  # the default: see _DIAGONAL_DOC
+        shift = max(float(min_diag_value), lo)
+        dvals = _uniform((bb, n), shift, shift + 0.5, values_dtype, dev, generator)
+        values = torch.cat([values[:, : nnz - n], dvals], 1)
     order = torch.argsort(rows * n + cols, dim=1)
     rows, cols, values = rows.gather(1, order), cols.gather(1, order), values.gather(1, order)
     return _assemble(rows, cols, values, tuple(size), layout, indices_dtype)
@@ -391,14 +392,20 @@ def generate_random_sparse_triangular_coo_matrix(
     values_dtype: torch.dtype = torch.float32,
     device: Device = torch.device("cpu"),
     value_range: Sequence[float] = (0.0, 1.0),
-    well_conditioned: bool = False,
+    well_conditioned: bool | None = None,
     min_diag_value: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Random triangular COO matrix: the whole diagonal plus ``nnz − n`` off-diagonal entries.
 
-    Values U[lo, hi) (``value_range`` is honoured on every path); ``well_conditioned`` sets the
-    diagonal to U[0, 0.5) + ``min_diag_value``.
+    Off-diagonal values are U[lo, hi) with ``(lo, hi) = value_range`` (honoured on every path).
+    Diagonal values (always all ``n`` present): by default (``well_conditioned=None``) and with
+    ``well_conditioned=True``, U[s, s + 0.5) with ``s = max(min_diag_value, lo)``, so every
+    diagonal value is at least ``min_diag_value`` (and within ``value_range`` when
+    ``hi − s ≥ 0.5``) and the factor stays well conditioned: for 16 × 16 float32 factors ``L Lᵀ``
+    has a condition number in the tens to hundreds.  ``well_conditioned=False`` draws the diagonal
+    like the other entries, U[lo, hi) — 0.2.7's default, whose near-zero diagonal values make
+    triangular factors badly conditioned (condition numbers of ``L Lᵀ`` up to ~1e9 for 16 × 16).
 
     Examples
     --------
@@ -433,11 +440,21 @@ def generate_random_sparse_triangular_csr_matrix(
     values_dtype: torch.dtype = torch.float32,
     device: Device = torch.device("cpu"),
     value_range: Sequence[float] = (0.0, 1.0),
-    well_conditioned: bool = False,
+    well_conditioned: bool | None = None,
     min_diag_value: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """CSR version of :func:`generate_random_sparse_triangular_coo_matrix`.
+    """Random triangular CSR matrix: the whole diagonal plus ``nnz − n`` off-diagonal entries.
+
+    The CSR version of :func:`generate_random_sparse_triangular_coo_matrix` (``indices_dtype`` is
+    kept).  Off-diagonal values are U[lo, hi) with ``(lo, hi) = value_range``.
+    Diagonal values (always all ``n`` present): by default (``well_conditioned=None``) and with
+    ``well_conditioned=True``, U[s, s + 0.5) with ``s = max(min_diag_value, lo)``, so every
+    diagonal value is at least ``min_diag_value`` (and within ``value_range`` when
+    ``hi − s ≥ 0.5``) and the factor stays well conditioned: for 16 × 16 float32 factors ``L Lᵀ``
+    has a condition number in the tens to hundreds.  ``well_conditioned=False`` draws the diagonal
+    like the other entries, U[lo, hi) — 0.2.7's default, whose near-zero diagonal values make
+    triangular factors badly conditioned (condition numbers of ``L Lᵀ`` up to ~1e9 for 16 × 16).
 
     Examples
     --------
@@ -514,11 +531,21 @@ def rand_sparse_tri(
     values_dtype: torch.dtype = torch.float32,
     device: Device = torch.device("cpu"),
     value_range: Sequence[float] = (0.0, 1.0),
-    well_conditioned: bool = False,
+    well_conditioned: bool | None = None,
     min_diag_value: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Random triangular matrix: strictly triangular (``strict=True``) or with its full diagonal.
+
+    Off-diagonal values are U[lo, hi) with ``(lo, hi) = value_range``.  ``strict=True`` stores no
+    diagonal (``well_conditioned`` and ``min_diag_value`` are ignored).  With ``strict=False``:
+    Diagonal values (always all ``n`` present): by default (``well_conditioned=None``) and with
+    ``well_conditioned=True``, U[s, s + 0.5) with ``s = max(min_diag_value, lo)``, so every
+    diagonal value is at least ``min_diag_value`` (and within ``value_range`` when
+    ``hi − s ≥ 0.5``) and the factor stays well conditioned: for 16 × 16 float32 factors ``L Lᵀ``
+    has a condition number in the tens to hundreds.  ``well_conditioned=False`` draws the diagonal
+    like the other entries, U[lo, hi) — 0.2.7's default, whose near-zero diagonal values make
+    triangular factors badly conditioned (condition numbers of ``L Lᵀ`` up to ~1e9 for 16 × 16).
 
     Examples
     --------
@@ -539,7 +566,7 @@ def rand_sparse_tri(
         values_dtype=values_dtype,
         device=device,
         value_range=value_range,
-        well_conditioned=well_conditioned and not strict,
+        well_conditioned=None if strict else well_conditioned,
         min_diag_value=min_diag_value,
         generator=generator,
     )
