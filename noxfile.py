@@ -247,6 +247,32 @@ def _counted_pytest(session: nox.Session, py: str, tests: Path, env: dict[str, s
     return counts
 
 
+def _torch_build(session: nox.Session, tmp: Path) -> str:
+    """The torch version string (with its build label) installed in the cell's venvs."""
+    for venv in [tmp / "integration", *(tmp / f"pkg-{pkg}" for pkg in PACKAGES)]:
+        if not (venv / "bin" / "python").exists():
+            continue
+        try:
+            out = session.run(
+                str(venv / "bin" / "python"),
+                "-c",
+                "import torch; print(torch.__version__)",
+                silent=True,
+                external=True,
+            )
+            return str(out).strip().splitlines()[-1]
+        except (nox.command.CommandFailed, IndexError):
+            continue
+    return "?"
+
+
+def _save_cell(path: Path, pyver: str, torch_version: str, results: dict, build: str) -> dict:
+    cell = {"python": pyver, "torch": torch_version, "torch_build": build, "results": results}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=1) + "\n")
+    return cell
+
+
 def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     """Every package alone, then the built wheels, against torch ``torch_version`` on this session's Python.
 
@@ -290,32 +316,10 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
             )
         except nox.command.CommandFailed:
             results[pkg].update(ok=False, note="version check failed")
+        _save_cell(result_file, pyver, torch_version, results, "?")  # partial, in case the cell is stopped
     if not only or "integration" in only:
         results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
-    MATRIX_RESULTS.mkdir(parents=True, exist_ok=True)
-    torch_build = "?"
-    for venv in [tmp / "integration", *(tmp / f"pkg-{pkg}" for pkg in PACKAGES)]:
-        if not (venv / "bin" / "python").exists():
-            continue
-        try:
-            out = session.run(
-                str(venv / "bin" / "python"),
-                "-c",
-                "import torch; print(torch.__version__)",
-                silent=True,
-                external=True,
-            )
-            torch_build = str(out).strip().splitlines()[-1]
-            break
-        except (nox.command.CommandFailed, IndexError):
-            continue
-    cell = {
-        "python": pyver,
-        "torch": torch_version,
-        "torch_build": torch_build,
-        "results": results,
-    }
-    result_file.write_text(json.dumps(cell, indent=1) + "\n")
+    cell = _save_cell(result_file, pyver, torch_version, results, _torch_build(session, tmp))
     session.log(_matrix_table([cell]))
     failed = [name for name, r in results.items() if not r["ok"]]
     if failed:
@@ -370,9 +374,8 @@ def _matrix_table(cells: list[dict]) -> str:
                 f"{mark} {r['passed']}/{r['failed']}/{r['skipped']}"
                 + (f" ({r['note']})" if r.get("note") else "")
             )
-        lines.append(
-            f"| {cell['python']} | {cell.get('torch_build', cell['torch'])} | " + " | ".join(row) + " |"
-        )
+        build = cell["torch"] if cell.get("torch_build") in (None, "?") else cell["torch_build"]
+        lines.append(f"| {cell['python']} | {build} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
