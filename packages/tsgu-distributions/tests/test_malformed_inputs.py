@@ -228,3 +228,26 @@ def test_validate_args_follows_torch_default_as_documented():
         SparseMultivariateNormal(
             loc, torch.ones(n, dtype=F64), scale_tril=torch.eye(n, dtype=F64).to_sparse(), validate_args=True
         )
+
+
+@pytest.mark.parametrize("validate", [None, False])
+@pytest.mark.parametrize("bad", ["sparse", "complex", "size", "meta", "list", "batch"])
+def test_log_prob_rejects_bad_values_whatever_validate_args_says(bad, validate):
+    n = 3
+    loc = torch.zeros(2, n, dtype=F64)
+    for dist in (
+        SparseMultivariateNormal(loc, scale_tril=_tril(n), validate_args=validate),
+        SparseMultivariateNormalNative(loc[0], _tril(n).to_sparse_csr(), validate_args=validate),
+    ):
+        value: object = {
+            "sparse": torch.zeros(n, dtype=F64).to_sparse(),
+            "complex": torch.zeros(n, dtype=torch.complex128),
+            "size": torch.zeros(n + 1, dtype=F64),
+            "meta": torch.zeros(n, dtype=F64, device="meta"),
+            "list": [0.0] * n,
+            "batch": torch.zeros(3, n, dtype=F64),
+        }[bad]
+        if bad == "batch" and isinstance(dist, SparseMultivariateNormalNative):
+            continue  # an unbatched distribution takes any leading shape
+        with pytest.raises((TypeError, ValueError), match="value"):
+            dist.log_prob(value)

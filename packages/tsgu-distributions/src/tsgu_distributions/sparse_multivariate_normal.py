@@ -69,6 +69,31 @@ def _check_tril(name: str, t: Any) -> torch.Tensor:
     return t
 
 
+def _check_value(value: Any, loc: torch.Tensor, batch_shape: torch.Size) -> None:
+    """``log_prob``'s argument: a dense real tensor on ``loc``'s device, ``(..., n)`` broadcasting
+    with the batch shape (checked whatever ``validate_args`` says: the alternative is a crash deep
+    inside torch)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+    _checks.require_not_meta("value", value)
+    if value.layout != torch.strided:
+        raise ValueError(f"value must be a dense (strided) tensor, got {value.layout}")
+    if value.is_complex():
+        raise TypeError(f"value must be real (float32 or float64), got {value.dtype}")
+    if value.device != loc.device:
+        raise ValueError(f"value must be on loc's device {loc.device}, got {value.device}")
+    n = loc.shape[-1]
+    try:
+        if value.dim() < 1 or value.shape[-1] != n:
+            raise RuntimeError
+        torch.broadcast_shapes(value.shape[:-1], batch_shape)
+    except RuntimeError:
+        raise ValueError(
+            f"value must have shape (..., {n}) broadcasting with the batch shape {tuple(batch_shape)}, "
+            f"got {tuple(value.shape)}"
+        ) from None
+
+
 #: Parameterisations for which the one-time warning about a stored diagonal was already shown.
 _WARNED_STORED_DIAGONAL: set[str] = set()
 
@@ -330,6 +355,7 @@ class SparseMultivariateNormal(Distribution):
         return f.solve(eps if D is None else eps / D.sqrt(), transpose=True)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        _check_value(value, self._loc, self.batch_shape)
         if self._validate_args:
             self._validate_sample(value)
         diff = value - self._loc
@@ -449,6 +475,7 @@ class SparseMultivariateNormalNative(Distribution):
         return self.loc + torch.sparse.mm(self.scale_tril, X).T.reshape(shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        _check_value(value, self.loc, self.batch_shape)
         if self._validate_args:
             self._validate_sample(value)
         z = self._factor.solve(value - self.loc)
