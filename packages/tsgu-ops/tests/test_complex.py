@@ -210,3 +210,46 @@ def test_sparse_values_and_with_values_complex_gradients():
     (v * w).sum().abs().backward()
     torch.testing.assert_close(A.grad.values(), v.grad)
     assert A.grad.crow_indices().dtype == torch.int32
+
+
+def test_implicit_solve_autograd_function_complex():
+    from tsgu_ops import ImplicitSolve
+
+    case = build_case(12, (4, 4), 0.5, torch.sparse_coo, torch.int64, torch.complex128, "dominant")
+    A = case.sparse.requires_grad_()
+    B = _crandn(4, 2, seed=10).requires_grad_()
+
+    def solve(A, B):
+        return torch.linalg.solve(A.to_dense(), B)
+
+    def tsolve(A, B):
+        return torch.linalg.solve(A.to_dense().mT, B)
+
+    X = ImplicitSolve.apply(A, B, solve, tsolve)
+    D = case.dense.clone().requires_grad_()
+    G = _crandn(4, 2, seed=11)
+    gA, gB = torch.autograd.grad(X, (A, B), G)
+    gD, gBd = torch.autograd.grad(torch.linalg.solve(D, B), (D, B), G)
+    assert_sparse_grad_matches(A, gA, gD, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gB, gBd)
+
+
+def test_format_utilities_keep_complex_values():
+    from tsgu_ops import convert_coo_to_csr, convert_coo_to_csr_indices_values, stack_csr
+
+    case = build_case(13, (2, 4, 5), 0.5, torch.sparse_coo, torch.int64, torch.complex128)
+    csr = convert_coo_to_csr(case.sparse)
+    assert csr.dtype == torch.complex128
+    torch.testing.assert_close(csr.to_dense(), case.dense)
+    idx = case.sparse.coalesce().indices()
+    vals = case.sparse.coalesce().values()
+    crow, col, v = convert_coo_to_csr_indices_values(idx, 4, vals)
+    assert torch.equal(crow, csr.crow_indices()) and torch.equal(col, csr.col_indices())
+    torch.testing.assert_close(v.reshape(-1), csr.values().reshape(-1))
+    parts = [
+        build_case(14 + i, (3, 3), 1.0, torch.sparse_csr, torch.int32, torch.complex64).sparse
+        for i in range(2)
+    ]
+    S = stack_csr(parts)
+    assert S.dtype == torch.complex64
+    torch.testing.assert_close(S.to_dense(), torch.stack([p.to_dense() for p in parts]))
