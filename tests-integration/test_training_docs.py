@@ -1,0 +1,35 @@
+"""Every example of docs/training.md runs (the DDP script on a one-process gloo group)."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "training.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", PAGE.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_the_page_has_one_example_per_section():
+    assert len(BLOCKS) >= 6
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_example_runs(index):
+    code = BLOCKS[index]
+    namespace: dict[str, object] = {"__name__": "training_docs_example"}
+    exec(compile(code, f"{PAGE.name}[{index}]", "exec"), namespace)
+    if "def train(rank, world_size, port)" in code:  # the DDP script: run one rank of it here
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_gloo_available():
+            pytest.skip("needs gloo")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        namespace["train"](0, 1, port)  # type: ignore[operator]
+        assert not dist.is_initialized()
+    torch._dynamo.reset()
