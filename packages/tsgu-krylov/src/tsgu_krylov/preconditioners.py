@@ -407,7 +407,12 @@ def _sampled_spgemm(Lm: torch.Tensor, Um: torch.Tensor, keys: torch.Tensor, N: i
 
 
 def _check_pivots(
-    pattern: SparsePattern, pivots: torch.Tensor, size: torch.Tensor, what: str, positive: bool
+    pattern: SparsePattern,
+    pivots: torch.Tensor,
+    size: torch.Tensor,
+    what: str,
+    positive: bool,
+    hint: str | None = None,
 ) -> None:
     """Raise at the first row whose pivot is zero (``positive``: not positive) or not finite.
 
@@ -428,15 +433,22 @@ def _check_pivots(
             kind = "non-positive" if positive else "zero"
             if value != 0 and abs(value) <= float(tiny[row]):
                 note = f" (zero within rounding error: the terms it comes from are ~{float(size[row]):.3g})"
-        hint = (
-            "A is not positive definite, or IC(0) does not exist for it; try 'ilu0' with a "
-            "non-symmetric solver, or 'jacobi'"
-            if positive
-            else "A has no ILU(0) factorisation in this ordering; try 'jacobi' or reorder A"
-        )
+        if hint is None:
+            hint = (
+                "A is not positive definite, or IC(0) does not exist for it; try 'ilu0' with a "
+                "non-symmetric solver, or 'jacobi'"
+                if positive
+                else "A has no ILU(0) factorisation in this ordering; try 'jacobi' or reorder A"
+            )
         raise ValueError(
             f"{what} breakdown at {_where(pattern, row)}: {kind} pivot {value:.6g}{note}; {hint}"
         )
+
+
+_SWEEPS_DIVERGED = (
+    "the fixed-point sweeps did not converge (the exact factorisation may exist); "
+    "use method='exact' (the default)"
+)
 
 
 def _check_finite(pattern: SparsePattern, rows: torch.Tensor, f: torch.Tensor, what: str) -> None:
@@ -549,14 +561,14 @@ class ILU0(Preconditioner):
         u = a[~lower].clone()
         l = a[lower] / d[lc]
         u_diag_slot = torch.nonzero(ur == uc).squeeze(-1)  # u_jj among the upper entries, by row j
-        for _ in range(sweeps):
+        for sweep in range(sweeps):
             s = _sampled_spgemm(_csr(lr, lc, l, N), _csr(ur, uc, u, N), keys, N)
             ujj = u[u_diag_slot][lc]
             l_new = (a[lower] - s[lower] + l * ujj) / ujj
             u = a[~lower] - s[~lower]
             l = l_new
             size = d.abs() + s[diag_pos].abs()
-            _check_pivots(pattern, u[u_diag_slot], size, "ILU(0)", positive=False)
+            _check_pivots(pattern, u[u_diag_slot], size, f"ILU(0) sweep {sweep + 1}", False, _SWEEPS_DIVERGED)
         f = torch.empty_like(a)
         f[lower], f[~lower] = l, u
         _check_finite(pattern, rows, f, "ILU(0)")
@@ -663,12 +675,13 @@ class IC0(Preconditioner):
         t_order = lexsort_rows_cols(sc, sr, N)  # transposed order of the strict part, for Lᵀ
         ldiag = d.sqrt()
         lstrict = a[strict] / ldiag[sc]
-        for _ in range(sweeps):
+        for sweep in range(sweeps):
             Ls = _csr(sr, sc, lstrict, N)
             LsT = _csr(sc[t_order], sr[t_order], lstrict[t_order], N)
             s = _sampled_spgemm(Ls, LsT, keys, N)
             pivot = d - s[diag_pos]
-            _check_pivots(pattern, pivot, d.abs() + s[diag_pos].abs(), "IC(0)", positive=True)
+            size = d.abs() + s[diag_pos].abs()
+            _check_pivots(pattern, pivot, size, f"IC(0) sweep {sweep + 1}", True, _SWEEPS_DIVERGED)
             new_diag = pivot.sqrt()
             lstrict = (a[strict] - s[strict]) / ldiag[sc]
             ldiag = new_diag
