@@ -28,6 +28,7 @@ The torch-version checks of this machinery are :mod:`tsgu_ops._compat`'s (one pl
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -484,18 +485,24 @@ class TriSolveFn(Function):
         return TriSolveFn.apply(s, values, rhs, upper, unit, transpose)  # type: ignore[no-any-return]
 
 
+def _compiling() -> bool:
+    """:func:`is_compiling`, answered without importing ``torch._dynamo`` when it is not loaded
+    (nothing can be compiling then; importing it would cost eager code about 70 MB)."""
+    return "torch._dynamo" in sys.modules and is_compiling()
+
+
 # ------------------------------------------------------------------------------------------------
 # entry points: the operators themselves when compiling, the Functions otherwise
 def csr_mm(s: Structure, values: Tensor, X: Tensor, transpose: bool = False) -> Tensor:
     """``S(values) @ X`` (or ``S(values)ᵀ @ X``) for a 2-D ``X``; differentiable in both."""
-    if HAS_CUSTOM_OP and is_compiling():
+    if HAS_CUSTOM_OP and _compiling():
         return mm_op(*s.tensors, values, X, transpose)  # type: ignore[no-any-return]
     return MatmulFn.apply(s, values, X, transpose)  # type: ignore[no-any-return]
 
 
 def csr_sampled(s: Structure, U: Tensor, V: Tensor) -> Tensor:
     """``U[row_k] · V[col_k]`` at every entry (row-major order); differentiable in both."""
-    if HAS_CUSTOM_OP and is_compiling():
+    if HAS_CUSTOM_OP and _compiling():
         return sampled_op(*s.tensors, U, V)  # type: ignore[no-any-return]
     return SampledFn.apply(s, U, V)  # type: ignore[no-any-return]
 
@@ -504,6 +511,6 @@ def csr_trisolve(
     s: Structure, values: Tensor, B: Tensor, *, upper: bool, unitriangular: bool, transpose: bool
 ) -> Tensor:
     """``op(S(values))⁻¹ B`` for a triangular pattern and a 2-D ``B``; differentiable in both."""
-    if HAS_CUSTOM_OP and is_compiling():
+    if HAS_CUSTOM_OP and _compiling():
         return trisolve_op(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
     return TriSolveFn.apply(s, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
