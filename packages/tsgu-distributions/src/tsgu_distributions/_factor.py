@@ -21,10 +21,12 @@ from tsgu_ops.pattern import SparsePattern
 from tsgu_ops.sampled import PatternMatmul, differentiable_values
 
 
-def _canonical(L: torch.Tensor) -> tuple[SparsePattern, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``L``'s pattern and its entries once per coordinate (duplicates summed, row-major order):
-    flattened block-diagonal rows and columns, and differentiable values."""
-    p = SparsePattern(L)
+def _canonical(
+    L: torch.Tensor, p: SparsePattern | None = None
+) -> tuple[SparsePattern, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``L``'s pattern (``p``, built if not given) and its entries once per coordinate (duplicates
+    summed, row-major order): flattened block-diagonal rows and columns, and differentiable values."""
+    p = SparsePattern(L) if p is None else p
     values = p._sorted(differentiable_values(L, p))
     return p, p.sorted_rows, p.sorted_cols.to(torch.int64), values
 
@@ -49,19 +51,13 @@ def _derived(L: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, values: to
     return torch.sparse_coo_tensor(idx, values.detach(), L.shape)
 
 
-def stores_diagonal(L: torch.Tensor) -> bool:
-    """Whether the sparse matrix ``L`` stores at least one entry on its diagonal."""
-    p = SparsePattern(L)
-    return p.nnz > 0 and bool((p.rows == p.cols).any())
-
-
-def unit_plus(L: torch.Tensor) -> torch.Tensor:
+def unit_plus(L: torch.Tensor, pattern: SparsePattern | None = None) -> torch.Tensor:
     """``I + L`` as a sparse COO tensor (``L``'s coordinates plus the whole diagonal).
 
     Differentiable with respect to ``L``'s values: its gradient reaches ``L`` with ``L``'s own
     layout and indices (through :func:`tsgu_ops.sparse_with_values`).
     """
-    p, rows, cols, values = _canonical(L)
+    p, rows, cols, values = _canonical(L, pattern)
     on = rows == cols
     values = values + on.to(values.dtype)
     has = torch.zeros(p.N, dtype=torch.bool, device=rows.device)
@@ -71,9 +67,9 @@ def unit_plus(L: torch.Tensor) -> torch.Tensor:
     return _derived(L, torch.cat([rows, missing]), torch.cat([cols, missing]), torch.cat([values, ones]))
 
 
-def strictly_lower(L: torch.Tensor) -> torch.Tensor:
+def strictly_lower(L: torch.Tensor, pattern: SparsePattern | None = None) -> torch.Tensor:
     """The entries of ``L`` below the diagonal, as a sparse COO tensor (differentiable, as above)."""
-    _, rows, cols, values = _canonical(L)
+    _, rows, cols, values = _canonical(L, pattern)
     keep = rows > cols
     return _derived(L, rows[keep], cols[keep], values[keep])
 
@@ -103,9 +99,13 @@ class Factor:
 
     def _canonical(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rows, columns (flattened block-diagonal coordinates) and values with duplicates summed."""
+        _, rows, cols, values = _canonical(self.L, self.pattern)
+        return rows, cols, values
+
+    def stores_diagonal(self) -> bool:
+        """Whether ``L`` stores at least one entry on its diagonal (one host synchronisation)."""
         p = self.pattern
-        values = p._sorted(differentiable_values(self.L, p))
-        return p.sorted_rows, p.sorted_cols.to(torch.int64), values
+        return p.nnz > 0 and bool((p.rows == p.cols).any())
 
     # -- products ------------------------------------------------------------------------------
     def mv(self, E: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from torch.distributions.utils import lazy_property
 
 from tsgu_ops import _checks
 
-from ._factor import Factor, stores_diagonal, strictly_lower, unit_plus
+from ._factor import Factor, strictly_lower, unit_plus
 
 __all__ = ["SparseMultivariateNormal", "SparseMultivariateNormalNative", "_batch_sparse_mv"]
 
@@ -235,18 +235,18 @@ class SparseMultivariateNormal(Distribution):
         self._diagonal = diagonal
         self._tril = tril
         ldlt = diagonal is not None
-        if ldlt and stores_diagonal(tril):
+        given = Factor(tril, unit=ldlt)  # the factor as the user gave it (one index analysis)
+        self._factor = given
+        if ldlt and given.stores_diagonal():
             # 0.2.7 accepted a stored diagonal in the LDLᵀ forms; keep its numbers (see the warning).
             _warn_stored_diagonal(name)
             if self._is_precision:
-                self._factor = Factor(strictly_lower(tril), unit=True)
+                self._factor = Factor(strictly_lower(tril, given.pattern), unit=True)
             else:
-                self._factor = Factor(unit_plus(tril), unit=False)
-        else:
-            self._factor = Factor(tril, unit=ldlt)
+                self._factor = Factor(unit_plus(tril, given.pattern), unit=False)
         super().__init__(batch_shape, event_shape, validate_args=validate_args)
         if self._validate_args:
-            Factor(tril, unit=ldlt).check(name)
+            given.check(name)
 
     # -- parameters -------------------------------------------------------------------------------
     @property
