@@ -326,6 +326,9 @@ def linear_cg(
                     and iterations >= min_iter
                     and (not n_tridiag or iterations >= n_tridiag_iter)
                 ):
+                    # every column is frozen: below stop_updating_after, or its residual vanished
+                    # (exact convergence, which the loop's own test cannot see with tolerance 0)
+                    loop_passed = True
                     break
     if settings.verbose_linalg:
         print(f"Running CG on a {tuple(rhs.shape)} RHS for {iterations} iterations (tol={tolerance}).")
