@@ -358,6 +358,14 @@ else:  # pragma: no cover - torch < 2.4: eager kernels only (no compile support)
     mm_op, sampled_op, trisolve_op = _mm_impl, _sampled_impl, _trisolve_impl
 
 
+def _untransformed() -> bool:
+    """Whether no ``torch.func`` transform is active: the Functions then call the eager kernels
+    directly (a custom operator's first call imports ``torch._dynamo``, about 70 MB, and adds
+    dispatcher overhead); under a transform they call the operators, whose vmap rules apply."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is None
+
+
 # ------------------------------------------------------------------------------------------------
 # autograd Functions for eager code and torch.func (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap)
 class MatmulFn(Function):
@@ -367,7 +375,8 @@ class MatmulFn(Function):
 
     @staticmethod
     def forward(s: Structure, values: Tensor, X: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
-        return mm_op(*s.tensors, values, X, transpose)  # type: ignore[no-any-return]
+        fn = _mm_impl if _untransformed() else mm_op
+        return fn(*s.tensors, values, X, transpose)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -406,7 +415,8 @@ class SampledFn(Function):
 
     @staticmethod
     def forward(s: Structure, U: Tensor, V: Tensor) -> Tensor:  # type: ignore[override]
-        return sampled_op(*s.tensors, U, V)  # type: ignore[no-any-return]
+        fn = _sampled_impl if _untransformed() else sampled_op
+        return fn(*s.tensors, U, V)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -446,7 +456,8 @@ class TriSolveFn(Function):
     def forward(  # type: ignore[override]
         s: Structure, values: Tensor, B: Tensor, upper: bool, unitriangular: bool, transpose: bool
     ) -> Tensor:
-        return trisolve_op(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+        fn = _trisolve_impl if _untransformed() else trisolve_op
+        return fn(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -487,7 +498,7 @@ class TriSolveFn(Function):
 
 def _compiling() -> bool:
     """:func:`is_compiling`, answered without importing ``torch._dynamo`` when it is not loaded
-    (nothing can be compiling then; importing it would cost eager code about 70 MB)."""
+    (nothing can be compiling then; importing it costs about 70 MB)."""
     return "torch._dynamo" in sys.modules and is_compiling()
 
 
