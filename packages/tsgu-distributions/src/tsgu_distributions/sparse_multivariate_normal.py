@@ -11,18 +11,20 @@ given                       meaning                         sample ``x = μ + �
 ``precision_tril, diag.``   ``Ω = (I+L) D (I+L)ᵀ``          ``(I+L)⁻ᵀ (ε / √D)``
 ==========================  ==============================  ======================================
 
-(with ``diagonal``, ``L`` stores the strictly lower part).  The log-density and the entropy follow
+(with ``diagonal``, ``L`` stores the strictly lower part; a stored diagonal is read as
+torchsparsegradutils 0.2.7 sampled it — added to the unit one for ``scale_tril``, ignored for
+``precision_tril`` — with a one-time warning).  The log-density and the entropy follow
 from the same factor in ``O(nnz + n)`` per sample — one sparse product or triangular solve, and the
 log-determinant from the diagonal — without forming a dense matrix:
 
 * ``log p(x) = −½ ‖z‖²_W − ½ log det Σ − (n/2) log 2π`` with ``z = L⁻¹(x−μ)`` (covariance forms) or
   ``z = Lᵀ(x−μ)`` (precision forms), ``W`` = ``D⁻¹``, ``D`` or ``I``;
-* ``log det Σ = ±(2 Σ log L_ii)`` (LLᵀ) or ``±Σ log D_i`` (LDLᵀ), ``−`` for precision forms.
+* ``log det Σ = ±(2 Σ log |L_ii|)`` (LLᵀ) or ``±Σ log D_i`` (LDLᵀ), ``−`` for precision forms.
 
 Gradients reach the factor's values as sparse gradients (tsgu-ops' operations), ``loc`` and
 ``diagonal`` as dense ones.  Batching: ``loc`` ``(*b, n)``, ``diagonal`` ``(*b, n)`` and a factor
-``(n, n)`` or ``(B, n, n)`` broadcast together (the factor's batch is the last batch dimension), and
-``sample_shape`` may be anything.
+``(n, n)`` or ``(B, n, n)`` broadcast together (the factor's batch is the last batch dimension; a
+batch of one broadcasts), and ``sample_shape`` may be anything.
 """
 
 from __future__ import annotations
