@@ -285,3 +285,25 @@ class _DenseWithSamePaths:
         else:
             y = torch.linalg.solve_triangular(self.M.mT, eps.unsqueeze(-1), upper=True).squeeze(-1)
         return self.loc + y
+
+
+def test_uncoalesced_coo_scale_tril_rsample_equals_dense_multivariate_normal():
+    n = 7
+    Ld = _lower(n, 9)
+    C = Ld.to_sparse()
+    idx, val = C._indices(), C._values()
+    # every entry stored twice (halves), in reversed order
+    S = torch.sparse_coo_tensor(torch.cat([idx, idx], 1).flip(1), torch.cat([val, val]).flip(0) / 2, (n, n))
+    S.requires_grad_()
+    loc = torch.randn(2, n, dtype=F64)
+    torch.manual_seed(5)
+    y = SparseMultivariateNormal(loc, scale_tril=S).rsample((3,))
+    L2 = Ld.clone().requires_grad_()
+    torch.manual_seed(5)
+    y2 = torch.distributions.MultivariateNormal(loc, scale_tril=L2).rsample((3,))
+    torch.testing.assert_close(y, y2)
+    w = torch.randn(3, 2, n, dtype=F64)
+    (y * w).sum().backward()
+    (y2 * w).sum().backward()
+    assert S.grad._nnz() == 2 * C._nnz()
+    assert_sparse_grad_matches(S, S.grad, L2.grad, rtol=1e-7, atol=1e-9)
