@@ -22,6 +22,7 @@ from tsgu_ops import (
     sparse_mm,
     sparse_triangular_solve,
     sparse_values,
+    sparse_with_values,
 )
 from tsgu_ops.testing import assert_sparse_grad_matches, sparse_matrices, stored_entries
 
@@ -168,3 +169,14 @@ def test_autograd_grad_of_batched_csr_has_the_stored_entries() -> None:
     expected = 2 * B.sum(-1).unsqueeze(-2).expand(2, 2, 2) * (A.detach().to_dense() != 0)
     torch.testing.assert_close(g.to_dense(), expected)
     assert A.grad is None
+
+
+def test_values_of_an_uncoalesced_coo_with_duplicates_accumulate_per_entry() -> None:
+    """``sparse_with_values`` on a COO pattern with a duplicate coordinate, used twice: each stored
+    value gets the derivative with respect to itself, twice (was ``[2, 4, 4]``)."""
+    like = torch.sparse_coo_tensor(torch.tensor([[0, 1, 1], [0, 0, 0]]), torch.ones(3), (2, 2))
+    v = torch.ones(3, dtype=F64, requires_grad=True)
+    S = sparse_with_values(like.to(F64), v)
+    B = torch.tensor([[1.0], [1.0]], dtype=F64)
+    (sparse_mm(S, B).sum() + sparse_mm(S, B).sum()).backward()
+    torch.testing.assert_close(v.grad, torch.full((3,), 2.0, dtype=F64))

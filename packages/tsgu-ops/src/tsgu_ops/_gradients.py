@@ -62,6 +62,15 @@ def _plain_values(pattern: SparsePattern, G: torch.Tensor) -> torch.Tensor:
         gi = G._indices()
         if gi.data_ptr() == _transport_indices(pattern).data_ptr() and gi.shape[1] == pattern.nnz:
             return G._values()
+    if G.layout == torch.sparse_coo and pattern.canon is not None:
+        # A COO input with duplicate coordinates: its gradient holds, per stored entry, the
+        # derivative with respect to that entry.  Several of them added up by PyTorch are the
+        # index list repeated; add per entry (a lookup by coordinate would count each duplicate
+        # once per copy of the coordinate).
+        gi, nnz = G._indices(), pattern.nnz
+        k = gi.shape[1] // nnz if nnz else 0
+        if k and gi.shape[1] == k * nnz and torch.equal(gi, pattern.coo_indices.repeat(1, k)):
+            return G._values().reshape(k, nnz).sum(0)
     return pattern.gather(G)
 
 
