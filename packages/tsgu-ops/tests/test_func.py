@@ -143,3 +143,29 @@ def test_functional_call_vmaps_an_ensemble_of_sparse_models():
     V = torch.randn(5, net.w.nnz, dtype=F64)
     out = vmap(lambda v: functional_call(net, {"w.values": v}, (x,)))(V)
     torch.testing.assert_close(out, torch.stack([torch.tanh(_dense(net.w, V[i]) @ x) for i in range(5)]))
+
+
+@pytest.mark.parametrize("solver", ["cg", "gmres"])
+def test_generic_solve_under_func_transforms_equals_dense(solver):
+    pytest.importorskip("tsgu_krylov")
+    case = build_case(7, (6, 6), 0.4, torch.sparse_csr, torch.int32, F64, "spd")
+    P = SparseParameter(case.sparse)
+    _dense(P, P.values.detach())
+    g = torch.Generator().manual_seed(8)
+    B = torch.randn(6, 2, dtype=F64, generator=g)
+    v = P.values.detach().clone()
+
+    def solve(v: torch.Tensor) -> torch.Tensor:
+        return P.solve(B, solver, rtol=1e-13, values=v)
+
+    def solve_ref(v: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(_dense(P, v), B)
+
+    tol = {"rtol": 1e-7, "atol": 1e-9}
+    torch.testing.assert_close(jacrev(solve)(v), jacrev(solve_ref)(v), **tol)
+    torch.testing.assert_close(jacfwd(solve)(v), jacrev(solve_ref)(v), **tol)
+    torch.testing.assert_close(
+        hessian(lambda v: solve(v).pow(2).sum())(v), hessian(lambda v: solve_ref(v).pow(2).sum())(v), **tol
+    )
+    V = v + 0.05 * torch.randn(3, P.nnz, dtype=F64, generator=g)  # still SPD: diagonally dominant
+    torch.testing.assert_close(vmap(solve)(V), torch.stack([solve_ref(V[i]) for i in range(3)]), **tol)

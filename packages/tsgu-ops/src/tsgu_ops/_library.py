@@ -525,3 +525,75 @@ def csr_trisolve(
     if HAS_CUSTOM_OP and _compiling():
         return trisolve_op(*s.tensors, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
     return TriSolveFn.apply(s, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------
+# a black-box linear solve on the values (SparseParameter.solve): torch.func-ready, not compiled
+#: ``solver(A, B) -> X`` for a sparse CSR ``A`` (detached) and a dense 2-D ``B``.
+BlackBoxSolver = Any
+
+
+class ValueSolveFn(Function):
+    """``X = op(S(values))⁻¹ B`` through a black-box ``solver`` (op: identity or transpose).
+
+    ``apply(s, values, B, solver, transpose)``.  The forward builds the sparse matrix from the
+    (plain) values and calls ``solver``; the backward is the implicit derivative (``dB = op(S)⁻ᵀ G``
+    by the same Function, ``dv = −sampled(dB, X)``), so derivatives of any order, ``jvp`` and a vmap
+    rule (one solve per batch item: the solver is a black box) make it usable by ``torch.func``.
+    """
+
+    @staticmethod
+    def forward(s: Structure, values: Tensor, B: Tensor, solver: BlackBoxSolver, transpose: bool) -> Tensor:  # type: ignore[override]
+        n = s.crow.numel() - 1
+        if transpose:
+            S = _csr(s.crow_t, s.col_t, values[s.perm_t], n)
+        else:
+            S = _csr(s.crow, s.col, values, s.crow_t.numel() - 1)
+        with torch.no_grad():
+            return solver(S, B).to(B.dtype).reshape(B.shape)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        s, values, _B, solver, transpose = inputs
+        ctx.s, ctx.solver, ctx.transpose = s, solver, transpose
+        ctx.save_for_backward(values, output)
+        ctx.save_for_forward(values, output)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        s, transpose = ctx.s, ctx.transpose
+        Gb = ValueSolveFn.apply(s, values, G, ctx.solver, not transpose)
+        dv = None
+        if ctx.needs_input_grad[1]:
+            dv = -(SampledFn.apply(s, X, Gb) if transpose else SampledFn.apply(s, Gb, X))
+        return None, dv, (Gb if ctx.needs_input_grad[2] else None), None, None
+
+    @staticmethod
+    def jvp(ctx: Any, _s: None, t_values: Tensor | None, t_B: Tensor | None, _f: None, _t: None) -> Tensor:
+        values, X = ctx.saved_tensors
+        rhs = None if t_values is None else -MatmulFn.apply(ctx.s, t_values, X, ctx.transpose)
+        if t_B is not None:
+            rhs = t_B if rhs is None else rhs + t_B
+        return ValueSolveFn.apply(ctx.s, values, rhs, ctx.solver, ctx.transpose)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[Any, ...],
+        s: Structure,
+        values: Tensor,
+        B: Tensor,
+        solver: BlackBoxSolver,
+        transpose: bool,
+    ) -> tuple[Tensor, int]:  # type: ignore[override]
+        b = info.batch_size
+        vs, Bs = _batched(values, in_dims[1], b), _batched(B, in_dims[2], b)
+        out = [ValueSolveFn.apply(s, vs[i], Bs[i], solver, transpose) for i in range(b)]
+        return torch.stack(out), 0
+
+
+@torch.compiler.disable
+def value_solve(s: Structure, values: Tensor, B: Tensor, solver: BlackBoxSolver) -> Tensor:
+    """Differentiable ``S(values)⁻¹ B`` for a 2-D ``B``; inside ``torch.compile`` a graph break."""
+    return ValueSolveFn.apply(s, values, B, solver, False)  # type: ignore[no-any-return]

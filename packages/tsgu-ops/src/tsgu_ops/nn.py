@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks
-from ._library import Structure, csr_mm, csr_trisolve, structure
+from ._library import Structure, csr_mm, csr_trisolve, structure, value_solve
 from .pattern import SparsePattern, quiet
 from .sampled import sparse_with_values
 
@@ -339,13 +339,24 @@ class SparseParameter(nn.Module):
         )
         return self._unflat(X, B, n)
 
-    def solve(self, B: Tensor, solve: Any = None, transpose_solve: Any = None, **kwargs: Any) -> Tensor:
+    def solve(
+        self,
+        B: Tensor,
+        solve: Any = None,
+        transpose_solve: Any = None,
+        *,
+        values: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
         """``A⁻¹ B`` through ``tsgu_krylov.sparse_generic_solve`` (needs the tsgu-krylov package).
 
-        Arguments are those of :func:`tsgu_krylov.sparse_generic_solve` (``solve=None`` picks a
-        solver from the matrix's structure; ``"cg"``, ``"minres"``, ``"bicgstab"``, ``"gmres"``,
-        callables, ``rtol``, ``preconditioner``, ...).  Gradients reach ``values`` and ``B``.  This
-        runs on the sparse tensor: inside ``torch.compile`` it is a graph break, not a failure.
+        ``solve``, ``transpose_solve`` and ``kwargs`` are those of
+        :func:`tsgu_krylov.sparse_generic_solve` (``None`` picks a solver from the matrix's
+        structure; ``"cg"``, ``"minres"``, ``"bicgstab"``, ``"gmres"``, callables, ``rtol``,
+        ``preconditioner``, ...); a batched parameter is solved as one block-diagonal system, which
+        is what a callable receives.  Gradients reach ``values`` and ``B`` by implicit
+        differentiation; ``torch.func`` transforms apply (``values=``; ``vmap`` solves item by
+        item).  Inside ``torch.compile`` the solve is a graph break, not a failure.
         """
         try:
             from tsgu_krylov import sparse_generic_solve
@@ -353,7 +364,17 @@ class SparseParameter(nn.Module):
             raise ImportError(
                 "SparseParameter.solve needs the tsgu-krylov package (pip install tsgu-krylov)"
             ) from exc
-        return sparse_generic_solve(self(), B, solve, transpose_solve, **kwargs)  # type: ignore[no-any-return]
+        v = self._values_arg(values)
+        n, m = self._shape[-2], self._shape[-1]
+        if n != m:
+            raise ValueError(f"solve needs a square matrix, the parameter has shape {self._shape}")
+        B = self._check_rhs("B", B, v, n)
+
+        def solver(S: Tensor, rhs: Tensor) -> Tensor:
+            return sparse_generic_solve(S, rhs, solve, transpose_solve, **kwargs)  # type: ignore[no-any-return]
+
+        X = value_solve(self._structure(), v, self._flat(B), solver)
+        return self._unflat(X, B, n)
 
     # --------------------------------------------------------------------------------------------
     # checkpoints: validate before anything is copied, rebuild the kernel pattern afterwards
