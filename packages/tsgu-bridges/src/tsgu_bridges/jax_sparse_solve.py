@@ -12,6 +12,11 @@ differentiated with tsgu-ops' implicit solve.
   ``Aᵀ`` and, by default, transposed twice, so non-symmetric gradients were wrong).
 * float64 runs inside a scoped ``jax.enable_x64(True)``; the global flag is left as it was
   (0.2.7 switched it on for the rest of the program).
+* Checked up front: indices in range (a 1-based COO index gave NaN), float32/float64 values (float16
+  gave NaN, bfloat16 two digits).  A NaN or Inf in ``A`` or ``B`` gives NaN with a
+  ``RuntimeWarning`` (BiCGSTAB returned zeros for a NaN matrix).  After the default solver the
+  true residual of every column is measured; above ``max(tol ‖b‖, atol)`` plus a few units of
+  roundoff it gives a :class:`~tsgu_bridges.ConvergenceWarning`.
 """
 
 from __future__ import annotations
@@ -152,7 +157,17 @@ def sparse_solve_j4t(
     Raises
     ------
     ValueError
-        The validation messages of 0.2.7, and "A and B must have the same dtype. Got A: ..., B: ...".
+        The validation messages of 0.2.7, and "A and B must have the same dtype. Got A: ..., B: ...";
+        indices out of range, an invalid CSR ``crow``, a ``meta`` tensor.
+    TypeError
+        A dtype other than float32/float64 (complex included).
+
+    Warns
+    -----
+    ConvergenceWarning
+        The default solver's true residual is above its tolerance (some column, forward or backward).
+    RuntimeWarning
+        ``A`` or ``B`` holds a NaN or an Inf (the result is NaN).
 
     Examples
     --------
