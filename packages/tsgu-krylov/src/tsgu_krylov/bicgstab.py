@@ -86,9 +86,12 @@ def bicgstab(
     Parameters
     ----------
     matmul_closure : Tensor or callable
-        ``A``: sparse COO/CSR or dense ``(n, n)`` / ``(*batch, n, n)``, or a callable on blocks.
+        ``A``: sparse COO/CSR or dense ``(n, n)`` / ``(*batch, n, n)``, or a callable on blocks
+        (on vectors ``(n,)`` for a vector ``rhs``, as in 0.2.7; it may answer ``(n,)`` or
+        ``(n, 1)``).  A sparse tensor's indices are validated.
     rhs : Tensor
-        ``(n,)`` or ``(*batch, n, k)``.
+        ``(n,)`` or ``(*batch, n, k)``; with a batched tensor ``A`` also ``(*batch, n)`` (one
+        vector per item).  float32 or float64, ``A``'s dtype.
     initial_guess, x0 : Tensor
         Starting point (aliases), shaped like ``rhs``; never modified.
     settings : BICGSTABSettings
@@ -96,9 +99,10 @@ def bicgstab(
     preconditioner : Tensor or callable
         Applies ``M⁻¹`` (overrides ``settings.precon``).
     rtol, tol, atol : float
-        Override ``settings.reltol`` / ``settings.abstol``.
+        Override ``settings.reltol`` / ``settings.abstol``.  A column has converged when
+        ``‖b − A x‖ ≤ max(rtol·‖b‖, atol)`` with its own ``‖b‖`` (``atol`` alone for a zero column).
     max_iter, maxiter : int
-        Cap on iterations (two operator applications each), on top of ``matvec_max``.
+        Cap on iterations (at most two operator applications each), on top of ``matvec_max``.
     return_info : bool
         Also return a :class:`~tsgu_krylov.SolveInfo`.
     check_every : int, optional
@@ -110,6 +114,23 @@ def bicgstab(
     -------
     Tensor
         ``x`` shaped like ``rhs`` (and the info with ``return_info=True``).
+
+    Raises
+    ------
+    TypeError
+        ``rhs`` or a tensor operator/preconditioner of a dtype other than float32/float64 (complex
+        values are not supported by tsgu-krylov), or of different dtypes.
+    ValueError
+        Bad shapes or keywords, a ``meta`` tensor, a sparse tensor with out-of-range indices.
+    RuntimeError
+        A non-tensor, non-callable operator, or one that returns the wrong shape (0.2.7 messages).
+
+    Notes
+    -----
+    A NaN or an infinity in ``A``, ``b`` or the preconditioner, or an iterate that overflows, gives
+    a :class:`~tsgu_krylov.ConvergenceWarning` (a :class:`~tsgu_krylov.ConvergenceError` with
+    ``on_failure="raise"``) and NaN in the affected columns, never a plausible vector; the info's
+    ``non_finite`` marks them and its ``reason`` is ``"non_finite"``.
 
     Examples
     --------

@@ -63,8 +63,10 @@ def gmres(
     ----------
     matmul_closure : Tensor or callable
         ``A``: sparse COO/CSR or dense ``(n, n)`` / ``(*batch, n, n)``, or a callable on blocks.
+        A sparse tensor's indices are validated.
     rhs : Tensor
-        ``(n,)`` or ``(*batch, n, k)``.
+        ``(n,)`` or ``(*batch, n, k)``; with a batched tensor ``A`` also ``(*batch, n)`` (one
+        vector per item).  float32 or float64, ``A``'s dtype.
     x0, initial_guess : Tensor
         Starting point (aliases).
     preconditioner : Tensor or callable
@@ -88,6 +90,23 @@ def gmres(
     -------
     Tensor
         ``x`` shaped like ``rhs`` (and the info with ``return_info=True``).
+
+    Raises
+    ------
+    TypeError
+        ``rhs`` or a tensor operator/preconditioner of a dtype other than float32/float64 (complex
+        values are not supported by tsgu-krylov), or of different dtypes.
+    ValueError
+        Bad shapes or keywords, a ``meta`` tensor, a sparse tensor with out-of-range indices.
+    RuntimeError
+        A non-tensor, non-callable operator, or one that returns the wrong shape (0.2.7 messages).
+
+    Notes
+    -----
+    A NaN or an infinity in ``A``, ``b`` or the preconditioner, or an iterate that overflows, gives
+    a :class:`~tsgu_krylov.ConvergenceWarning` (a :class:`~tsgu_krylov.ConvergenceError` with
+    ``on_failure="raise"``) and NaN in the affected columns, never a plausible vector; the info's
+    ``non_finite`` marks them and its ``reason`` is ``"non_finite"``.
 
     Examples
     --------

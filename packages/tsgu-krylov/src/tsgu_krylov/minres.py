@@ -86,9 +86,10 @@ def minres(
     ----------
     matmul_closure : Tensor or callable
         Symmetric ``A``: sparse COO/CSR or dense ``(n, n)`` / ``(*batch, n, n)``, or a callable on
-        blocks ``(*batch, n, k)``.
+        blocks ``(*batch, n, k)``.  A sparse tensor's indices are validated.
     rhs : Tensor
-        ``(n,)`` or ``(*batch, n, k)``.
+        ``(n,)`` or ``(*batch, n, k)``; with a batched tensor ``A`` also ``(*batch, n)`` (one
+        vector per item).  float32 or float64, ``A``'s dtype.
     eps : float
         Floor of the rotation norms (guards a division by zero).
     shifts : Tensor, optional
@@ -120,6 +121,23 @@ def minres(
     Tensor
         ``x`` shaped like ``rhs`` (with a leading shift dimension for 1-D ``shifts``), and the
         info with ``return_info=True``.
+
+    Raises
+    ------
+    TypeError
+        ``rhs`` or a tensor operator/preconditioner of a dtype other than float32/float64 (complex
+        values are not supported by tsgu-krylov), or of different dtypes.
+    ValueError
+        Bad shapes or keywords, a ``meta`` tensor, a sparse tensor with out-of-range indices.
+    RuntimeError
+        A non-tensor, non-callable operator, or one that returns the wrong shape (0.2.7 messages).
+
+    Notes
+    -----
+    A NaN or an infinity in ``A``, ``b`` or the preconditioner, or an iterate that overflows, gives
+    a :class:`~tsgu_krylov.ConvergenceWarning` (a :class:`~tsgu_krylov.ConvergenceError` with
+    ``on_failure="raise"``) and NaN in the affected columns, never a plausible vector; the info's
+    ``non_finite`` marks them and its ``reason`` is ``"non_finite"``.
 
     Examples
     --------
