@@ -118,21 +118,34 @@ def _superlu_options(symmetric: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     A structurally symmetric matrix (FEM stiffness, Laplacians, elasticity) is ordered by minimum
     degree on ``A + Aᵀ`` in SuperLU's *symmetric mode* (diagonal pivots preferred down to 1 % of the
     column's largest entry, as MUMPS's default threshold); anything else gets SciPy's default,
-    COLAMD with partial pivoting.  Factor times on the real-matrix corpus, float64, 2 cores
-    (``python -m benchmarks --only superlu_factor``; the table is in docs/benchmarks.md):
+    COLAMD with partial pivoting.  Factor time (best of 3, float64, one shared 2-core machine) and
+    fill-in ``nnz(L + U) / nnz(A)``; ``python -m benchmarks --full --only superlu_factor`` re-measures:
 
-    ==============================  ======  =========  =============  ====================
-    matrix                          n       COLAMD     MMD_AT_PLUS_A  MMD_AT_PLUS_A + sym.
-    ==============================  ======  =========  =============  ====================
-    skfem p1 tri Laplace            3 969   0.10 s     1.5 s          0.07 s
-    skfem p2 tri Laplace            16 129  1.5 s      10 s           0.57 s
-    skfem p1 tet stiffness + mass   4 233   0.76 s     3.5 s          0.47 s
-    pyamg aniso rotated 120²        14 400  1.4 s      1.1 s          0.94 s
-    ==============================  ======  =========  =============  ====================
+    ===============================  ======  ============  =============  =====================
+    matrix                           n       COLAMD        MMD_AT_PLUS_A  MMD_AT_PLUS_A, sym.
+    ===============================  ======  ============  =============  =====================
+    pyamg bar                        600     0.029 s 4.2x  0.090 s 4.2x   0.031 s 4.2x
+    pyamg poisson 120²               14 400  0.46 s 14.1x  0.48 s 8.1x    0.42 s 8.1x
+    pyamg aniso rotated 120²         14 400  0.96 s 12.4x  0.66 s 7.6x    0.79 s 7.6x
+    pyamg elasticity 60²             7 200   0.68 s 11.9x  0.47 s 9.0x    0.51 s 9.0x
+    skfem P1 tri Laplace             3 969   0.12 s 10.2x  1.3 s 6.9x     0.067 s 6.9x
+    skfem P2 tri Laplace             16 129  0.67 s 12.6x  6.6 s 6.5x     0.48 s 6.5x
+    skfem P1 tri elasticity          7 938   0.64 s 10.9x  6.7 s 8.7x     0.55 s 8.7x
+    skfem P1 tet stiffness + mass    4 233   1.27 s 23.3x  6.4 s 20.5x    0.71 s 20.5x
+    skfem P1 tet Laplace             2 695   0.49 s 19.2x  2.2 s 15.3x    0.31 s 15.3x
+    skfem P1 tet Laplace, 24k [1]_   24 335  23-49 s 77x   see below      22-27 s 53x
+    ===============================  ======  ============  =============  =====================
 
-    Minimum degree on ``A + Aᵀ`` fills in 20-50 % less than COLAMD on every structurally symmetric
-    corpus matrix, but without symmetric mode SuperLU's partial pivoting spends 5-15x COLAMD's
-    time on it (the previous default; 0.2.7 used COLAMD); in symmetric mode it is the fastest.
+    .. [1] ``MeshTet().refined(5)``, interior nodes; two single runs each, at different loads.
+
+    (On an idle machine issue 16 measured 81 s for the 24k tet mesh with the previous default
+    against 4.2 s with COLAMD, and 4.4 s against 0.075 s on a 16k P1 triangle mesh.)
+
+    Minimum degree on ``A + Aᵀ`` fills in up to half less than COLAMD (3 % more on one small
+    matrix, 12² elasticity), but without symmetric mode SuperLU takes up to 20x COLAMD's time for
+    the same fill (the bridge's previous default; 0.2.7 used COLAMD).  In symmetric mode it is as
+    fast as COLAMD or faster (up to 1.8x) on every matrix of the corpus and within 20 % of the
+    fastest ordering measured; a threshold of 1 % bounds the growth of the diagonal pivots it keeps.
     """
     given = {key: kwargs[key] for key in _SPLU_KEYWORDS if key in kwargs}
     if given:
