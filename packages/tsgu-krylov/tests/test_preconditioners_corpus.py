@@ -157,8 +157,9 @@ def test_every_solver_and_preconditioner_converges_where_scipy_does(real_corpus,
     """cg/minres with jacobi/ic0 on the SPD matrices; gmres/bicgstab with jacobi/ilu0 on all.
 
     SciPy runs the same method with the same preconditioner (built from the reference factors);
-    wherever it reports convergence (GMRES: within 300 steps), ours (given twice SciPy's
-    iterations) reaches a true relative residual at least as small as SciPy's or the tolerance.
+    wherever it reports convergence (GMRES: within 300 steps on the small corpus), ours (given
+    twice SciPy's iterations) reaches a true relative residual at least as small as SciPy's or
+    the tolerance.  With IC(0)/ILU(0) SciPy must converge (so the test is not vacuous).
     """
     ours, theirs = _SOLVERS[solver]
     names = ("jacobi", "ic0") if solver in ("cg", "minres") else ("jacobi", "ilu0")
@@ -176,7 +177,9 @@ def test_every_solver_and_preconditioner_converges_where_scipy_does(real_corpus,
 
             kw = {"rtol": RTOL, "M": _scipy_preconditioner(m, name), "callback": count}
             if solver == "gmres":
-                kw.update(restart=30, maxiter=10, callback_type="pr_norm")  # ≤ 300 steps
+                # ≤ 300 steps (Jacobi, and ILU(0) on the small corpus); more for large matrices
+                cycles = 10 if name == "jacobi" else max(10, m.n // 100)
+                kw.update(restart=30, maxiter=cycles, callback_type="pr_norm")
             else:
                 kw.update(maxiter=3 * m.n)
             x_sp, info_sp = theirs(An, b, **kw)
@@ -201,4 +204,7 @@ def test_every_solver_and_preconditioner_converges_where_scipy_does(real_corpus,
                 failures.append((m.name, name, res, res_sp, info.iterations, its[0]))
     assert not failures, failures
     applicable = sum(1 for m in real_corpus if m.spd or solver in ("gmres", "bicgstab"))
-    assert checked >= applicable + applicable // 2, (checked, applicable)  # IC/ILU: all; Jacobi: most
+    # IC(0)/ILU(0): every matrix (asserted above); Jacobi: most of the small corpus (on the large
+    # one GMRES + Jacobi rarely converges within its 300 steps)
+    small = all(m.n <= 1000 for m in real_corpus)
+    assert checked - applicable >= (applicable // 2 if small else 1), (checked, applicable)
