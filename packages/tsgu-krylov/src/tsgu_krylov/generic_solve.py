@@ -29,6 +29,7 @@ import torch
 from torch.autograd.function import Function
 
 from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
+from tsgu_ops._library import eager_under_compile
 from tsgu_ops.implicit import (
     Kernel,
     check_solve_inputs,
@@ -214,7 +215,7 @@ class SparseGenericSolve(Function):
 
 # Dynamo cannot trace sparse tensors through the solver loops (it fails inside torch, not with a graph
 # break): inside torch.compile the solve runs eagerly, as one opaque call, and autograd is unchanged.
-@torch.compiler.disable
+@eager_under_compile
 def sparse_generic_solve(
     A: torch.Tensor,
     B: torch.Tensor,

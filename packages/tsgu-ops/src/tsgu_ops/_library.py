@@ -28,8 +28,10 @@ The torch-version checks of this machinery are :mod:`tsgu_ops._compat`'s (one pl
 
 from __future__ import annotations
 
+import functools
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -37,6 +39,9 @@ from torch.autograd.function import Function
 
 from ._compat import HAS_CUSTOM_OP, HAS_REGISTER_VMAP, is_compiling
 from .pattern import compress_rows, quiet
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 class Structure:
@@ -593,7 +598,37 @@ class ValueSolveFn(Function):
         return torch.stack(out), 0
 
 
-@torch.compiler.disable
+def eager_under_compile(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: inside ``torch.compile`` the call runs eagerly, as one opaque call (a graph break).
+
+    What ``torch.compiler.disable`` does, except that the wrapper is made on the first call made
+    while ``torch._dynamo`` is loaded: decorating with ``torch.compiler.disable`` itself imports
+    ``torch._dynamo`` (seconds and about 70 MB) into every program that imports the decorated
+    function, compiled or not.  For functions that hand sparse tensors to code dynamo cannot trace.
+
+    Examples
+    --------
+    >>> from tsgu_ops._library import eager_under_compile
+    >>> @eager_under_compile
+    ... def twice(x):
+    ...     return 2 * x
+    >>> twice(3)
+    6
+    """
+    disabled: list[Callable[P, R]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper
+
+
+@eager_under_compile
 def value_solve(s: Structure, values: Tensor, B: Tensor, solver: BlackBoxSolver) -> Tensor:
     """Differentiable ``S(values)⁻¹ B`` for a 2-D ``B``; inside ``torch.compile`` a graph break."""
     return ValueSolveFn.apply(s, values, B, solver, False)  # type: ignore[no-any-return]
