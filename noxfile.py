@@ -35,6 +35,16 @@ TORCH = os.environ.get("TSGU_TORCH", "2.13.0")
 TORCH_MATRIX = ["2.5.1", "2.9.1", "2.13.0", "2.14.1"]
 PYTHON_MATRIX = ["3.10", "3.11", "3.12", "3.13"]
 MATRIX_RESULTS = ROOT / ".nox" / "matrix-results"
+# a matrix cell runs the quick test suites first, so that a stopped cell has covered the most packages
+MATRIX_ORDER = [
+    "tsgu-indexed",
+    "torchsparsegradutils",
+    "tsgu-encoders",
+    "tsgu-distributions",
+    "tsgu-bridges",
+    "tsgu-krylov",
+    "tsgu-ops",
+]
 TEST_TOOLS = ["pytest>=8", "hypothesis>=6.100"]
 # torch.compile's inductor imports setuptools, which torch 2.5.1 and 2.9.1 declare only for Python >= 3.12
 # (docs/installation.md tells users the same): the matrix venvs hold it so that the compile tests run
@@ -274,11 +284,11 @@ def _save_cell(path: Path, pyver: str, torch_version: str, results: dict, build:
 
 
 def _matrix_cell(session: nox.Session, torch_version: str) -> None:
-    """Every package alone, then the built wheels, against torch ``torch_version`` on this session's Python.
+    """The built wheels, then every package alone, against torch ``torch_version`` on this session's Python.
 
-    Each package gets a venv holding only it, its declared dependencies (internal ones from the local
-    paths), its test extras, pytest and hypothesis (as ``isolated`` does); then the seven wheels are
-    built and installed together from those files for ``tests-integration``.  Every step runs even
+    The seven wheels are built and installed together from those files for ``tests-integration``; then
+    each package gets a venv holding only it, its declared dependencies (internal ones from the local
+    paths), its test extras, pytest and hypothesis (as ``isolated`` does).  Every step runs even
     when an earlier one failed; the counts go to ``.nox/matrix-results/`` and the session fails if any
     step failed.  ``TSGU_MATRIX_ONLY=tsgu-ops,integration`` reruns only those steps of the cell (the
     other rows of its results are kept).
@@ -297,7 +307,11 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     results: dict[str, dict] = {}
     if only and result_file.exists():
         results = json.loads(result_file.read_text())["results"]
-    for pkg, (module, extras) in PACKAGES.items():
+    if not only or "integration" in only:  # first: all seven packages together, built as released
+        results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
+        _save_cell(result_file, pyver, torch_version, results, "?")
+    for pkg in MATRIX_ORDER:
+        module, extras = PACKAGES[pkg]
         if only and pkg not in only:
             continue
         try:
@@ -317,8 +331,6 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
         except nox.command.CommandFailed:
             results[pkg].update(ok=False, note="version check failed")
         _save_cell(result_file, pyver, torch_version, results, "?")  # partial, in case the cell is stopped
-    if not only or "integration" in only:
-        results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
     cell = _save_cell(result_file, pyver, torch_version, results, _torch_build(session, tmp))
     session.log(_matrix_table([cell]))
     failed = [name for name, r in results.items() if not r["ok"]]
