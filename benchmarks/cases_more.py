@@ -158,12 +158,25 @@ def _calibrate(solve_at: Callable[[float], Any], residual: Callable[[Any], float
     return rtol, res
 
 
+def _peer_grad(B: torch.Tensor) -> torch.Tensor:
+    """The upstream gradient of the peer cases' backward: random like ``B`` (another seed), so the
+    backward's transpose solve is as hard as the forward's (with ``ones`` it is a smoother,
+    different problem, and the backward/forward ratio would measure the right-hand side)."""
+    return torch.randn(B.shape, dtype=B.dtype, generator=torch.Generator().manual_seed(1)).to(B.device)
+
+
+def _backward_with(out: torch.Tensor, G: torch.Tensor, leaf: torch.Tensor) -> None:
+    leaf.grad = None
+    out.backward(G)
+
+
 def _adjoint_res(A: torch.Tensor, B: torch.Tensor, fwd: Callable[[torch.Tensor], torch.Tensor]) -> float:
-    """True residual of the backward's transpose solve: ``dB = A⁻ᵀ 1`` read from ``B.grad``."""
+    """True residual of the backward's transpose solve ``dB = A⁻ᵀ G``, read from ``B.grad``."""
     Bg = B.clone().requires_grad_()
-    fwd(Bg).sum().backward()
+    G = _peer_grad(B)
+    fwd(Bg).backward(G)
     assert Bg.grad is not None
-    return _col_res(A, Bg.grad, torch.ones_like(B), transpose=True)
+    return _col_res(A, Bg.grad, G, transpose=True)
 
 
 def _peer_note(rtol: float, res: float, bres: float | None, extra: str = "") -> str:
@@ -192,7 +205,8 @@ def peer_tsgu_variant(problem: str, solver: str, nrhs: int) -> Callable[..., Run
         bres = _adjoint_res(A0, B.cpu(), lambda Bg: solve(rtol, Bg.to(dev)).cpu())
         meta = {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr", "residual": res}
         meta["note"] = _peer_note(rtol, res, bres)
-        return Run(lambda: solve(rtol), lambda out: _backward_sum(out, A), meta)
+        G = _peer_grad(B)
+        return Run(lambda: solve(rtol), lambda out: _backward_with(out, G, A), meta)
 
     return setup
 
@@ -244,7 +258,8 @@ def peer_torch_sla_variant(problem: str, method: str, nrhs: int) -> Callable[...
             if method == "lu"
             else _peer_note(rtol, res, bres)
         )
-        return Run(lambda: solve(rtol), lambda out: _backward_sum(out, val), meta)
+        G = _peer_grad(B)
+        return Run(lambda: solve(rtol), lambda out: _backward_with(out, G, val), meta)
 
     return setup
 

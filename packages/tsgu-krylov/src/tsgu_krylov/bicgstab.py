@@ -18,6 +18,7 @@ meets a NaN/Inf, ``return_info``.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any, NamedTuple
 
@@ -200,7 +201,16 @@ def bicgstab(
     breakdown = torch.zeros_like(active)
     iterations = 0
     checked_M = False
-    while max_steps is None or iterations < max_steps:
+    single = B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu" and check_every == 1
+    if single:
+        # one right-hand side on the CPU: the same loop on Python scalars (no masks)
+        X, res_f, flags, iterations, matvecs = _single_column_bicgstab(
+            A, M, X, R, float(res), float(threshold), max_steps, budget, matvecs, settings.logger
+        )
+        active = torch.zeros_like(active)
+        breakdown, non_finite = breakdown | flags[0], non_finite | flags[1]
+        res = torch.full_like(b_norm, res_f)
+    while not single and (max_steps is None or iterations < max_steps):
         if iterations % check_every == 0 and not bool(active.any()):
             break
         if matvecs + 2 > budget:  # room for one application and the final check
@@ -283,6 +293,96 @@ def bicgstab(
     )
     X = from_block(outcome.X, vector)
     return (X, outcome.info) if return_info else X
+
+
+def _single_column_bicgstab(
+    A: MatVec,
+    M: MatVec | None,
+    X: torch.Tensor,
+    R: torch.Tensor,
+    res: float,
+    threshold: float,
+    max_steps: int | None,
+    budget: int,
+    matvecs: int,
+    logger: logging.Logger,
+) -> tuple[torch.Tensor, float, tuple[torch.Tensor, torch.Tensor], int, int]:
+    """The block loop of :func:`bicgstab` for one column ``(n, 1)`` on the CPU, on Python scalars.
+
+    Same recurrence, budget, breakdown and stopping tests in the same order (``check_every`` is 1);
+    ``X`` (contiguous) is updated in place.  Returns ``(X, res, (breakdown, non_finite), iterations,
+    matvecs)``, the flags as ``(1,)`` bool tensors.
+    """
+    x = X.view(-1)
+    r = R.reshape(-1).clone()
+    r_hat = r.clone()
+    p = torch.zeros_like(r)
+    v = torch.zeros_like(r)
+    rho = alpha = omega = 1.0
+    active = res > threshold
+    breakdown = non_finite = False
+    checked_M = False
+    iterations = 0
+    while max_steps is None or iterations < max_steps:
+        if not active or matvecs + 2 > budget:
+            break
+        rho_new = float(torch.dot(r_hat, r))
+        bad = rho_new == 0
+        overflow = not math.isfinite(rho_new)
+        beta = (rho_new / rho if rho != 0 else 0.0) * (alpha / omega if omega != 0 else 0.0)
+        p.add_(v, alpha=-omega).mul_(beta).add_(r)  # p = r + β (p − ω v)
+        P = p.unsqueeze(-1)
+        if M is None:
+            P_hat = P
+        elif not checked_M:
+            P_hat = apply_checked(M, P, "settings.precon", "residual")
+            checked_M = True
+        else:
+            P_hat = M(P)
+        p_hat = P_hat.reshape(-1)
+        v = A(P_hat).reshape(-1)
+        matvecs += 1
+        den = float(torch.dot(r_hat, v))
+        overflow = overflow or not math.isfinite(den)
+        bad = (bad or den == 0) and not overflow
+        step = not bad and not overflow
+        alpha = rho_new / den if step else 0.0
+        s = torch.add(r, v, alpha=-alpha)
+        x.add_(p_hat, alpha=alpha)
+        s_norm = float(torch.linalg.vector_norm(s))
+        if step and not math.isfinite(s_norm):
+            overflow, step = True, False
+        half = step and s_norm > threshold  # the stabilising half-step is still needed
+        if half and matvecs + 2 > budget:  # no room for it and the final check
+            r = s if step else r
+            non_finite, breakdown = non_finite or overflow, breakdown or bad
+            iterations += 1
+            break
+        if half:
+            S = s.unsqueeze(-1)
+            S_hat = S if M is None else M(S)
+            t = A(S_hat).reshape(-1)
+            matvecs += 1
+            tt, ts = float(torch.dot(t, t)), float(torch.dot(t, s))
+            if not (math.isfinite(tt) and math.isfinite(ts)):
+                overflow, half = True, False
+            omega_new = ts / tt if half and tt != 0 else 0.0
+            bad = bad or (half and omega_new == 0)
+            x.add_(S_hat.reshape(-1), alpha=omega_new)
+            r = s.add_(t, alpha=-omega_new)
+            if half:
+                omega = omega_new
+        else:
+            r = s if step else r
+        if step:
+            rho = rho_new
+        breakdown, non_finite = breakdown or bad, non_finite or overflow
+        res = float(torch.linalg.vector_norm(r))
+        active = step and half and not bad and res > threshold
+        iterations += 1
+        logger.debug("iteration %d: %d active columns", iterations, int(active))
+    flags = (torch.tensor([breakdown], device=X.device), torch.tensor([non_finite], device=X.device))
+    return X, res, flags, iterations, matvecs
 
 
 def _column_tolerant(op: MatVec, given: Any, vector: bool) -> MatVec:

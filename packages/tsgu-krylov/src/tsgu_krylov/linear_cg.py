@@ -275,7 +275,38 @@ def linear_cg(
         return bool((res <= stop_tol).all())
 
     skip = not bool(active.any()) and n_tridiag == 0 and min_iter == 0
-    if not skip:
+    # One right-hand side on the CPU: the same loop on Python scalars (reading them costs nothing
+    # there), a third of the kernel calls of the masked block loop below.
+    single = n_tridiag == 0 and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
+    if not skip and single:
+        state = _single_column_cg(
+            A,
+            M,
+            X,
+            R,
+            P,
+            rz,
+            res,
+            active,
+            freeze_at,
+            stop_tol,
+            float(eps),
+            tolerance,
+            n_iter,
+            min_iter,
+            check_every,
+            convergence_reduction,
+        )
+        X, res, active, loop_passed, iterations, matvecs = (
+            state[0],
+            state[1],
+            state[2],
+            state[3],
+            state[4],
+            matvecs + state[5],
+        )
+        non_finite |= state[6]
+    elif not skip:
         for it in range(n_iter):
             AP = A(P)
             matvecs += 1
@@ -379,6 +410,90 @@ def linear_cg(
             )
         )
     return out[0] if len(out) == 1 else tuple(out)
+
+
+def _single_column_cg(
+    A: Any,
+    M: Any,
+    X: torch.Tensor,
+    R: torch.Tensor,
+    P: torch.Tensor,
+    rz_t: torch.Tensor,
+    res_t: torch.Tensor,
+    active_t: torch.Tensor,
+    freeze_at_t: torch.Tensor,
+    stop_tol_t: torch.Tensor,
+    eps: float,
+    tolerance: float,
+    n_iter: int,
+    min_iter: int,
+    check_every: int,
+    convergence_reduction: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, int, int, torch.Tensor]:
+    """The block loop of :func:`linear_cg` for one column ``(n, 1)`` on the CPU, on Python scalars.
+
+    Same recurrence, freezing, breakdown and stopping tests in the same order; the vectors are
+    updated in place (``X``, ``R``, ``P`` must be contiguous and are changed).  Returns ``(X, res,
+    active, loop_passed, iterations, matvecs, non_finite)`` with the tensors shaped as the block
+    loop leaves them.
+    """
+    x, r, p = X.view(-1), R.view(-1), P.view(-1)
+    rz, res, active = float(rz_t), float(res_t), bool(active_t)
+    freeze_at, stop_tol = float(freeze_at_t), float(stop_tol_t)
+    broken_pap = broken_rz = non_finite = loop_passed = False
+    iterations = matvecs = 0
+    for it in range(n_iter):
+        matvecs += 1
+        if active:
+            ap = A(P).reshape(-1)
+            pAp = float(torch.dot(p, ap))
+            step = False
+            if not math.isfinite(pAp):
+                non_finite = True
+            elif not pAp >= eps:
+                broken_pap = True
+            else:
+                step = True
+            still = False
+            if step:
+                alpha = rz / pAp
+                x.add_(p, alpha=alpha)
+                r.add_(ap, alpha=-alpha)
+                z = r if M is None else M(R).reshape(-1)
+                rz_new = float(torch.dot(r, z))
+                res = float(torch.linalg.vector_norm(r))
+                if res > freeze_at:
+                    if not (math.isfinite(rz_new) and math.isfinite(res)):
+                        non_finite = True
+                    elif rz_new < 0:  # an indefinite preconditioner
+                        broken_rz = True
+                    elif rz_new >= eps:  # below eps: the residual vanished (exact convergence)
+                        still = True
+                if still:
+                    p.mul_(rz_new / rz).add_(z)
+                    rz = rz_new
+            active = still
+        iterations = it + 1
+        if iterations % check_every == 0 or iterations == n_iter:
+            if broken_pap:
+                raise RuntimeError(
+                    "CG breakdown: p^T A p must be finite and at least eps for active right-hand sides"
+                )
+            if broken_rz:
+                raise RuntimeError(
+                    "CG breakdown: residual inner product must be finite and at least eps for active "
+                    "right-hand sides"
+                )
+            if iterations >= min_iter:
+                limit = tolerance if convergence_reduction == "mean" else stop_tol
+                if res <= limit:
+                    loop_passed = True
+                    break
+                if not active:
+                    break
+    flag = torch.tensor([non_finite], device=X.device)
+    res_out = torch.full_like(res_t, res)
+    return X, res_out, torch.tensor([active], device=X.device), loop_passed, iterations, matvecs, flag
 
 
 def _tridiagonal(
