@@ -101,3 +101,42 @@ def test_each_package_declares_the_bounds_the_matrix_proved(pkg):
     lower = re.search(r'^\s*"torch>=(\d+)\.(\d+)"', text, re.M)
     assert lower is not None, pkg
     assert (int(lower.group(1)), int(lower.group(2))) == _compat.MIN_TORCH, pkg
+
+
+def test_functorch_guard_names_the_transform_and_the_torch_needed_only_on_old_torch():
+    bug = "savedLocalDispatchKeySet_.has_value() INTERNAL ASSERT FAILED"
+    with pytest.raises(NotImplementedError, match=r"needs torch >= 2\.9, found torch 2\.5") as info:
+        with _compat.functorch_bug_guard(version=(2, 5)):
+            raise RuntimeError(bug)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(RuntimeError, match="INTERNAL ASSERT"):  # a newer torch: not ours to explain
+        with _compat.functorch_bug_guard(version=(2, 9)):
+            raise RuntimeError(bug)
+    with pytest.raises(RuntimeError, match=r"^other$"):  # any other error passes through
+        with _compat.functorch_bug_guard(version=(2, 5)):
+            raise RuntimeError("other")
+
+
+def test_hessian_through_the_operators_matches_dense_or_raises_the_clear_error():
+    """Forward-over-reverse: exact on torch >= 2.9; torch 2.5's functorch bug is a clear error."""
+    from torch.func import hessian
+
+    from tsgu_ops.nn import SparseParameter
+
+    dense = torch.tensor([[1.0, 2.0, 0.0], [0.0, 3.0, 4.0]], dtype=torch.float64)
+    W = SparseParameter(dense.to_sparse())
+    B = torch.randn(3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    rows, cols = dense.nonzero().unbind(1)
+
+    def loss(v):
+        return W.mm(B, values=v).sin().pow(2).sum()
+
+    def dense_loss(v):
+        return (torch.zeros_like(dense).index_put((rows, cols), v) @ B).sin().pow(2).sum()
+
+    v = W.values.detach()
+    if _compat.TORCH_VERSION < _compat.NESTED_VMAP_TORCH:
+        with pytest.raises(NotImplementedError, match="forward-over-reverse"):
+            hessian(loss)(v)
+    else:
+        torch.testing.assert_close(hessian(loss)(v), hessian(dense_loss)(v))

@@ -9,7 +9,9 @@ gets.  tsgu-indexed depends on torch alone and keeps its one fallback (the group
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -67,6 +69,43 @@ def is_compiling() -> bool:
     if fn is not None:
         return bool(fn())
     return bool(torch._dynamo.is_compiling())  # pragma: no cover - torch < 2.3
+
+
+#: The oldest torch on which forward-over-reverse (``torch.func.hessian``, ``jacfwd(jacrev(f))``)
+#: through the custom operators' vmap rules works.  torch 2.5.1 fails inside functorch there (an
+#: internal assertion, ``savedLocalDispatchKeySet_``: a PyTorch bug); 2.9.1, the next version the
+#: matrix runs, works.  ``grad``, ``jacrev``, ``vmap`` and ``vmap(grad)`` work on every version.
+NESTED_VMAP_TORCH = (2, 9)
+
+
+@contextlib.contextmanager
+def functorch_bug_guard(version: tuple[int, int] | None = None) -> Iterator[None]:
+    """Turn torch 2.5's functorch assertion in a custom operator's vmap rule into a clear error.
+
+    Wraps the first tensor operation of each vmap rule of :mod:`tsgu_ops._library`; on a torch
+    older than :data:`NESTED_VMAP_TORCH` that assertion becomes a ``NotImplementedError`` naming the
+    transform and the torch needed.  Any other error passes through unchanged.
+
+    Examples
+    --------
+    >>> from tsgu_ops._compat import functorch_bug_guard
+    >>> with functorch_bug_guard(version=(2, 5)):  # doctest: +ELLIPSIS
+    ...     raise RuntimeError("savedLocalDispatchKeySet_.has_value() INTERNAL ASSERT FAILED")
+    Traceback (most recent call last):
+    ...
+    NotImplementedError: forward-over-reverse ... needs torch >= 2.9, found torch 2.5 ...
+    """
+    found = TORCH_VERSION if version is None else version
+    try:
+        yield
+    except RuntimeError as err:
+        if found < NESTED_VMAP_TORCH and "savedLocalDispatchKeySet_" in str(err):
+            raise NotImplementedError(
+                "forward-over-reverse (torch.func.hessian, jacfwd of jacrev) through tsgu operators "
+                f"needs torch >= {NESTED_VMAP_TORCH[0]}.{NESTED_VMAP_TORCH[1]}, "
+                f"found torch {found[0]}.{found[1]} (a functorch bug of that torch)"
+            ) from err
+        raise
 
 
 def require_torch(feature: str, minimum: tuple[int, int], version: tuple[int, int] = TORCH_VERSION) -> None:

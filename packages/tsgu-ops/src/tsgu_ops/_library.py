@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import Function
 
-from ._compat import HAS_CUSTOM_OP, HAS_REGISTER_VMAP, is_compiling
+from ._compat import HAS_CUSTOM_OP, HAS_REGISTER_VMAP, functorch_bug_guard, is_compiling
 from .pattern import compress_rows, quiet
 
 P = ParamSpec("P")
@@ -198,9 +198,10 @@ def _block(s: Structure, batch: int) -> Structure:
 
 def _batched(x: Tensor, dim: int | None, batch: int) -> Tensor:
     """``x`` with its vmapped dimension first (expanded when it has none)."""
-    if dim is None:
-        return x.unsqueeze(0).expand(batch, *x.shape)
-    return x.movedim(dim, 0)
+    with functorch_bug_guard():  # torch 2.5 + forward-over-reverse: a clear error (see _compat)
+        if dim is None:
+            return x.unsqueeze(0).expand(batch, *x.shape)
+        return x.movedim(dim, 0)
 
 
 def _check_unbatched_structure(name: str, in_dims: Any) -> None:
