@@ -60,7 +60,7 @@ def test_cg_single_column_counts_operator_applications():
         calls.append(tuple(X.shape))
         return A @ X
 
-    x, info = linear_cg(op, b, rtol=1e-10, return_info=True)
+    _x, info = linear_cg(op, b, rtol=1e-10, return_info=True)
     assert len(calls) == info.matvecs == info.iterations + 2
     assert set(calls) == {(216, 1)}
 
@@ -113,6 +113,6 @@ def test_bicgstab_single_column_breakdown_is_reported():
     # r̂ᵀ A p = 0 at the first step: a rotation (A r̂ ⟂ r̂)
     A = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64).to_sparse_csr()
     b = torch.tensor([1.0, 0.0], dtype=torch.float64)
-    x1, i1, x2, i2 = _both(bicgstab, A, b, rtol=1e-10, atol=0.0)
+    _x1, i1, _x2, i2 = _both(bicgstab, A, b, rtol=1e-10, atol=0.0)
     assert i1.reason == i2.reason == "breakdown"
     assert bool(i1.breakdown.all()) and bool(i2.breakdown.all())
