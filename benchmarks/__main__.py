@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     jobs = [(c, v) for c in cases for v in c.variants]
     rows = []
+    partial = Path(args.out) / "rows.jsonl"
+    partial.unlink(missing_ok=True)
     bar = _progress(jobs, "benchmarks")
     for case, variant in bar:
         if hasattr(bar, "set_postfix_str"):
@@ -101,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 **result,
             }
         )
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("a") as f:  # every finished variant, in case the run is stopped
+            f.write(json.dumps(rows[-1]) + "\n")
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),

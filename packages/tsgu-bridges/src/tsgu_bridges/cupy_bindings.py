@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse
+import scipy.sparse.linalg  # a submodule, used as ``xsp.linalg``
 import torch
 
 from ._checks import EXPORT_DTYPES, check_matrix
@@ -41,6 +42,7 @@ def _cupy() -> tuple[Any, Any]:
         )
     import cupy
     import cupyx.scipy.sparse
+    import cupyx.scipy.sparse.linalg  # a submodule, not imported by ``cupyx.scipy.sparse``
 
     return cupy, cupyx.scipy.sparse
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call: run from the repository root on a machine with a CUDA device.
+#
+#   bash scripts/device_check.sh            # tests, then the CUDA benchmark subset
+#   TSGU_DEVICE_STEPS=tests bash scripts/device_check.sh
+#
+# The packages are used from their source folders (PYTHONPATH), so nothing is installed: the machine
+# needs torch with CUDA, pytest and hypothesis (CuPy and JAX for the bridge checks, SciPy for the
+# references of the bridge tests).  Logs and the benchmark tables go to $OUT (default /tmp/tsgu-device).
+set -uo pipefail
+OUT=${OUT:-/tmp/tsgu-device}
+STEPS=${TSGU_DEVICE_STEPS:-tests,bench}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+PYTHONPATH=$(printf '%s:' "$PWD"/packages/*/src)$PWD
+export PYTHONPATH PYTHONUNBUFFERED=1 TSGU_HYPOTHESIS_PROFILE=dev
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+$PY -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" \
+    2>&1 | tee -a "$OUT/gpu.txt"
+rc=0
+if [[ $STEPS == *tests* ]]; then
+    # every package on the device (tests-integration/test_cuda.py) and the bridges' CuPy tests
+    timeout "${TSGU_TEST_TIMEOUT:-330}" $PY -m pytest -q -p no:cacheprovider -rs -o addopts="--import-mode=importlib" \
+        tests-integration/test_cuda.py packages/tsgu-bridges/tests/test_bridges.py -k "cuda or cupy" \
+        2>&1 | tee "$OUT/tests.log" | tail -60
+    rc=${PIPESTATUS[0]}
+fi
+if [[ $STEPS == *bench* ]]; then
+    # the cases that need no CPU-only peer (torch-sla) or corpus package (pyamg), on the device
+    timeout "${TSGU_BENCH_TIMEOUT:-300}" $PY -m benchmarks --device cuda --budget 1 --repeats 3 --out /tmp/tsgu-bench \
+        --only sparse_mm_csr --only sparse_mm_batched --only triangular_solve --only gather_mm \
+        --only segment_mm --only krylov_poisson --only scipy_direct --only smvn_log_prob \
+        --only encoder_large --only sparse_parameter_step \
+        >"$OUT/bench.log" 2>&1
+    echo "benchmarks exit: $?"
+    cp /tmp/tsgu-bench/summary.md /tmp/tsgu-bench/results.csv /tmp/tsgu-bench/rows.jsonl "$OUT/" 2>/dev/null
+    cat /tmp/tsgu-bench/summary.md 2>/dev/null | cut -c1-220
+fi
+exit "$rc"
