@@ -156,8 +156,7 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
             raise ValueError(f"{name} has malformed COO indices of shape {tuple(idx.shape)}")
         if idx.shape[1] == 0:
             return
-        lo = idx.amin(dim=1).tolist()
-        hi = idx.amax(dim=1).tolist()
+        lo, hi = torch.stack([idx.amin(dim=1), idx.amax(dim=1)]).tolist()  # one synchronisation
         what = {A.sparse_dim() - 2: "row", A.sparse_dim() - 1: "column"}
         for d in range(A.sparse_dim()):
             size = int(A.shape[d])
@@ -181,11 +180,15 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
         first = crow[..., 0]
         last = crow[..., -1]
         steps = crow[..., 1:] - crow[..., :-1]
+        zero = torch.zeros((), dtype=torch.int64, device=crow.device)
+        # every statistic in one tensor: one host synchronisation (each costs a round trip on a GPU)
         stats = torch.stack(
             [
-                first.abs().max() if first.numel() else torch.zeros((), dtype=crow.dtype),
-                (last - per).abs().max() if last.numel() else torch.zeros((), dtype=crow.dtype),
-                (steps < 0).any().to(crow.dtype) if steps.numel() else torch.zeros((), dtype=crow.dtype),
+                first.abs().max().to(torch.int64) if first.numel() else zero,
+                (last - per).abs().max().to(torch.int64) if last.numel() else zero,
+                (steps < 0).any().to(torch.int64) if steps.numel() else zero,
+                col.min().to(torch.int64) if col.numel() else zero,
+                col.max().to(torch.int64) if col.numel() else zero,
             ]
         ).tolist()
         if stats[0] != 0:
@@ -197,12 +200,11 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
             )
         if stats[2] != 0:
             raise ValueError(f"{name} has crow_indices that decrease (they must be non-decreasing)")
-        if col.numel():
-            cmin, cmax = int(col.min()), int(col.max())
-            if cmin < 0 or cmax >= cols:
-                raise ValueError(
-                    f"{name} has a column index out of range: col_indices must lie in [0, {cols}), "
-                    f"found {cmax if cmax >= cols else cmin}"
-                )
+        cmin, cmax = stats[3], stats[4]
+        if cmin < 0 or cmax >= cols:
+            raise ValueError(
+                f"{name} has a column index out of range: col_indices must lie in [0, {cols}), "
+                f"found {cmax if cmax >= cols else cmin}"
+            )
         return
     raise ValueError(f"{name} must be a sparse COO or CSR tensor, got {A.layout}")
