@@ -294,6 +294,6 @@ def sparse_generic_solve(
         )
         B = B.to(A.dtype)
     vector = B.dim() == A.dim() - 1
-    pattern = SparsePattern(A)  # one index structure per call: symmetry test, operators, gradient
+    pattern = SparsePattern.of(A)  # one index structure per matrix: symmetry test, operators, gradient
     kernel = _make_kernel(A, solve, transpose_solve, kwargs, vector, pattern)
     return solve_sparse_rhs(A, B, kernel, pattern=pattern)

@@ -52,7 +52,7 @@ class SparseMatMul(Function):
 
     @staticmethod
     def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        pattern = SparsePattern(A)
+        pattern = SparsePattern.of(A)
         ctx.pattern = pattern
         register_use(ctx, A)
         ctx.save_for_backward(A, B)
@@ -126,7 +126,7 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     (tensor([2., 3.]), torch.sparse_csr, tensor([1., 1.]))
     """
     check_sparse_dense_pair(A, B, allow_shared=True)
-    pattern = SparsePattern(A)
+    pattern = SparsePattern.of(A)
     values = differentiable_values(A, pattern)
     out = PatternMatmul.apply(values, pattern.flat_rhs(B), pattern, False)
     return pattern.unflat(out, B, pattern.n)

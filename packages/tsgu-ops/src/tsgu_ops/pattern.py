@@ -18,6 +18,7 @@ validate arguments.
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -78,6 +79,35 @@ def lexsort_rows_cols(rows: torch.Tensor, cols: torch.Tensor, num_cols: int) -> 
     return perm[torch.argsort(rows[perm], stable=True)]
 
 
+def _stamp(A: torch.Tensor) -> tuple | None:
+    """What must be unchanged for a cached pattern of ``A`` to hold; ``None``: do not cache."""
+    if type(A) is not torch.Tensor or torch.compiler.is_compiling() or A.device.type == "meta":
+        return None
+    try:
+        if A.layout == torch.sparse_coo:
+            idx: tuple[torch.Tensor, ...] = (A._indices(),)
+            coalesced: bool | None = A.is_coalesced()
+        elif A.layout == torch.sparse_csr:
+            idx = (A.crow_indices(), A.col_indices())
+            coalesced = None
+        else:
+            return None
+        return (
+            A._version,
+            A.layout,
+            tuple(A.shape),
+            A.device,
+            coalesced,
+            *((t._version, t.data_ptr(), t.dtype, tuple(t.shape)) for t in idx),
+        )
+    except (RuntimeError, NotImplementedError, AttributeError):  # functorch wrappers, fake tensors
+        return None
+
+
+#: ``id(A) -> (weakref to A, stamp, pattern)``: see :meth:`SparsePattern.of`.
+_PATTERNS: dict[int, tuple[weakref.ref, tuple, SparsePattern]] = {}
+
+
 class SparsePattern:
     """Index structure of a (batched) COO or CSR matrix, flattened to a block-diagonal problem.
 
@@ -96,6 +126,42 @@ class SparsePattern:
         int64 coordinates of every stored entry in the flattened ``(batch·n, batch·m)`` matrix, in
         original order.
     """
+
+    @classmethod
+    def of(cls, A: torch.Tensor) -> SparsePattern:
+        """``SparsePattern(A)``, reused by later calls with the same, unchanged tensor ``A``.
+
+        The index analysis (row expansion, the transposed order that every backward needs: a sort
+        of the entries) depends only on ``A``'s index tensors, so repeated operations on one
+        matrix (a fixed graph's adjacency in every training step, the same system solved again)
+        share it.  An entry is used only for the very same tensor object, with unchanged version
+        counters (``A`` and each index tensor) and storage; it holds no values and disappears
+        with ``A``.  Under ``torch.compile`` tracing, for tensor subclasses and for anything whose
+        versions cannot be read, a fresh pattern is built.
+
+        Examples
+        --------
+        >>> import torch
+        >>> A = torch.eye(3).to_sparse_csr()
+        >>> SparsePattern.of(A) is SparsePattern.of(A)
+        True
+        """
+        stamp = _stamp(A)
+        if stamp is None:
+            return cls(A)
+        key = id(A)
+        hit = _PATTERNS.get(key)
+        if hit is not None and hit[0]() is A and hit[1] == stamp:
+            return hit[2]
+        pattern = cls(A)
+
+        def drop(ref: weakref.ref, key: int = key) -> None:
+            cur = _PATTERNS.get(key)
+            if cur is not None and cur[0] is ref:
+                del _PATTERNS[key]
+
+        _PATTERNS[key] = (weakref.ref(A, drop), stamp, pattern)
+        return pattern
 
     def __init__(self, A: torch.Tensor) -> None:
         self.layout = A.layout

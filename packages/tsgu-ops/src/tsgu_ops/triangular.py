@@ -116,7 +116,7 @@ def _triangular_kernel(pattern: SparsePattern, upper: bool, unitriangular: bool)
 
 
 def _pattern_for(A: torch.Tensor, unitriangular: bool) -> SparsePattern:
-    pattern = SparsePattern(A)
+    pattern = SparsePattern.of(A)
     if unitriangular and pattern.nnz and bool((pattern.rows == pattern.cols).any()):
         raise ValueError("First input should be strictly triangular (i.e. unit diagonals is implicit)")
     return pattern
