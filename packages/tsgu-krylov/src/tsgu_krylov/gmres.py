@@ -11,10 +11,15 @@ All columns of a block right-hand side share the Arnoldi loop but have their own
 and stopping step: a column that converged at step ``j`` of a cycle takes the iterate of that
 step.  SciPy's ``gmres`` solves one vector and counts ``maxiter`` in restart cycles; here
 ``max_iter`` counts Arnoldi steps (operator applications).
+
+One right-hand side on the CPU takes a scalar copy of that loop (:func:`_single_column_gmres`):
+one contiguous basis, the rotations and the small triangular solve on Python floats, and the
+second Gram–Schmidt pass only when the first one cancelled; same cycles, counts and reports.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -146,7 +151,19 @@ def gmres(
     breakdown = torch.zeros(lead, dtype=torch.bool, device=device)
     # columns that met a NaN/Inf (in A, b, M or an overflowing iterate): frozen, NaN at the end
     non_finite = torch.zeros(lead, dtype=torch.bool, device=device)
-    while iterations < max_iter:
+    # One right-hand side on the CPU: the same restarted Arnoldi on a contiguous basis, with the
+    # Givens rotations and the small triangular solve on Python scalars (reading them costs nothing
+    # there) and a second Gram–Schmidt pass only when the first one cancelled.  Not when autograd
+    # records b or x0: the scalars are not recorded, so that case keeps the block loop as it was.
+    needs_grad = torch.is_grad_enabled() and (B.requires_grad or (X0 is not None and X0.requires_grad))
+    single = B.dim() == 2 and B.shape[-1] == 1 and device.type == "cpu" and not needs_grad
+    if single:
+        X, iterations, matvecs, broke, bad = _single_column_gmres(
+            A, M, B, X, float(target), m, max_iter, check_every
+        )
+        breakdown |= broke
+        non_finite |= bad
+    while not single and iterations < max_iter:
         R = B - (apply_checked(A, X, "matmul_closure", "rhs") if first else A(X))
         matvecs += 1
         beta = col_norm(R)
@@ -245,3 +262,160 @@ def gmres(
     )
     X = from_block(outcome.X, vector)
     return (X, outcome.info) if return_info else X
+
+
+def _single_column_gmres(
+    A: Any,
+    M: Any,
+    B: torch.Tensor,
+    X: torch.Tensor,
+    target: float,
+    m: int,
+    max_iter: int,
+    check_every: int,
+) -> tuple[torch.Tensor, int, int, bool, bool]:
+    """The block loop of :func:`gmres` for one column ``(n, 1)`` on the CPU, on Python scalars.
+
+    Same restart cycles, step counting, stopping, breakdown and non-finite tests, in the same
+    order, as the block loop.  The basis is one contiguous ``(steps + 1, n)`` tensor; each step
+    applies the operator once, projects with one matrix-vector product each way (classical
+    Gram–Schmidt) and repeats the projection only when it cancelled (``‖w‖`` fell below 0.7 of its
+    value before the pass: "twice is enough"), which keeps the basis orthogonal to working
+    precision.  On operators whose ``A v`` lies mostly in the basis (diffusion-dominated grids) the
+    test fires at nearly every step; the saving is then the kernel calls, not the flops.  The
+    Hessenberg column is read once per step and rotated, with ``g``, on Python floats; the
+    triangular solve at the end of a cycle is a back substitution on them.
+
+    Parameters
+    ----------
+    A : callable
+        The operator on ``(n, 1)`` blocks.
+    M : callable or None
+        The right preconditioner ``M⁻¹`` on ``(n, 1)`` blocks.
+    B : Tensor
+        The right-hand side ``(n, 1)``.
+    X : Tensor
+        The starting point ``(n, 1)``, a copy owned by the solve (updated in place).
+    target : float
+        ``max(rtol ‖b‖, atol)``, the residual norm to reach.
+    m : int
+        Arnoldi steps per cycle.
+    max_iter : int
+        Cap on Arnoldi steps over all cycles.
+    check_every : int
+        Steps between convergence checks; a column that stopped inside that window keeps its
+        iterate, and the remaining steps are counted (as operator applications) as the block loop
+        counts them.
+
+    Returns
+    -------
+    tuple
+        ``(X, iterations, matvecs, breakdown, non_finite)``, the counts as the block loop reports
+        them before the final residual check.
+    """
+    n = B.shape[0]
+    dtype = B.dtype
+    b = B.reshape(-1)
+    X = X.contiguous()
+    V = torch.empty(min(m, max_iter) + 1, n, dtype=dtype)  # reused by every cycle
+    iterations = matvecs = 0
+    first = True
+    breakdown = non_finite = False
+    with torch.no_grad():
+        while iterations < max_iter:
+            AX = apply_checked(A, X, "matmul_closure", "rhs") if first else A(X)
+            r = b - AX.reshape(-1)
+            matvecs += 1
+            beta = float(torch.linalg.vector_norm(r))
+            if not math.isfinite(beta) or not bool(torch.isfinite(X).all()):
+                non_finite = True
+            if non_finite or not beta > target:
+                break
+            steps = min(m, max_iter - iterations)
+            torch.div(r, beta, out=V[0])
+            R: list[list[float]] = []  # R[j]: column j of the rotated Hessenberg matrix, rows 0..j
+            cs: list[float] = []
+            sn: list[float] = []
+            g = [beta]
+            stop = steps
+            live = True
+            overflow = False
+            j_done = 0
+            for j in range(steps):
+                if live:
+                    v = V[j].view(n, 1)
+                    if M is None:
+                        Z = v
+                    else:
+                        Z = apply_checked(M, v, "preconditioner", "residual") if first else M(v)
+                    first = False
+                    w = A(Z).reshape(-1)
+                    basis = V[: j + 1]
+                    out = V[j + 1]
+                    before = float(torch.linalg.vector_norm(w))
+                    h_t = torch.mv(basis, w)
+                    torch.addmv(w, basis.t(), h_t, alpha=-1.0, out=out)
+                    hn = float(torch.linalg.vector_norm(out))
+                    if hn < 0.7 * before:  # cancellation: project once more
+                        h2 = torch.mv(basis, out)
+                        out.addmv_(basis.t(), h2, alpha=-1.0)
+                        h_t += h2
+                        hn = float(torch.linalg.vector_norm(out))
+                    if hn > 0:
+                        out.div_(hn)
+                    col = h_t.tolist()
+                    for i in range(j):  # the earlier rotations
+                        c, s = cs[i], sn[i]
+                        a, d = col[i], col[i + 1]
+                        col[i] = c * a + s * d
+                        col[i + 1] = -s * a + c * d
+                    a, d = col[j], hn
+                    rr = math.hypot(a, d)
+                    if rr > 0:
+                        c, s = a / rr, d / rr
+                    else:
+                        c, s = 1.0, 0.0
+                    cs.append(c)
+                    sn.append(s)
+                    col[j] = rr
+                    R.append(col)
+                    g.append(-s * g[j])
+                    g[j] = c * g[j]
+                    res = abs(g[j + 1])
+                    if not (math.isfinite(rr) and math.isfinite(res)):
+                        overflow = non_finite = True
+                        stop = j + 1
+                        live = False
+                    else:
+                        if rr == 0:
+                            breakdown = True
+                        if res <= target or hn == 0:
+                            stop = j + 1
+                            live = False
+                        elif rr == 0:
+                            live = False
+                matvecs += 1
+                j_done = j + 1
+                iterations += 1
+                if j_done % check_every == 0 and not live:
+                    break
+            if overflow:
+                continue  # the next cycle's residual finds the column non-finite and stops
+            # back substitution on the leading stop×stop triangle; a zero pivot (breakdown) takes no
+            # step in that direction, as in the block loop
+            k = min(stop, j_done)
+            y = [0.0] * k
+            for i in range(k - 1, -1, -1):
+                pivot = R[i][i]
+                if pivot == 0:
+                    continue
+                acc = g[i]
+                for jj in range(i + 1, k):
+                    acc -= R[jj][i] * y[jj]
+                y[i] = acc / pivot
+            update = torch.mv(V[:k].t(), torch.tensor(y, dtype=dtype))
+            if M is None:
+                X.view(-1).add_(update)
+            else:
+                X = X + M(update.view(n, 1))
+    return X, iterations, matvecs, breakdown, non_finite
