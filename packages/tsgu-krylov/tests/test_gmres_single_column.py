@@ -165,3 +165,19 @@ def test_single_column_nan_in_operator_or_preconditioner(where):
     assert i1.reason == i2.reason == "non_finite"
     assert (i1.iterations, i1.matvecs) == (i2.iterations, i2.matvecs)
     assert bool(torch.isnan(x1).all()) and bool(torch.isnan(x2).all())
+
+
+def test_a_user_callable_under_grad_mode_stays_on_the_recorded_block_loop():
+    """The fast path runs without recording; a callable may hold parameters, so it is not taken.
+
+    (The block loop records the solve, as before the fast path existed; differentiating through
+    the iterations is not supported, so backward raises instead of silently losing the gradient.)
+    """
+    A, b = _system(1.0)
+    D = A.to_dense()
+    s = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    x = gmres(lambda X: s * (D @ X), b, rtol=1e-10)
+    assert x.requires_grad
+    with torch.no_grad():  # without grad mode the fast path gives the same solution
+        y = gmres(lambda X: s * (D @ X), b, rtol=1e-10)
+    torch.testing.assert_close(x.detach(), y, rtol=1e-8, atol=1e-10)

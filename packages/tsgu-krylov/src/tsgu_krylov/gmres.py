@@ -40,7 +40,8 @@ from ._common import (
     rhs_block,
     true_relative_residual,
 )
-from ._operator import col_norm, from_block
+from ._operator import SparseOperator, col_norm, from_block
+from .preconditioners import Preconditioner
 
 __all__ = ["gmres"]
 
@@ -154,8 +155,16 @@ def gmres(
     # One right-hand side on the CPU: the same restarted Arnoldi on a contiguous basis, with the
     # Givens rotations and the small triangular solve on Python scalars (reading them costs nothing
     # there) and a second Gram–Schmidt pass only when the first one cancelled.  Not when autograd
-    # records b or x0: the scalars are not recorded, so that case keeps the block loop as it was.
-    needs_grad = torch.is_grad_enabled() and (B.requires_grad or (X0 is not None and X0.requires_grad))
+    # could record the solve (b or x0 requiring grad, or a user callable, operator or preconditioner,
+    # that may hold parameters): the scalars are not recorded, so those keep the block loop.  Inside
+    # sparse_generic_solve's autograd Function grad mode is off and the fast path applies.
+    user_callable = any(
+        op is not None and not isinstance(op, (torch.Tensor, SparseOperator, Preconditioner))
+        for op in (matmul_closure, preconditioner)
+    )
+    needs_grad = torch.is_grad_enabled() and (
+        B.requires_grad or (X0 is not None and X0.requires_grad) or user_callable
+    )
     single = B.dim() == 2 and B.shape[-1] == 1 and device.type == "cpu" and not needs_grad
     if single:
         X, iterations, matvecs, broke, bad = _single_column_gmres(
