@@ -329,3 +329,38 @@ def safe_div(num: torch.Tensor, den: torch.Tensor, mask: torch.Tensor) -> torch.
     """``num / den`` where ``mask``, else 0, without dividing by zero anywhere."""
     ok = mask & (den != 0)
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+class _NotDifferentiable(torch.autograd.Function):
+    """Identity whose backward raises: see :func:`not_differentiable`."""
+
+    @staticmethod
+    def forward(ctx: Any, X: torch.Tensor, name: str, *inputs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.name = name
+        return X.clone()
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        raise RuntimeError(
+            f"{ctx.name} is not differentiable through its iterations (they update vectors in place "
+            "and read step sizes as numbers, as in 0.2.7): use tsgu_krylov.sparse_generic_solve, "
+            "whose gradient is exact and costs one transposed solve, or detach the solver's inputs"
+        )
+
+
+def not_differentiable(name: str, X: torch.Tensor, *inputs: Any) -> torch.Tensor:
+    """``X``, made to raise a clear error if autograd ever differentiates through the solve.
+
+    The solvers are not differentiable (0.2.7 said so; their in-place updates made backward fail
+    there).  A gradient recorded through their loops would be wrong (the single-column fast paths
+    read step sizes as Python numbers) or missing (tensor operators are applied detached), so when
+    grad mode is on and ``X`` or any tensor among ``inputs`` (operator, preconditioner, right-hand
+    side, initial guess) requires grad, ``X`` is returned through an identity whose backward raises.
+    ``sparse_generic_solve`` calls the solvers with grad mode off and differentiates implicitly.
+    """
+    if not torch.is_grad_enabled():
+        return X
+    tracked = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not X.requires_grad and not tracked:
+        return X
+    return _NotDifferentiable.apply(X, name, *tracked)  # type: ignore[no-any-return]

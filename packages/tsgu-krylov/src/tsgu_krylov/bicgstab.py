@@ -33,6 +33,7 @@ from ._common import (
     check_x0,
     column_non_finite,
     finish,
+    not_differentiable,
     operator,
     preconditioner_operator,
     resolve_check_every,
@@ -292,6 +293,9 @@ def bicgstab(
         non_finite=non_finite,
     )
     X = from_block(outcome.X, vector)
+    X = not_differentiable(
+        "bicgstab", X, matmul_closure, rhs, initial_guess, x0, preconditioner, settings.precon
+    )
     return (X, outcome.info) if return_info else X
 
 

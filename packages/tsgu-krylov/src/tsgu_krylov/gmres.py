@@ -34,6 +34,7 @@ from ._common import (
     column_non_finite,
     finish,
     givens,
+    not_differentiable,
     operator,
     preconditioner_operator,
     resolve_check_every,
@@ -270,6 +271,7 @@ def gmres(
         non_finite=non_finite,
     )
     X = from_block(outcome.X, vector)
+    X = not_differentiable("gmres", X, matmul_closure, rhs, x0, initial_guess, preconditioner)
     return (X, outcome.info) if return_info else X
 
 

@@ -29,6 +29,7 @@ from ._common import (
     check_x0,
     column_non_finite,
     finish,
+    not_differentiable,
     operator,
     preconditioner_operator,
     resolve_check_every,
@@ -394,7 +395,11 @@ def linear_cg(
         reason = "stopped_updating"
     else:
         reason = "max_iter"
-    out: list[Any] = [from_block(X, vector)]
+    out: list[Any] = [
+        not_differentiable(
+            "linear_cg", from_block(X, vector), matmul_closure, rhs, initial_guess, preconditioner
+        )
+    ]
     if n_tridiag:
         out.append(_tridiagonal(alphas, betas, tri_active, B, n_tridiag))
     if return_info:

@@ -23,7 +23,14 @@ from tsgu_ops._checks import (
     require_value_dtype,
 )
 
-from ._common import check_on_failure, givens, non_finite_message, resolve_check_every, signal
+from ._common import (
+    check_on_failure,
+    givens,
+    non_finite_message,
+    not_differentiable,
+    resolve_check_every,
+    signal,
+)
 from ._operator import SparseOperator, col_norm
 
 _LSMR_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
@@ -258,7 +265,7 @@ def lsmr(
                 break
     X = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k)
     X = X.squeeze(-1) if vector else X
-    return X, int(last.max()) if k else 0
+    return not_differentiable("lsmr", X, A, b, Armat, x0), int(last.max()) if k else 0
 
 
 def _nan_columns(X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int) -> torch.Tensor:

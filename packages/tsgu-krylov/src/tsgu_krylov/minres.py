@@ -35,6 +35,7 @@ from ._common import (
     check_x0,
     column_non_finite,
     finish,
+    not_differentiable,
     operator,
     preconditioner_operator,
     resolve_check_every,
@@ -267,4 +268,5 @@ def minres(
         non_finite=non_finite,
     )
     X = from_block(outcome.X, vector)
+    X = not_differentiable("minres", X, matmul_closure, rhs, x0, preconditioner, shifts)
     return (X, outcome.info) if return_info else X
