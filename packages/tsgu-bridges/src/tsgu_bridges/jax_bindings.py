@@ -20,6 +20,18 @@ from tsgu_ops._checks import check_sparse_indices
 __all__ = ["j2t", "j2t_coo", "j2t_csr", "spmm_t4j", "t2j", "t2j_coo", "t2j_csr"]
 
 
+def _x64_scope(on: bool) -> Any:
+    """A context manager enabling (or disabling) 64-bit JAX types for its body only.
+
+    ``jax.enable_x64`` since JAX 0.7; ``jax.experimental.enable_x64`` before (tsgu-bridges[jax]
+    accepts jax >= 0.4.30, and Python 3.10 resolves to jax 0.6).
+    """
+    scope = getattr(jax, "enable_x64", None)
+    if scope is None:  # pragma: no cover - exercised by the Python 3.10 cell of the matrix
+        from jax.experimental import enable_x64 as scope
+    return scope(on)
+
+
 def t2j(x: torch.Tensor) -> Any:
     """A dense tensor as a JAX array (DLPack; a float64 tensor needs ``jax_enable_x64``).
 

@@ -39,7 +39,7 @@ from tsgu_ops.implicit import (
 from tsgu_ops.pattern import SparsePattern
 
 from ._checks import SOLVE_DTYPES, check_dense, check_matrix, check_residual, coo_residuals, nonfinite_result
-from .jax_bindings import j2t, t2j
+from .jax_bindings import _x64_scope, j2t, t2j
 
 __all__ = ["SparseSolveJ4T", "sparse_solve_j4t"]
 
@@ -90,7 +90,7 @@ class _JaxKernel:
         nan = nonfinite_result(values, B)
         if nan is not None:  # JAX's BiCGSTAB returned zeros for a NaN matrix
             return nan
-        with jax.enable_x64(A.dtype == torch.float64):
+        with _x64_scope(A.dtype == torch.float64):
             M = self._matrix(A, values, transposed and not user_t)
             Bj = jax.device_put(t2j(Bf), _device_for(A))
             X = fn(M, Bj, **kwargs)

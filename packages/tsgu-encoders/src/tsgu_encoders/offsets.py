@@ -117,7 +117,9 @@ def _as_int(v: Any) -> int | None:
     """``v`` as a Python int if it is an integer (Python, NumPy or a 0-d integer tensor), else None."""
     if (
         isinstance(v, bool)
-        or type(v).__name__ == "bool_"
+        # NumPy's bool scalar is named ``bool_`` before NumPy 2 and ``bool`` since; NumPy < 2.3
+        # still lets ``operator.index`` read it as 0/1 (with a DeprecationWarning)
+        or (type(v).__module__ == "numpy" and type(v).__name__ in ("bool_", "bool"))
         or (isinstance(v, torch.Tensor) and v.dtype == torch.bool)
     ):
         return None
