@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, hessian, jacfwd, jacrev, vjp, vmap
 
+from tsgu_ops._compat import TORCH_VERSION
 from tsgu_ops.nn import SparseParameter
 from tsgu_ops.testing import build_case, stored_entries
 
@@ -38,6 +39,18 @@ CASES = [
 ]
 
 
+def _check_hessian(run, ref, **tol):  # type: ignore[no-untyped-def]
+    """Forward-over-reverse equals the dense reference; on torch < 2.9 it may instead be the
+    documented ``NotImplementedError`` (torch 2.5's functorch asserts inside a custom operator's
+    vmap rule; seen in the torch 2.5.1 cell of the matrix)."""
+    try:
+        out = run()
+    except NotImplementedError as exc:  # only where the matrix saw the functorch bug
+        assert TORCH_VERSION < (2, 9) and "needs torch >= 2.9" in str(exc)
+        return
+    torch.testing.assert_close(out, ref(), **tol)
+
+
 @pytest.mark.parametrize(("layout", "shape"), CASES, ids=["csr", "coo", "batched-csr"])
 def test_derivatives_of_mm_with_respect_to_values_equal_dense(layout, shape):
     P = _param(layout, shape)
@@ -54,7 +67,7 @@ def test_derivatives_of_mm_with_respect_to_values_equal_dense(layout, shape):
     torch.testing.assert_close(grad(f)(v), grad(f_ref)(v))
     torch.testing.assert_close(jacrev(lambda v: P.mm(B, values=v))(v), jacrev(lambda v: _dense(P, v) @ B)(v))
     torch.testing.assert_close(jacfwd(lambda v: P.mm(B, values=v))(v), jacrev(lambda v: _dense(P, v) @ B)(v))
-    torch.testing.assert_close(hessian(f)(v), hessian(f_ref)(v))
+    _check_hessian(lambda: hessian(f)(v), lambda: hessian(f_ref)(v))
     out, pull = vjp(lambda v, B: P.mm(B, values=v, transpose=False), v, B)
     G = torch.randn_like(out)
     out_r, pull_r = vjp(lambda v, B: _dense(P, v) @ B, v, B)
@@ -108,8 +121,9 @@ def test_triangular_solve_under_func_transforms_equals_dense(structure, upper, t
 
     torch.testing.assert_close(jacrev(solve)(v), jacrev(solve_ref)(v))
     torch.testing.assert_close(jacfwd(solve)(v), jacrev(solve_ref)(v))
-    torch.testing.assert_close(
-        hessian(lambda v: solve(v).pow(2).sum())(v), hessian(lambda v: solve_ref(v).pow(2).sum())(v)
+    _check_hessian(
+        lambda: hessian(lambda v: solve(v).pow(2).sum())(v),
+        lambda: hessian(lambda v: solve_ref(v).pow(2).sum())(v),
     )
     V = v + 0.1 * torch.randn(3, P.nnz, dtype=F64, generator=g)
     torch.testing.assert_close(vmap(solve)(V), torch.stack([solve_ref(V[i]) for i in range(3)]))
@@ -164,8 +178,10 @@ def test_generic_solve_under_func_transforms_equals_dense(solver):
     tol = {"rtol": 1e-7, "atol": 1e-9}
     torch.testing.assert_close(jacrev(solve)(v), jacrev(solve_ref)(v), **tol)
     torch.testing.assert_close(jacfwd(solve)(v), jacrev(solve_ref)(v), **tol)
-    torch.testing.assert_close(
-        hessian(lambda v: solve(v).pow(2).sum())(v), hessian(lambda v: solve_ref(v).pow(2).sum())(v), **tol
+    _check_hessian(
+        lambda: hessian(lambda v: solve(v).pow(2).sum())(v),
+        lambda: hessian(lambda v: solve_ref(v).pow(2).sum())(v),
+        **tol,
     )
     V = v + 0.05 * torch.randn(3, P.nnz, dtype=F64, generator=g)  # still SPD: diagonally dominant
     torch.testing.assert_close(vmap(solve)(V), torch.stack([solve_ref(V[i]) for i in range(3)]), **tol)
