@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d"),
     }
     paths = write_reports(rows, env, Path(args.out))
+    partial.unlink(missing_ok=True)  # the complete results are written: the running log goes
     if any(c.name.startswith("krylov") for c in cases) and not args.matrix and args.device == "cpu":
         from .iterations import iteration_table
 
