@@ -26,9 +26,11 @@ def _x64_scope(on: bool) -> Any:
     ``jax.enable_x64`` since JAX 0.7; ``jax.experimental.enable_x64`` before (tsgu-bridges[jax]
     accepts jax >= 0.4.30, and Python 3.10 resolves to jax 0.6).
     """
-    scope = getattr(jax, "enable_x64", None)
+    scope: Any = getattr(jax, "enable_x64", None)
     if scope is None:  # pragma: no cover - exercised by the Python 3.10 cell of the matrix
-        from jax.experimental import enable_x64 as scope
+        from jax import experimental as jax_experimental
+
+        scope = getattr(jax_experimental, "enable_x64")  # noqa: B009  (absent from newer stubs)
     return scope(on)
 
 
