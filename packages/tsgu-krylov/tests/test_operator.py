@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsgu_krylov._operator import SparseOperator, col_dot, col_norm, compact_csr
+from tsgu_krylov._operator import SparseOperator, col_dot, col_norm
+from tsgu_ops.pattern import SparsePattern
 
 
 def _matrix(layout: torch.layout, batch: int | None = None) -> torch.Tensor:
@@ -38,13 +39,22 @@ def test_batched_operator_matches_dense_product(k):
     torch.testing.assert_close(SparseOperator(A)(X), A.to_dense() @ X, rtol=1e-12, atol=1e-12)
 
 
-def test_compact_csr_keeps_values_and_pattern():
+@pytest.mark.parametrize("transpose", [False, True])
+def test_operator_indices_are_32_bit_once_per_pattern(transpose):
     A = _matrix(torch.sparse_csr)
-    C = compact_csr(A)
-    assert C.col_indices().dtype == torch.int32
-    assert torch.equal(C.to_dense(), A.to_dense())
-    assert C.values().data_ptr() == A.values().data_ptr()  # shared, not copied
-    assert compact_csr(C) is C
+    P = SparsePattern(A)
+    first = SparseOperator(A, transpose=transpose, pattern=P).matrix
+    second = SparseOperator(A, transpose=transpose, pattern=P).matrix
+    assert first.col_indices().dtype == torch.int32
+    D = A.to_dense().mT if transpose else A.to_dense()
+    assert torch.equal(first.to_dense(), D)
+    # converted once: a second operator of the same pattern reuses the 32-bit index tensors
+    assert second.col_indices().data_ptr() == first.col_indices().data_ptr()
+    assert second.crow_indices().data_ptr() == first.crow_indices().data_ptr()
+    if not transpose:  # the values are the input's, not a copy
+        assert first.values().data_ptr() == A.values().data_ptr()
+    # the input keeps its own 64-bit indices
+    assert A.col_indices().dtype == torch.int64
 
 
 @pytest.mark.parametrize("shape", [(7, 1), (7, 4), (3, 7, 1), (2, 3, 7, 2)])

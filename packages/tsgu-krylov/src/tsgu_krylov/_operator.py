@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.pattern import SparsePattern, quiet
+from tsgu_ops.pattern import SparsePattern
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -40,7 +40,8 @@ class SparseOperator:
         A = A.detach()
         self.pattern = pattern if pattern is not None else SparsePattern(A)
         values = self.pattern.values(A)
-        self.matrix = compact_csr(self.pattern.csr_t(values) if transpose else self.pattern.csr(values))
+        P = self.pattern
+        self.matrix = P.csr_t(values, compact=True) if transpose else P.csr(values, compact=True)
         self.batch = self.pattern.batch
         self.n = self.pattern.n
         self.shape = tuple(A.shape)
@@ -50,6 +51,10 @@ class SparseOperator:
         """``A @ x`` for one vector ``x`` of the flattened operator's length (``b·n``)."""
         return torch.mv(self.matrix, x)
 
+    def mv_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`mv` written into ``out`` (a contiguous vector): no allocation per product."""
+        return torch.mv(self.matrix, x, out=out)
+
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
         S = self.matrix
         if self.batch is None and (X.dim() == 1 or (X.dim() == 2 and X.shape[-1] == 1)):
@@ -57,34 +62,6 @@ class SparseOperator:
             return y if X.dim() == 1 else y.unsqueeze(-1)
         flat, unfold = fold_block(X, self.batch, self.shape)
         return unfold(S @ flat, S.shape[0] // (self.batch or 1))
-
-
-_INT32_MAX = 2**31 - 1
-
-
-def compact_csr(S: torch.Tensor) -> torch.Tensor:
-    """``S`` (a 2-D CSR tensor) with 32-bit index tensors when every index and ``nnz`` fit.
-
-    The values are shared, not copied.  Any other tensor is returned unchanged.
-
-    Examples
-    --------
-    >>> import torch
-    >>> S = torch.eye(3, dtype=torch.float64).to_sparse_csr()
-    >>> compact_csr(S).crow_indices().dtype
-    torch.int32
-    """
-    if S.layout != torch.sparse_csr or S.dim() != 2:
-        return S
-    crow, col = S.crow_indices(), S.col_indices()
-    if crow.dtype == torch.int32 or max(S.shape[0], S.shape[1], col.numel()) >= _INT32_MAX:
-        return S
-    values = S.values()
-    return quiet(
-        lambda: torch.sparse_csr_tensor(
-            crow.to(torch.int32), col.to(torch.int32), values, tuple(S.shape), check_invariants=False
-        )
-    )
 
 
 def fold_block(

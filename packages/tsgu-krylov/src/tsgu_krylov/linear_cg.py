@@ -37,7 +37,7 @@ from ._common import (
     safe_div,
     true_relative_residual,
 )
-from ._operator import col_dot, col_norm, from_block
+from ._operator import SparseOperator, col_dot, col_norm, from_block
 
 __all__ = ["CGInfo", "LinearCGSettings", "linear_cg"]
 
@@ -397,7 +397,7 @@ def linear_cg(
         reason = "max_iter"
     out: list[Any] = [
         not_differentiable(
-            "linear_cg", from_block(X, vector), matmul_closure, rhs, initial_guess, preconditioner
+            "linear_cg", from_block(X, vector), matmul_closure, rhs, initial_guess, preconditioner, R
         )
     ]
     if n_tridiag:
@@ -418,6 +418,7 @@ def linear_cg(
     return out[0] if len(out) == 1 else tuple(out)
 
 
+@torch.no_grad()
 def _single_column_cg(
     A: Any,
     M: Any,
@@ -438,12 +439,23 @@ def _single_column_cg(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, int, int, torch.Tensor]:
     """The block loop of :func:`linear_cg` for one column ``(n, 1)`` on the CPU, on Python scalars.
 
-    Same recurrence, freezing, breakdown and stopping tests in the same order; the vectors are
-    updated in place (``X``, ``R``, ``P`` must be contiguous and are changed).  Returns ``(X, res,
+    Same recurrence, freezing, breakdown and stopping tests in the same order, without autograd
+    (a tracked operator is reported by the caller: ``R`` then requires grad); ``X``, ``R`` and ``P``
+    are only read.  Returns ``(X, res,
     active, loop_passed, iterations, matvecs, non_finite)`` with the tensors shaped as the block
     loop leaves them.
     """
-    x, r, p = X.view(-1), R.view(-1), P.view(-1)
+    n = X.numel()
+    # x and r share one (2, n) block, p and w = A p another: both updates x += αp, r −= αw are then
+    # one kernel over 2n entries (which PyTorch runs on all threads, as it would not for n < 32768),
+    # the product writes w in place, and p = z + βp is one pass: the loop is memory-bound.
+    XR = torch.stack((X.reshape(-1), R.reshape(-1)))
+    x, r = XR[0], XR[1]
+    PW = torch.empty((2, n), dtype=X.dtype, device=X.device)
+    p, w = PW[0], PW[1]
+    p.copy_(P.reshape(-1))
+    sign = torch.tensor([[1.0], [-1.0]], dtype=X.dtype, device=X.device)
+    into = A.mv_into if isinstance(A, SparseOperator) and A.batch is None else None
     rz, res, active = float(rz_t), float(res_t), bool(active_t)
     freeze_at, stop_tol = float(freeze_at_t), float(stop_tol_t)
     broken_pap = broken_rz = non_finite = loop_passed = False
@@ -451,8 +463,11 @@ def _single_column_cg(
     for it in range(n_iter):
         matvecs += 1
         if active:
-            ap = A(P).reshape(-1)
-            pAp = float(torch.dot(p, ap))
+            if into is not None:
+                into(p, w)
+            else:
+                w.copy_(A(p.view(-1, 1)).reshape(-1))
+            pAp = float(torch.dot(p, w))
             step = False
             if not math.isfinite(pAp):
                 non_finite = True
@@ -463,9 +478,8 @@ def _single_column_cg(
             still = False
             if step:
                 alpha = rz / pAp
-                x.add_(p, alpha=alpha)
-                r.add_(ap, alpha=-alpha)
-                z = r if M is None else M(R).reshape(-1)
+                XR.addcmul_(PW, sign, value=alpha)
+                z = r if M is None else M(r.view(-1, 1)).reshape(-1)
                 rz_new = float(torch.dot(r, z))
                 res = float(torch.linalg.vector_norm(r)) if M is not None else math.sqrt(max(rz_new, 0.0))
                 if res > freeze_at:
@@ -476,7 +490,7 @@ def _single_column_cg(
                     elif rz_new >= eps:  # below eps: the residual vanished (exact convergence)
                         still = True
                 if still:
-                    p.mul_(rz_new / rz).add_(z)
+                    torch.add(z, p, alpha=rz_new / rz, out=p)
                     rz = rz_new
             active = still
         iterations = it + 1
@@ -499,7 +513,15 @@ def _single_column_cg(
                     break
     flag = torch.tensor([non_finite], device=X.device)
     res_out = torch.full_like(res_t, res)
-    return X, res_out, torch.tensor([active], device=X.device), loop_passed, iterations, matvecs, flag
+    return (
+        x.view(X.shape),
+        res_out,
+        torch.tensor([active], device=X.device),
+        loop_passed,
+        iterations,
+        matvecs,
+        flag,
+    )
 
 
 def _tridiagonal(

@@ -69,8 +69,8 @@ def structure(crow: Tensor, col: Tensor, n_cols: int) -> Structure:
     counts = (crow[1:] - crow[:-1]).to(torch.int64)
     rows = torch.repeat_interleave(torch.arange(n_rows, device=crow.device), counts, output_size=nnz)
     perm_t = torch.argsort(col, stable=True)
-    crow_t = compress_rows(col[perm_t].to(torch.int64), n_cols)
-    col_t = rows[perm_t]
+    crow_t = compress_rows(col.index_select(0, perm_t).to(torch.int64), n_cols)
+    col_t = rows.index_select(0, perm_t)
     return Structure(crow, col, crow_t, col_t, perm_t)
 
 
@@ -118,7 +118,7 @@ def _mm_impl(
     if col.numel() == 0:
         return torch.zeros(out_rows, X.shape[-1], dtype=X.dtype, device=X.device)
     if transpose:
-        S = _csr(crow_t, col_t, values[perm_t], n_rows)
+        S = _csr(crow_t, col_t, values.index_select(0, perm_t), n_rows)
     else:
         S = _csr(crow, col, values, n_cols)
     with _exact(X.device):

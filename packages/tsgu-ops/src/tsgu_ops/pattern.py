@@ -172,6 +172,7 @@ class SparsePattern:
         self.N, self.M = b * self.n, b * self.m
         self.device = A.device
         self._transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._compact: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
         # Stored entries in canonical (row-major, one per coordinate) order, as used by the
         # kernels: ``perm[j]`` is the original position of canonical entry j (None: identity),
         # or, when a COO input holds duplicate coordinates, ``canon[k]`` is the canonical slot
@@ -197,7 +198,7 @@ class SparsePattern:
                 self._sorted_rows, self.sorted_cols = rows, cols
             else:
                 perm = lexsort_rows_cols(rows, cols, self.M)
-                sr, sc = rows[perm], cols[perm]
+                sr, sc = rows.index_select(0, perm), cols.index_select(0, perm)
                 first = torch.ones(self.nnz, dtype=torch.bool, device=rows.device)
                 first[1:] = (sr[1:] != sr[:-1]) | (sc[1:] != sc[:-1])
                 if bool(first.all()):
@@ -272,26 +273,35 @@ class SparsePattern:
         if self.canon is not None:
             out = torch.zeros(self.n_canonical, dtype=values.dtype, device=values.device)
             return out.index_add(0, self.canon, values)
-        return values if self.perm is None else values[self.perm]
+        return values if self.perm is None else values.index_select(0, self.perm)
 
     def _unsort(self, sorted_values: torch.Tensor) -> torch.Tensor:
         """Per-coordinate results in canonical order → one per original entry."""
         if self.canon is not None:
-            return sorted_values[self.canon]
+            return sorted_values.index_select(0, self.canon)
         if self.perm is None:
             return sorted_values
-        out = torch.empty_like(sorted_values)
-        out[self.perm] = sorted_values
-        return out
+        return torch.empty_like(sorted_values).index_copy_(0, self.perm, sorted_values)
 
-    def csr(self, values: torch.Tensor) -> torch.Tensor:
-        """The flattened ``(N, M)`` matrix as a CSR tensor holding ``values`` (original order)."""
+    def _csr_indices(self, transpose: bool, compact: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crow, col)`` of the flattened matrix or its transpose; with ``compact``, 32-bit copies
+        where every index fits (made once per pattern: PyTorch's CPU product kernels otherwise
+        convert 64-bit indices to 32-bit ones on every call, which nearly doubles their cost)."""
+        crow, col = self._transposed_order()[:2] if transpose else (self.crow, self.sorted_cols)
+        if not compact or (crow.dtype == col.dtype == torch.int32):
+            return crow, col
+        if max(self.N, self.M, self.nnz) >= 2**31 - 1:
+            return crow, col
+        if transpose not in self._compact:
+            self._compact[transpose] = (crow.to(torch.int32), col.to(torch.int32))
+        return self._compact[transpose]
+
+    def csr(self, values: torch.Tensor, compact: bool = False) -> torch.Tensor:
+        """The flattened ``(N, M)`` matrix as a CSR tensor holding ``values`` (original order);
+        ``compact``: with 32-bit indices where they fit."""
         v = self._sorted(values)
-        return quiet(
-            lambda: torch.sparse_csr_tensor(
-                self.crow, self.sorted_cols, v, (self.N, self.M), check_invariants=False
-            )
-        )
+        crow, col = self._csr_indices(False, compact)
+        return quiet(lambda: torch.sparse_csr_tensor(crow, col, v, (self.N, self.M), check_invariants=False))
 
     def _transposed_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._transpose is None:
@@ -300,15 +310,17 @@ class SparsePattern:
             if self.M < 2**31 - 1 and keys.dtype != torch.int32:
                 keys = keys.to(torch.int32)  # sorting 32-bit keys is about twice as fast
             perm_t = torch.argsort(keys, stable=True)
-            crow_t = compress_rows(self.sorted_cols[perm_t].to(torch.int64), self.M)
-            col_t = self.sorted_rows[perm_t]
+            crow_t = compress_rows(self.sorted_cols.index_select(0, perm_t).to(torch.int64), self.M)
+            col_t = self.sorted_rows.index_select(0, perm_t)
             self._transpose = (crow_t, col_t, perm_t)
         return self._transpose
 
-    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
-        """The transposed flattened ``(M, N)`` matrix as a CSR tensor holding ``values``."""
-        crow_t, col_t, perm_t = self._transposed_order()
-        v = self._sorted(values)[perm_t]
+    def csr_t(self, values: torch.Tensor, compact: bool = False) -> torch.Tensor:
+        """The transposed flattened ``(M, N)`` matrix as a CSR tensor holding ``values``;
+        ``compact``: with 32-bit indices where they fit."""
+        perm_t = self._transposed_order()[2]
+        crow_t, col_t = self._csr_indices(True, compact)
+        v = self._sorted(values).index_select(0, perm_t)
         return quiet(
             lambda: torch.sparse_csr_tensor(crow_t, col_t, v, (self.M, self.N), check_invariants=False)
         )
@@ -331,7 +343,7 @@ class SparsePattern:
         if v.numel() == 0:
             return True
         tol = 8 * torch.finfo(v.real.dtype).eps * float(v.abs().max())
-        return bool(((v - v[perm_t]).abs() <= tol).all())
+        return bool(((v - v.index_select(0, perm_t)).abs() <= tol).all())
 
     def matmul(self, values: torch.Tensor, X: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """``S @ X`` (or ``Sᵀ @ X``) for the flattened matrix ``S`` holding ``values``."""
@@ -339,7 +351,7 @@ class SparsePattern:
         if self.nnz == 0:
             return torch.zeros(rows, X.shape[-1], dtype=X.dtype, device=X.device)
         values, X = values.resolve_conj(), X.resolve_conj()  # the kernels ignore the conj bit
-        S = self.csr_t(values) if transpose else self.csr(values)
+        S = self.csr_t(values, compact=True) if transpose else self.csr(values, compact=True)
         return quiet(lambda: S @ X)
 
     def to_sparse(self, values: torch.Tensor) -> torch.Tensor:
