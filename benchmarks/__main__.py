@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .cases import all_cases
+from .cases import Case, Variant, all_cases
 from .report import update_readme, write_reports
 
 ROOT = Path(__file__).resolve().parent
@@ -33,6 +34,36 @@ def _progress(items: list[Any], desc: str) -> Any:
         return tqdm(items, desc=desc, unit="variant", file=sys.stderr)
     except ImportError:  # pragma: no cover
         return items
+
+
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from a variant's rounds: medians and spreads over every timed call of every round
+    that succeeded, the largest peaks, the rest (status, residuals, notes) from the first round.
+
+    Examples
+    --------
+    >>> row = merge_rounds([{"status": "ok", "fwd_times_s": [1.0, 3.0], "bwd_times_s": None,
+    ...                      "fwd_peak_bytes": 5, "bwd_peak_bytes": None, "wall_s": 1.0},
+    ...                     {"status": "ok", "fwd_times_s": [2.0], "bwd_times_s": None,
+    ...                      "fwd_peak_bytes": 7, "bwd_peak_bytes": None, "wall_s": 2.0}])
+    >>> row["fwd_s"], row["fwd_spread_s"], row["runs"], row["fwd_peak_bytes"], row["rounds"]
+    (2.0, 2.0, 3, 7, 2)
+    """
+    ok = [r for r in results if r.get("status") == "ok"]
+    if not ok:
+        return {k: v for k, v in results[0].items() if not k.endswith("_times_s")}
+    row = {k: v for k, v in ok[0].items() if not k.endswith("_times_s")}
+    fwd = [t for r in ok for t in r["fwd_times_s"]]
+    row.update(fwd_s=statistics.median(fwd), fwd_spread_s=max(fwd) - min(fwd), runs=len(fwd))
+    if ok[0].get("bwd_times_s") is not None:
+        bwd = [t for r in ok for t in r["bwd_times_s"]]
+        row.update(bwd_s=statistics.median(bwd), bwd_spread_s=max(bwd) - min(bwd))
+    for key in ("fwd_peak_bytes", "bwd_peak_bytes"):
+        peaks = [r[key] for r in ok if r.get(key) is not None]
+        row[key] = max(peaks) if peaks else None
+    row["rounds"] = len(ok)
+    row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in results), 1)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,17 +99,32 @@ def main(argv: list[str] | None = None) -> int:
         "budget_s": args.budget,
         "dense_limit": int(args.dense_limit_gib * 2**30),
     }
-    jobs = [(c, v) for c in cases for v in c.variants]
-    rows = []
+    jobs: list[tuple[Case, list[Variant], int]] = []
+    for c in cases:
+        shared = [v for v in c.variants if c.interleave and not v.alone]
+        for r in range(c.rounds):
+            if shared:
+                jobs.append((c, shared if r % 2 == 0 else shared[::-1], r))
+            turn = [v for v in c.variants if v not in shared and (r == 0 or not v.alone)]
+            jobs.extend((c, [v], r) for v in (turn if r % 2 == 0 else turn[::-1]))
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     partial = Path(args.out) / "rows.jsonl"
     partial.unlink(missing_ok=True)
     bar = _progress(jobs, "benchmarks")
-    for case, variant in bar:
+    for case, group, rnd in bar:
+        names = [v.name for v in group]
         if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"{case.name}: {variant.name}")
+            bar.set_postfix_str(f"{case.name}: {', '.join(names)}" + (f" (round {rnd + 1})" if rnd else ""))
         t0 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.worker", case.name, variant.name, json.dumps(worker_args)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.worker",
+                case.name,
+                json.dumps(names),
+                json.dumps(worker_args),
+            ],
             capture_output=True,
             text=True,
             cwd=ROOT.parent,
@@ -86,26 +132,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         marker = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@RESULT@@")]
         if marker:
-            result = json.loads(marker[-1][len("@@RESULT@@") :])
+            by_name = json.loads(marker[-1][len("@@RESULT@@") :])
         elif proc.returncode < 0 or proc.returncode == 137:
-            result = {"status": "out of memory (killed)"}
+            by_name = {n: {"status": "out of memory (killed)"} for n in names}
         else:
-            result = {"status": "error", "error": (proc.stderr.strip().splitlines() or ["?"])[-1][:200]}
-        rows.append(
-            {
-                "case": case.name,
-                "op": case.op,
-                "variant": variant.name,
-                "size": case.size,
-                "device": args.device,
-                "baseline": variant.baseline,
-                "wall_s": round(time.perf_counter() - t0, 1),
-                **result,
-            }
-        )
+            error = (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+            by_name = {n: {"status": "error", "error": error} for n in names}
+        wall = round(time.perf_counter() - t0, 1)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("a") as f:  # every finished variant, in case the run is stopped
-            f.write(json.dumps(rows[-1]) + "\n")
+        for name in names:
+            result = {**by_name[name], "wall_s": wall}
+            results.setdefault((case.name, name), []).append(result)
+            with partial.open("a") as f:  # every finished variant, in case the run is stopped
+                f.write(json.dumps({"case": case.name, "variant": name, "round": rnd, **result}) + "\n")
+    rows = [
+        {
+            "case": case.name,
+            "op": case.op,
+            "variant": variant.name,
+            "size": case.size,
+            "device": args.device,
+            "baseline": variant.baseline,
+            "in_turns": case.interleave and not variant.alone,
+            **merge_rounds(results[(case.name, variant.name)]),
+        }
+        for case in cases
+        for variant in case.variants
+        if (case.name, variant.name) in results
+    ]
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -31,6 +31,7 @@ class Variant:
     setup: Callable[[dict[str, Any]], Run]
     baseline: bool = False  # the alternative a user would pick instead
     note: str = ""
+    alone: bool = False  # in an interleaved case: in a process of its own, one round (a slow one)
 
 
 @dataclass
@@ -40,6 +41,12 @@ class Case:
     size: str
     variants: list[Variant]
     params: dict[str, Any] = field(default_factory=dict)
+    # Rounds of fresh processes, the variants in turns (forward order, then reversed, ...); the
+    # figures are medians over every round's timed calls.  ``interleave``: the variants share one
+    # process per round and alternate call by call, so that a slow spell of a shared host (they
+    # last seconds) falls on every library of the case, not on whichever ran during it.
+    rounds: int = 1
+    interleave: bool = False
 
 
 def _matrix(ctx: dict[str, Any], k: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ COLUMNS = [
     "bwd_spread_s",
     "total_s",
     "runs",
+    "rounds",
     "fwd_peak_bytes",
     "bwd_peak_bytes",
     "peak_bytes",
@@ -82,7 +83,8 @@ def write_reports(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) ->
             w.writerow(r)
     lines = [
         f"Run on {env['date']}: torch {env['torch']}, Python {env['python']}, {env['cores']} cores, "
-        f"device {env['device']} ({env['threads']} threads). Times are medians after a warm-up; memory "
+        f"device {env['device']} ({env['threads']} threads). Times are medians after a warm-up (over every "
+        "round where a case runs its variants in turns, each in a fresh process); memory "
         "is the peak above the level before each phase (forward, then backward) in a fresh process. "
         "Ratios compare with the alternative marked *.",
         "",
@@ -94,6 +96,9 @@ def write_reports(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) ->
         status = r.get("status", "")
         if r.get("note"):
             status += f" ({r['note']})"
+        if (r.get("rounds") or 1) > 1 or r.get("in_turns"):
+            turns = ", in turns with the others" if r.get("in_turns") else ""
+            status += f" [{r.get('runs')} calls in {r.get('rounds') or 1} rounds{turns}]"
         if r.get("error"):
             status += f": {r['error']}"
         lines.append(
