@@ -1,6 +1,7 @@
 """``python -m benchmarks``: tsgu against what users would pick instead, with tables and plots.
 
-Every variant runs in a fresh subprocess (so its peak memory is its own); results go to
+Every variant runs in a fresh subprocess (so its peak memory is its own), except in interleaved
+cases (the solver peers), whose libraries share one per round and are timed in turns; results go to
 ``benchmarks/results/``: ``results.csv`` (one row per variant), ``summary.md`` (a markdown table,
 with each tsgu row's ratio to the alternative of the same case) and PNG plots.
 """

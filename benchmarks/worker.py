@@ -73,6 +73,11 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"status": "unsupported", "error": str(exc).splitlines()[0][:200]}
 
 
+# Between the calls of variants sharing a process: a library's worker threads keep spinning for a
+# while after its call (SciPy's OpenBLAS pool: measured, the torch call after a SciPy solve took
+# 2-3x as long), and the pause lets them go idle before the next library is timed.
+TURN_PAUSE_S = 0.25
+
 _FAILURES = (MemoryError, RuntimeError, NotImplementedError)  # torch.OutOfMemoryError is a RuntimeError
 
 
@@ -132,6 +137,8 @@ def run(case_name: str, variant_names: list[str], args: dict[str, Any]) -> dict[
         order = list(runs) if i % 2 == 0 else list(runs)[::-1]
         for name in order:
             fwd_t, bwd_t = times[name]
+            if len(runs) > 1:
+                time.sleep(TURN_PAUSE_S)
             try:
                 _timed_call(runs[name], meter, fwd_t, bwd_t)
             except _FAILURES as exc:
