@@ -83,8 +83,8 @@ def write_reports(rows: list[dict[str, Any]], env: dict[str, Any], out: Path) ->
             w.writerow(r)
     lines = [
         f"Run on {env['date']}: torch {env['torch']}, Python {env['python']}, {env['cores']} cores, "
-        f"device {env['device']} ({env['threads']} threads). Times are medians after a warm-up (over every "
-        "round where a case runs its variants in turns, each in a fresh process); memory "
+        f"device {env['device']} ({env['threads']} threads). Times are medians after a warm-up (solver-peer "
+        "cases: over three rounds, the libraries sharing a process and timed in turns); memory "
         "is the peak above the level before each phase (forward, then backward) in a fresh process. "
         "Ratios compare with the alternative marked *.",
         "",
