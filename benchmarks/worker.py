@@ -169,8 +169,8 @@ def run(case_name: str, variant_names: list[str], args: dict[str, Any]) -> dict[
 
 
 def main() -> None:
-    """``python -m benchmarks.worker CASE VARIANT[,VARIANT...] ARGS_JSON``: one result line, a
-    JSON object from variant name to its result."""
+    """``python -m benchmarks.worker CASE NAMES_JSON ARGS_JSON`` (``NAMES_JSON``: a JSON list of
+    variant names): one result line, a JSON object from variant name to its result."""
     case_name, names_json, args_json = sys.argv[1], sys.argv[2], sys.argv[3]
     args = json.loads(args_json)
     torch.set_num_threads(args.get("threads") or torch.get_num_threads())
