@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tsgu_krylov._operator import SparseOperator, col_dot, col_norm
-from tsgu_ops.pattern import SparsePattern
+from tsgu_ops.internal import SparsePattern
 
 
 def _matrix(layout: torch.layout, batch: int | None = None) -> torch.Tensor:

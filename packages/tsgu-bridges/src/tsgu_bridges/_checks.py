@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
+from tsgu_ops.internal import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
 
 __all__ = [
     "EXPORT_DTYPES",

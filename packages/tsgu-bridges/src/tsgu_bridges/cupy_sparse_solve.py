@@ -37,14 +37,14 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
-from tsgu_ops.implicit import (
+from tsgu_ops.internal import (
     Kernel,
+    SparsePattern,
     check_solve_inputs,
     rhs_kernel_backward,
     rhs_kernel_forward,
     solve_sparse_rhs,
 )
-from tsgu_ops.pattern import SparsePattern
 
 from ._checks import (
     SOLVE_DTYPES,

@@ -15,7 +15,7 @@ import jax
 import torch
 from jax.experimental import sparse as jsparse
 
-from tsgu_ops._checks import check_sparse_indices
+from tsgu_ops.internal import check_sparse_indices
 
 __all__ = ["j2t", "j2t_coo", "j2t_csr", "spmm_t4j", "t2j", "t2j_coo", "t2j_csr"]
 

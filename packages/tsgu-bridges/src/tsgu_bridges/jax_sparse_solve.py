@@ -29,14 +29,14 @@ import torch
 from jax.experimental import sparse as jsparse
 from torch.autograd.function import Function
 
-from tsgu_ops.implicit import (
+from tsgu_ops.internal import (
     Kernel,
+    SparsePattern,
     check_solve_inputs,
     rhs_kernel_backward,
     rhs_kernel_forward,
     solve_sparse_rhs,
 )
-from tsgu_ops.pattern import SparsePattern
 
 from ._checks import SOLVE_DTYPES, check_dense, check_matrix, check_residual, coo_residuals, nonfinite_result
 from .jax_bindings import _x64_scope, j2t, t2j

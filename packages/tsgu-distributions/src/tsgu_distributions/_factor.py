@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from tsgu_ops import sparse_mm, sparse_triangular_solve, sparse_with_values
-from tsgu_ops.pattern import SparsePattern
-from tsgu_ops.sampled import PatternMatmul, differentiable_values
+from tsgu_ops.internal import PatternMatmul, SparsePattern, differentiable_values
 
 
 def _canonical(

@@ -21,8 +21,7 @@ from torch import nn
 from torch.autograd.function import Function
 
 from tsgu_ops import _checks
-from tsgu_ops.pattern import SparsePattern, quiet
-from tsgu_ops.sampled import ValuesToSparse
+from tsgu_ops.internal import SparsePattern, ValuesToSparse, quiet
 
 from .offsets import check_radius, check_relation, check_volume_shape, gen_offsets_nd
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 
-from tsgu_ops._checks import (
+from tsgu_ops.internal import (
     FLOAT_DTYPES,
     check_sparse_indices,
     require_not_meta,

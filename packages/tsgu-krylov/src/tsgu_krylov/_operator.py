@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.pattern import SparsePattern
+from tsgu_ops.internal import SparsePattern
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 

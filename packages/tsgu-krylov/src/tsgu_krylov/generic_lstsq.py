@@ -20,9 +20,14 @@ from typing import Any
 import torch
 from torch.autograd.function import Function, once_differentiable
 
-from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
-from tsgu_ops.pattern import SparsePattern
-from tsgu_ops.sampled import deliver
+from tsgu_ops.internal import (
+    FLOAT_DTYPES,
+    SparsePattern,
+    check_sparse_indices,
+    deliver,
+    require_not_meta,
+    require_value_dtype,
+)
 
 from ._operator import SparseOperator
 from .lsmr import lsmr

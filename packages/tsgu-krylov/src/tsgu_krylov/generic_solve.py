@@ -28,16 +28,19 @@ from typing import Any
 import torch
 from torch.autograd.function import Function
 
-from tsgu_ops._checks import FLOAT_DTYPES, check_sparse_indices, require_not_meta, require_value_dtype
-from tsgu_ops._library import eager_under_compile
-from tsgu_ops.implicit import (
+from tsgu_ops.internal import (
+    FLOAT_DTYPES,
     Kernel,
+    SparsePattern,
     check_solve_inputs,
+    check_sparse_indices,
+    eager_under_compile,
+    require_not_meta,
+    require_value_dtype,
     rhs_kernel_backward,
     rhs_kernel_forward,
     solve_sparse_rhs,
 )
-from tsgu_ops.pattern import SparsePattern
 
 from ._operator import SparseOperator
 from .bicgstab import bicgstab

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops._checks import (
+from tsgu_ops.internal import (
     COMPLEX_DTYPES,
     FLOAT_DTYPES,
     check_sparse_indices,

@@ -47,8 +47,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops._checks import check_sparse_indices
-from tsgu_ops.pattern import SparsePattern, compress_rows, lexsort_rows_cols, quiet
+from tsgu_ops.internal import SparsePattern, check_sparse_indices, compress_rows, lexsort_rows_cols, quiet
 from tsgu_ops.triangular import csr_triangular_solve
 
 from ._operator import fold_block

@@ -10,13 +10,17 @@ gets.  tsgu-indexed depends on torch alone and keeps its one fallback (the group
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 
 from .pattern import quiet
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: The oldest torch every package is tested on and declares (``torch>=2.5`` in each pyproject.toml).
 MIN_TORCH = (2, 5)
@@ -158,3 +162,67 @@ def linalg_solve_triangular_compat(
             ).solution
         )
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# The autocast policy of every public operation of the project.
+
+#: Dtypes that an autocast region produces (and that the sparse kernels do not support).
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
+_AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def _autocast_active() -> str | None:
+    """The device type whose autocast is enabled, if any (``None`` outside autocast regions)."""
+    for device in _AUTOCAST_DEVICES:
+        try:
+            if torch.is_autocast_enabled(device):
+                return device
+        except TypeError:  # pragma: no cover - torch < 2.4 takes no device argument
+            if device == "cuda" and torch.is_autocast_enabled():
+                return device
+    return None
+
+
+def _to_fp32(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.layout == torch.strided and x.dtype in AUTOCAST_DTYPES:
+        return x.float()
+    if isinstance(x, (list, tuple)) and any(isinstance(t, torch.Tensor) for t in x):
+        return type(x)(_to_fp32(t) for t in x)
+    return x
+
+
+def autocast_fp32(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: the project's one autocast policy (autocast's *fp32* list, like ``torch.linalg``).
+
+    Outside an autocast region the call is unchanged.  Inside one (``torch.autocast("cpu")`` or
+    ``("cuda")``, any lower-precision dtype) the operation runs with autocast disabled: dense
+    operands of float16/bfloat16 dtype (what earlier autocast ops return) are cast to float32,
+    every other argument is left as it is, and the result has the dtype of the (cast) operands,
+    float32 or float64.  Sparse kernels have no half-precision implementation and Krylov
+    recurrences lose their accuracy in it, so nothing is computed in 16 bits.  Outside autocast a
+    half-precision operand is rejected with a ``TypeError`` as before.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_ops._compat import autocast_fp32
+    >>> @autocast_fp32
+    ... def mm(a, b):
+    ...     return a @ b
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     mm(torch.ones(2, 2), torch.ones(2, 2).bfloat16()).dtype
+    torch.float32
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        device = _autocast_active()
+        if device is None:
+            return fn(*args, **kwargs)
+        cargs = tuple(_to_fp32(a) for a in args)
+        ckwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
+        with torch.autocast(device_type=device, enabled=False):
+            return fn(*cargs, **ckwargs)  # type: ignore[arg-type]
+
+    return wrapper
