@@ -146,7 +146,15 @@ def tests(session: nox.Session) -> None:
     _install_torch(session)
     session.install("-r", "requirements-dev.txt")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci")}
-    session.run("pytest", "packages", "tests-integration/test_versions.py", *session.posargs, env=env)
+    # the cross-package assembly tests need the test extras (scikit-fem, JAX) that only this venv has
+    session.run(
+        "pytest",
+        "packages",
+        "tests-integration/test_versions.py",
+        "tests-integration/test_assembly.py",
+        *session.posargs,
+        env=env,
+    )
 
 
 def _pytest_outside_tree(session: nox.Session, tests: Path, env: dict[str, str]) -> None:
@@ -437,6 +445,8 @@ def integration(session: nox.Session) -> None:
     refresh = [a for p in PACKAGES for a in ("--refresh-package", p)] if session.venv_backend == "uv" else []
     session.install(*TEST_TOOLS, *refresh, "--find-links", str(dist), f"torchsparsegradutils=={VERSION}")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci"), "TSGU_DIST": str(dist)}
+    # the FEM assembly tests read a scikit-fem mesh (a test dependency, never a runtime one)
+    session.install("scikit-fem>=9")
     _pytest_outside_tree(session, ROOT / "tests-integration", env)
     _each_wheel_alone(session, dist)
 

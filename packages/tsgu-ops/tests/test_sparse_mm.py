@@ -98,7 +98,7 @@ def test_only_requested_gradients_are_computed():
     assert A2.grad is None and B2.grad is not None
 
 
-def test_uncoalesced_coo_gradient_keeps_own_indices_and_duplicates_get_full_value():
+def test_uncoalesced_coo_gradient_keeps_own_indices_and_duplicates_share_the_coordinate_gradient():
     idx = torch.tensor([[0, 1, 0], [1, 0, 1]])
     A = torch.sparse_coo_tensor(
         idx, torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64), (2, 2)
@@ -108,7 +108,11 @@ def test_uncoalesced_coo_gradient_keeps_own_indices_and_duplicates_get_full_valu
     torch.testing.assert_close(C, torch.tensor([[40.0], [2.0]], dtype=torch.float64))
     C.sum().backward()
     assert torch.equal(A.grad._indices(), idx)
-    torch.testing.assert_close(A.grad._values(), torch.tensor([10.0, 1.0, 10.0], dtype=torch.float64))
+    # dL/dA[0, 1] = 10 is split over its two stored copies: the gradient means dL/dA when summed
+    torch.testing.assert_close(A.grad._values(), torch.tensor([5.0, 1.0, 5.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        A.grad.to_dense(), torch.tensor([[0.0, 10.0], [1.0, 0.0]], dtype=torch.float64)
+    )
 
 
 def test_autograd_function_class_is_public():

@@ -19,6 +19,15 @@ tensor handed back to PyTorch, in a form whose accumulation is exact:
   adds the *values* (``old + new`` on identical indices) instead of letting PyTorch concatenate COO
   index lists or corrupt batched CSR; a COO leaf's ``.grad`` keeps the leaf's own index list.
 
+* **Duplicate coordinates mean a sum, for gradients too.**  An uncoalesced COO input stands for
+  the sum of its duplicates (PyTorch's meaning).  A loss that depends on the matrix has the same
+  derivative ``g = ∂L/∂A[i, j]`` with respect to each of the ``m`` values stored at ``(i, j)``; the
+  gradient *tensor* handed back on the input's own index list holds ``g / m`` in each of those
+  entries, so that read the way PyTorch reads it (``to_dense()``, ``coalesce()``, the COO
+  constructor's backward) it is ``∂L/∂A``, and an SGD step on ``A.values()`` moves the matrix by
+  ``-lr·∂L/∂A``.  In the other direction, a gradient arriving for a tensor with duplicates gives
+  each stored value the gradient of its coordinate (:func:`_plain_values`).
+
 Everything stays differentiable (``create_graph=True``) and ``O(nnz)``.
 """
 
@@ -56,21 +65,60 @@ def _as_transport(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     )
 
 
+#: ``pattern -> multiplicity`` of the coordinate of every stored entry (original order, float64),
+#: for patterns with duplicate coordinates; held weakly by pattern.
+_multiplicity: weakref.WeakKeyDictionary[SparsePattern, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def _split(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
+    """Per-entry derivatives → the values of a gradient tensor on the pattern's index list.
+
+    Where a coordinate is stored ``m`` times each of its entries gets ``1/m`` of the derivative,
+    so that the gradient, summed over duplicates as PyTorch reads a sparse tensor, is ``∂L/∂A``.
+    The identity for a pattern without duplicates; differentiable (a product with a constant).
+    """
+    if pattern.canon is None:
+        return values
+    counts = _multiplicity.get(pattern)
+    if counts is None:
+        counts = torch.bincount(pattern.canon, minlength=pattern.n_canonical)
+        counts = counts.index_select(0, pattern.canon).to(torch.float64)
+        _multiplicity[pattern] = counts
+    return values / counts.to(dtype=values.real.dtype)  # exact small integers: correctly rounded
+
+
+def _spread(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
+    """Values of a sparse tensor on the pattern's index list → each entry the total of its coordinate.
+
+    This is the derivative with respect to each stored value of a tensor with duplicates (whose
+    meaning is the sum of its duplicates); the identity without duplicates.
+    """
+    if pattern.canon is None:
+        return values
+    return pattern._unsort(pattern._sorted(values))
+
+
 def _plain_values(pattern: SparsePattern, G: torch.Tensor) -> torch.Tensor:
-    """Values of ``G`` at the pattern's entries (original order), without autograd."""
+    """Values of ``G`` at the pattern's entries (original order), without autograd.
+
+    ``G`` is read as PyTorch reads a sparse tensor (duplicates summed); where the pattern itself
+    stores a coordinate several times, each of its entries receives that coordinate's value.
+    """
     if G.layout == torch.sparse_coo and _transported(pattern):
         gi = G._indices()
         if gi.data_ptr() == _transport_indices(pattern).data_ptr() and gi.shape[1] == pattern.nnz:
             return G._values()
     if G.layout == torch.sparse_coo and pattern.canon is not None:
-        # A COO input with duplicate coordinates: its gradient holds, per stored entry, the
-        # derivative with respect to that entry.  Several of them added up by PyTorch are the
-        # index list repeated; add per entry (a lookup by coordinate would count each duplicate
-        # once per copy of the coordinate).
+        # A COO input with duplicate coordinates.  Gradients on its own index list (and several of
+        # them added up by PyTorch: the index list repeated) are summed per coordinate without a
+        # lookup; anything else is coalesced and looked up by coordinate.
         gi, nnz = G._indices(), pattern.nnz
         k = gi.shape[1] // nnz if nnz else 0
-        if k and gi.shape[1] == k * nnz and torch.equal(gi, pattern.coo_indices.repeat(1, k)):
-            return G._values().reshape(k, nnz).sum(0)
+        if k and gi.shape[1] == k * nnz:
+            own = pattern.coo_indices
+            if (k == 1 and gi.data_ptr() == own.data_ptr()) or torch.equal(gi, own.repeat(1, k)):
+                return _spread(pattern, G._values().reshape(k, nnz).sum(0))
+        return pattern.gather(G.coalesce())
     return pattern.gather(G)
 
 
@@ -139,7 +187,7 @@ class ValuesToSparse(Function):
     def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
         pattern = ctx.pattern
         if G.layout != torch.strided and G.requires_grad:
-            if pattern.shares_indices(G):
+            if pattern.canon is None and pattern.shares_indices(G):
                 return SparseToValues.apply(G, pattern), None, None
             return GatherValues.apply(G, pattern), None, None
         return _plain_values(pattern, G), None, None
@@ -185,9 +233,11 @@ def sparse_grad(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     """A sparse tensor with the pattern's layout and indices holding ``values``.
 
     Differentiable when grad mode is on.  This is for results that users see; a gradient handed
-    back to autograd for a sparse *input* goes through :func:`deliver`.
+    back to autograd for a sparse *input* goes through :func:`deliver`.  ``values`` are one per
+    stored entry; where the pattern stores a coordinate ``m`` times, each entry holds ``1/m`` of
+    its value, so that the result read as a sum of duplicates has the value at that coordinate.
     """
-    return _differentiable_sparse(pattern, values, False)
+    return _differentiable_sparse(pattern, _split(pattern, values), False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,9 +357,11 @@ def deliver(
     pattern this is) among the Function's inputs.  Batched CSR gradients travel as COO and get a
     hook on ``A`` that restores the CSR layout; a leaf ``A`` (COO or batched CSR) gets a pre-hook on
     its gradient accumulator that keeps ``A.grad`` on ``A``'s own pattern across accumulations.
+    ``values`` are the derivatives with respect to each stored value; with duplicate coordinates
+    they are split over the duplicates (:func:`_split`), so that the gradient means ``∂L/∂A``.
     """
     transport = _transported(pattern) and _uses_in_this_backward(A) > 1
-    G = _differentiable_sparse(pattern, values, transport)
+    G = _differentiable_sparse(pattern, _split(pattern, values), transport)
     if _transported(pattern) or pattern.layout == torch.sparse_coo:
         node = ctx.next_functions[index][0] if ctx is not None else None
         if node is not None and type(node).__name__ == "AccumulateGrad":

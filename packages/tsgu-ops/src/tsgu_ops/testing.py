@@ -461,7 +461,9 @@ def assert_sparse_grad_matches(
     """Assert that ``grad`` is a sparse gradient of ``A`` equal to ``dense_grad`` at the stored entries.
 
     Checks: same layout, shape and indices as ``A`` (and, for CSR, the same index dtype), and each
-    stored entry's value equal to the dense reference gradient at that coordinate.
+    stored entry's value equal to the dense reference gradient at that coordinate.  A coordinate
+    that an uncoalesced COO ``A`` stores ``m`` times must hold ``1/m`` of it in each entry, so that
+    the gradient read as PyTorch reads a sparse tensor (duplicates summed) is ``dense_grad``.
     """
     assert grad is not None, "no gradient was computed"
     assert grad.layout == A.layout, f"gradient layout {grad.layout} != input layout {A.layout}"
@@ -476,6 +478,12 @@ def assert_sparse_grad_matches(
         values = grad._values()
     coords = stored_entries(A)
     expected = dense_grad[tuple(coords)]
+    if A.layout == torch.sparse_coo and coords.shape[1]:
+        key = torch.zeros_like(coords[0])
+        for d, size in enumerate(A.shape[: coords.shape[0]]):
+            key = key * size + coords[d]
+        _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+        expected = expected / counts[inverse].to(expected.real.dtype)
     torch.testing.assert_close(values, expected.to(values.dtype), rtol=rtol, atol=atol)
 
 
@@ -542,3 +550,57 @@ def grid_operator(
         ]
     i = torch.stack([torch.cat(rows), torch.cat(cols)])
     return torch.sparse_coo_tensor(i, torch.cat(vals), (n, n)).coalesce()
+
+
+def p1_element_entries(
+    refine: int = 2, *, shift: float = 0.5, lower: bool = False, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The finite-element assembly of a P1 stiffness matrix, entry by entry, *not* coalesced.
+
+    The mesh is scikit-fem's unit-square triangulation refined ``refine`` times (a mesh nobody on
+    this project wrote; extra ``tsgu-ops[corpus]``); the element matrices ``K_e = |T|·∇λ ∇λᵀ`` are
+    computed from the vertex coordinates.  Returns ``(idx, local, n)``: the ``(2, 9·ne + n)``
+    coordinates of every element-matrix entry followed by a diagonal ``shift`` per vertex (so the
+    assembled matrix is SPD), their unit-conductivity values, and the number of vertices.  Every
+    interior coordinate appears several times: ``torch.sparse_coo_tensor(idx, w)`` with per-element
+    weights ``w`` is the textbook uncoalesced assembly.  ``lower`` keeps the entries with
+    ``row ≥ col`` (a lower-triangular assembly).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from tsgu_ops.testing import p1_element_entries
+    >>> idx, local, n = p1_element_entries(1)
+    >>> A = torch.sparse_coo_tensor(idx, local, (n, n))
+    >>> A.is_coalesced(), idx.shape[1] > A.coalesce()._nnz()
+    (False, True)
+    >>> bool(torch.linalg.eigvalsh(A.to_dense()).min() > 0)
+    True
+    """
+    try:
+        import skfem
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("p1_element_entries needs scikit-fem: pip install 'tsgu-ops[corpus]'") from exc
+    mesh = skfem.MeshTri().refined(int(refine))
+    p = torch.as_tensor(mesh.p.T, dtype=torch.float64)
+    t = torch.as_tensor(mesh.t.T, dtype=torch.int64)
+    x = p[t]  # (ne, 3, 2)
+    d1, d2 = x[:, 1] - x[:, 0], x[:, 2] - x[:, 0]
+    det = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
+    # gradients of the barycentric coordinates λ1, λ2 (rows of J⁻ᵀ) and λ0 = 1 − λ1 − λ2
+    grad12 = (
+        torch.stack([torch.stack([d2[:, 1], -d2[:, 0]], -1), torch.stack([-d1[:, 1], d1[:, 0]], -1)], 1)
+        / det[:, None, None]
+    )
+    grads = torch.cat([-(grad12[:, 0] + grad12[:, 1])[:, None], grad12], 1)  # (ne, 3, 2)
+    K = (det.abs() / 2)[:, None, None] * (grads @ grads.mT)
+    rows = t[:, :, None].expand(-1, 3, 3).reshape(-1)
+    cols = t[:, None, :].expand(-1, 3, 3).reshape(-1)
+    n = int(p.shape[0])
+    diag = torch.arange(n)
+    idx = torch.stack([torch.cat([rows, diag]), torch.cat([cols, diag])])
+    local = torch.cat([K.reshape(-1), torch.full((n,), float(shift), dtype=torch.float64)])
+    if lower:
+        keep = idx[0] >= idx[1]
+        idx, local = idx[:, keep], local[keep]
+    return idx, local.to(dtype), n
