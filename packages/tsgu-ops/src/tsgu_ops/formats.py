@@ -71,6 +71,8 @@ def _sort_coo_indices(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     _checks.require_tensor("indices", indices)
     if indices.dim() != 2 or indices.shape[0] not in (2, 3):
         raise ValueError(f"indices must have shape (2, nnz) or (3, nnz), got {tuple(indices.shape)}")
+    if indices.shape[1] == 0:  # nothing to sort: any dtype (``torch.tensor([])`` is float), as 0.2.7
+        return indices, torch.zeros(0, dtype=torch.int64, device=indices.device)
     _checks.require_index_dtype("indices.dtype", indices.dtype)
     perm = torch.arange(indices.shape[1], device=indices.device)
     for r in range(indices.shape[0] - 1, -1, -1):
