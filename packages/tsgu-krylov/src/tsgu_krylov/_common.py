@@ -257,14 +257,12 @@ def finish(
     bad = column_non_finite(X) | column_non_finite(B) | ~torch.isfinite(abs_res)
     if non_finite is not None:
         bad = bad | non_finite
-    if bool(bad.any()):
-        X = torch.where(bad.unsqueeze(-2), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
-        rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
+    # no host read before the one below (a device loop's budget): NaN where bad, unconditionally
+    X = torch.where(bad.unsqueeze(-2), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
+    rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
     converged = ~bad & (abs_res <= torch.clamp(rtol * b_norm, min=atol))
     breakdown = breakdown & ~bad
-    n_bad = int((~converged).sum())
-    n_nonfinite = int(bad.sum())
-    n_broken = int(breakdown.sum())
+    n_bad, n_nonfinite, n_broken = torch.stack([(~converged).sum(), bad.sum(), breakdown.sum()]).tolist()
     if n_nonfinite:
         reason = "non_finite"
     elif n_bad == 0:

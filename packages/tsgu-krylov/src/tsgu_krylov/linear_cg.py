@@ -16,6 +16,7 @@ step is zero), so the others can go on.  Compared with SciPy's ``cg``:
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -37,6 +38,7 @@ from ._common import (
     safe_div,
     true_relative_residual,
 )
+from ._device_loop import DEVICE_CHECK_EVERY, device_cg
 from ._operator import SparseOperator, col_dot, col_norm, from_block
 
 __all__ = ["CGInfo", "LinearCGSettings", "linear_cg"]
@@ -105,6 +107,7 @@ def linear_cg(
     maxiter: int | None = None,
     check_every: int | None = None,
     on_failure: str = "warn",
+    loop: str = "auto",
 ) -> Any:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` by preconditioned conjugate gradients.
 
@@ -144,9 +147,17 @@ def linear_cg(
         Also return a :class:`CGInfo`.
     check_every : int, optional
         Iterations between host-side convergence checks (default: every iteration on the CPU,
-        where looking costs nothing, every 8 on an accelerator).
+        where looking costs nothing, every 8 on an accelerator and in the device loop).
     on_failure : {"warn", "raise", "ignore"}
         What a column that did not converge causes.
+    loop : {"auto", "device", "host"}
+        ``"device"``: the device loop (:mod:`tsgu_krylov._device_loop`): scalars stay on the device,
+        12 kernel calls per unpreconditioned iteration, one host sync every ``check_every``
+        iterations; same iterate, iteration count and report as the host loops (a breakdown is
+        detected at the checks).  ``"host"``: the block loop (and, for one right-hand side on the
+        CPU, its scalar copy).  ``"auto"`` (default): the device loop on accelerators, the host
+        loops on the CPU.  Lanczos tridiagonalisation (``n_tridiag``) and
+        ``convergence_reduction="mean"`` always run the block loop.
 
     Returns
     -------
@@ -200,7 +211,7 @@ def linear_cg(
         eps = torch.finfo(rhs.dtype).tiny
     if not math.isfinite(float(eps)) or float(eps) <= 0:
         raise ValueError("eps must be finite and positive")
-    if torch.tensor(float(eps), dtype=rhs.dtype).item() <= 0:
+    if rhs.dtype == torch.float32 and struct.unpack("f", struct.pack("f", float(eps)))[0] <= 0:
         raise ValueError("eps must be representable as a positive value in the rhs dtype")
     stop_updating_after = tolerance if stop_updating_after is None else stop_updating_after
     stop_updating_after = _finite_nonneg("stop_updating_after", stop_updating_after)
@@ -213,6 +224,13 @@ def linear_cg(
     if n_tridiag < 0:
         raise ValueError("n_tridiag must be nonnegative")
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    device_loop = (loop == "device" or (loop == "auto" and rhs.device.type != "cpu")) and (
+        n_tridiag == 0 and convergence_reduction == "all"
+    )
+    if device_loop and check_every is None:
+        check_every = DEVICE_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
     # 0.2.7 raised this even without a tridiagonalisation; now only when one is asked for.
     if n_tridiag and max_tridiag_iter > max_iter:
@@ -243,7 +261,7 @@ def linear_cg(
     non_finite = column_non_finite(R)
     Z = R if M is None else apply_checked(M, R, "preconditioner", "residual")
     non_finite |= column_non_finite(Z)
-    if bool(non_finite.any()):
+    if device_loop or bool(non_finite.any()):  # the device loop reads nothing on the host here
         keep = ~non_finite.unsqueeze(-2)
         R, Z, X = R.where(keep, 0.0), Z.where(keep, 0.0), X.where(keep, 0.0)
     rz = col_dot(R, Z)
@@ -275,11 +293,22 @@ def linear_cg(
             return bool(res.mean() <= tolerance)
         return bool((res <= stop_tol).all())
 
-    skip = not bool(active.any()) and n_tridiag == 0 and min_iter == 0
+    # (the device loop finds out at its first check, without a host read here)
+    skip = not device_loop and not bool(active.any()) and n_tridiag == 0 and min_iter == 0
     # One right-hand side on the CPU: the same loop on Python scalars (reading them costs nothing
     # there), a third of the kernel calls of the masked block loop below.
     single = n_tridiag == 0 and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
-    if not skip and single:
+    if not skip and device_loop:
+        # a column that is still updated after meeting the loop's tolerance would move between
+        # checks: then the device loop looks every iteration
+        every = 1 if stop_updating_after < tolerance else check_every
+        state = device_cg(
+            A, M, X, R, P, rz, res, active, freeze_at, stop_tol, float(eps), n_iter, min_iter, every
+        )
+        X, res, active, loop_passed, iterations = state[0], state[1], state[2], state[3], state[4]
+        matvecs += state[5]
+        non_finite |= state[6]
+    elif not skip and single:
         state = _single_column_cg(
             A,
             M,
@@ -387,7 +416,7 @@ def linear_cg(
     X, converged, true_rel = outcome.X, outcome.info.converged, outcome.info.relative_residual
     if outcome.info.reason == "non_finite":
         reason = "non_finite"
-    elif bool(converged.all()):
+    elif outcome.info.reason == "converged":
         reason = "converged"
     elif loop_passed:
         reason = "mean_converged" if convergence_reduction == "mean" else "recursive_converged"

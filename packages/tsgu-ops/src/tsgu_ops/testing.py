@@ -17,6 +17,9 @@ used by every package of the project):
 * :data:`UNSUPPORTED_VALUE_DTYPES` with :func:`with_values` — half-precision, integer and bool
   values on a valid pattern; complex values come from ``sparse_matrices(value_dtypes=COMPLEX_DTYPES)``.
 
+Hot-path budgets: :func:`count_kernels` / :func:`counting` count the kernel calls and host
+synchronisations of a callable on any device (what a GPU pays for), for tests that pin them.
+
 Examples
 --------
 >>> from hypothesis import given, settings
@@ -44,6 +47,9 @@ except ImportError as exc:  # pragma: no cover
     raise ImportError("tsgu_ops.testing needs hypothesis: pip install 'tsgu-ops[testing]'") from exc
 
 from ._corpus import RealMatrix as RealMatrix  # the real-matrix corpus (extra [corpus])
+from ._counting import KernelCount as KernelCount  # kernel calls and host syncs of a callable
+from ._counting import count_kernels as count_kernels
+from ._counting import counting as counting
 from ._corpus import real_matrices as real_matrices
 from .pattern import quiet
 
