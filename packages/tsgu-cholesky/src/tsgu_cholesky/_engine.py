@@ -5,14 +5,16 @@ Engine (chosen by measurement, see docs/quickstart/cholesky.md): SciPy's SuperLU
 with ``L`` unit lower triangular and ``U = D Lᵀ``: the LDLᵀ factorisation, ``D = diag(U)``.  How
 this differs from calling ``splu`` directly:
 
-* **Symbolic phase, once per pattern** (:class:`Analysis`): the first factorisation of a pattern
-  uses SuperLU's minimum-degree ordering on ``Aᵀ + A`` (``MMD_AT_PLUS_A``); its permutation (which
-  includes SuperLU's elimination-tree postorder), the pattern of ``L``, and every index map the
-  numeric phase and the gradients need (where each stored entry of ``A`` goes in the permuted CSC
-  matrix, where it lies in the pattern of ``L``) are kept.  Later factorisations of the same
-  pattern permute the values with one gather and run SuperLU with the ``NATURAL`` order: no ordering
-  and no index sorting.  The analyses of the last few patterns are cached by pattern *content*
-  (compared entry by entry, never trusted on a pointer).
+* **Symbolic phase, once per pattern** (:class:`Analysis`): SuperLU's minimum-degree ordering on
+  ``Aᵀ + A`` (``MMD_AT_PLUS_A``) applied to generic values on the pattern gives the permutation
+  (which includes SuperLU's elimination-tree postorder) and the pattern of ``L`` closed under
+  elimination (SuperLU's ``L`` of the user's values may leave out entries that cancel exactly,
+  which the selected inversion cannot do without); every index map the numeric phase and the
+  gradients need (where each stored entry of ``A`` goes in the permuted CSC matrix, where it lies
+  in the pattern of ``L``) is kept.  Every numeric factorisation then permutes the values with one
+  gather and runs SuperLU with the ``NATURAL`` order: no ordering and no index sorting.  The
+  analyses of the last few patterns are cached by pattern *content* (compared entry by entry,
+  never trusted on a pointer).
 * **Checks** SuperLU does not make: ``perm_r == perm_c`` (no off-diagonal pivot was taken) and
   every pivot ``D[j] > 0``; otherwise a ``ValueError`` names the column whose pivot failed.
 * **Batches** are one block-diagonal matrix (the ordering never couples items, nor does ``L``).
@@ -142,17 +144,24 @@ def build_analysis(
     batch: int | None,
     transpose: np.ndarray,
     diag: np.ndarray,
-    values: np.ndarray,
-) -> tuple[Analysis, Any]:
-    """The symbolic analysis of a pattern, from a minimum-degree factorisation of ``values``.
-
-    Returns the analysis and that first SuperLU factor (its numeric factorisation is reused).
-    """
+) -> Analysis:
+    """The symbolic analysis of a pattern (minimum-degree order on ``Aᵀ + A``, pattern of ``L``)."""
     import time
 
     t0 = time.perf_counter()
     N = n * (1 if batch is None else batch)
-    S = sp.csc_matrix(sp.csr_matrix((values, cols, _indptr(rows, N)), shape=(N, N)))
+    # The ordering and the pattern of L come from a factorisation of *generic* values on the
+    # pattern (random off-diagonal weights, a dominant diagonal): SuperLU's L drops entries that
+    # cancel numerically, which would leave the pattern of L not closed under elimination (and
+    # the selected inversion needs every entry of the filled graph).
+    rng = np.random.default_rng(12345)
+    generic = -(0.5 + rng.random(rows.shape[0]))
+    generic = 0.5 * (generic + generic[transpose])
+    off = rows != cols
+    generic = np.where(off, generic, 0.0)
+    rowsum = np.bincount(rows, weights=np.abs(generic), minlength=N)
+    generic = np.where(off, generic, (rowsum + 1.0)[rows])
+    S = sp.csc_matrix(sp.csr_matrix((generic, cols, _indptr(rows, N)), shape=(N, N)))
     lu = _splu_checked(S, "MMD_AT_PLUS_A", None)
     perm = np.asarray(lu.perm_c, dtype=np.int64)
     order = np.empty_like(perm)
@@ -187,7 +196,7 @@ def build_analysis(
         diag=diag,
     )
     analysis.seconds = time.perf_counter() - t0
-    return analysis, lu
+    return analysis
 
 
 def _indptr(sorted_major: np.ndarray, N: int) -> np.ndarray:
@@ -255,24 +264,28 @@ class Numeric:
     The selected inverse is computed at most once (:meth:`selinv`) and shared by every gradient.
     """
 
-    def __init__(self, analysis: Analysis, values: np.ndarray, lu: Any | None = None) -> None:
+    def __init__(self, analysis: Analysis, values: np.ndarray) -> None:
         self.analysis = analysis
-        # the factor of the first call (minimum-degree order) permutes inside its solve; later ones
-        # factor the matrix permuted by us
-        self.prepermuted = lu is None
-        if lu is None:
-            lu = _splu_checked(analysis.permuted(values), "NATURAL", analysis)
-            if not np.array_equal(lu.perm_c, np.arange(analysis.N)):
-                # SuperLU re-ordered an already postordered matrix: never seen; refuse to guess
-                raise RuntimeError("SuperLU changed the precomputed order; please report this")
+        lu = _splu_checked(analysis.permuted(values), "NATURAL", analysis)
+        if not np.array_equal(lu.perm_c, np.arange(analysis.N)):
+            # SuperLU re-ordered an already postordered matrix: never seen; refuse to guess
+            raise RuntimeError("SuperLU changed the precomputed order; please report this")
         self.lu = lu
         L = lu.L
         L.sort_indices()
-        if not (
-            np.array_equal(L.indptr, analysis.l_indptr) and np.array_equal(L.indices, analysis.l_indices)
-        ):
-            raise RuntimeError("the pattern of L differs from the symbolic analysis; please report this")
-        self.l_data = L.data
+        if np.array_equal(L.indptr, analysis.l_indptr) and np.array_equal(L.indices, analysis.l_indices):
+            self.l_data = L.data
+        else:
+            # SuperLU left out entries that cancelled numerically: put its values into the
+            # (closed) analysed pattern, zeros elsewhere
+            keys = _l_keys(L.indptr.astype(np.int64), L.indices.astype(np.int64), analysis.N)
+            pos = np.minimum(np.searchsorted(analysis.l_keys, keys), analysis.nnz_L - 1)
+            if not np.array_equal(analysis.l_keys[pos], keys):
+                raise RuntimeError(
+                    "SuperLU's L has entries outside the symbolic analysis; please report this"
+                )
+            self.l_data = np.zeros(analysis.nnz_L, dtype=L.data.dtype)
+            self.l_data[pos] = L.data
         self.d = lu.U.diagonal()
         self.complex = np.iscomplexobj(values)
         self._z: np.ndarray | None = None
@@ -304,8 +317,6 @@ class Numeric:
 
     def solve(self, B: np.ndarray) -> np.ndarray:
         """``S⁻¹ B`` for ``B`` of shape ``(N, p)`` (original order)."""
-        if not self.prepermuted:
-            return self.lu.solve(np.ascontiguousarray(B, dtype=np.result_type(B, self.d)))
         perm = self.analysis.perm
         Bp = np.empty_like(B, dtype=np.result_type(B, self.d))
         Bp[perm] = B

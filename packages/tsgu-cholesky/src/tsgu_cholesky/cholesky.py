@@ -144,12 +144,19 @@ class _Factor:
                 + f", more than {_symmetry_rtol(self.dtype):.0e} of max |A| = {scale:.3g}"
             )
         self.S = 0.5 * (vc + vc[transpose])
+        dvals = self.S[diag]
+        if not bool((dvals > 0).all()):
+            i = int(np.argmin(dvals > 0))
+            raise NotPositiveDefiniteError(
+                f"A is not positive definite: the pivot of column {i % self.n}"
+                + (f" of batch item {i // self.n}" if self.batched else "")
+                + f" is {float(dvals[i]):.6g} (its diagonal entry, must be > 0); if A should be SPD, "
+                "add a diagonal shift A + s·I"
+            )
         if analysis is None:
-            analysis, lu = _engine.build_analysis(rows, cols, self.n, pattern.batch, transpose, diag, self.S)
-            self.numeric = _engine.Numeric(analysis, self.S, lu)
+            analysis = _engine.build_analysis(rows, cols, self.n, pattern.batch, transpose, diag)
             _engine.remember(analysis)
-        else:
-            self.numeric = _engine.Numeric(analysis, self.S)
+        self.numeric = _engine.Numeric(analysis, self.S)
         self.analysis = analysis
         self._items_of_entries: torch.Tensor | None = None
 
