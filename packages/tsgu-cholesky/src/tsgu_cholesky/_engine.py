@@ -155,7 +155,7 @@ def build_analysis(
     # cancel numerically, which would leave the pattern of L not closed under elimination (and
     # the selected inversion needs every entry of the filled graph).
     rng = np.random.default_rng(12345)
-    generic: np.ndarray = -(0.5 + rng.random(rows.shape[0]))
+    generic: np.ndarray = -(0.5 + rng.random(rows.shape[0], dtype=np.float64))  # type: ignore[assignment]
     generic = 0.5 * (generic + generic[transpose])
     off = rows != cols
     generic = np.where(off, generic, 0.0)
