@@ -40,6 +40,7 @@ MATRIX_ORDER = [
     "tsgu-indexed",
     "torchsparsegradutils",
     "tsgu-encoders",
+    "tsgu-cholesky",
     "tsgu-distributions",
     "tsgu-bridges",
     "tsgu-krylov",
@@ -58,6 +59,7 @@ PACKAGES = {
     "tsgu-bridges": ("tsgu_bridges", "[jax,test]"),
     "tsgu-distributions": ("tsgu_distributions", "[test]"),
     "tsgu-encoders": ("tsgu_encoders", "[test]"),
+    "tsgu-cholesky": ("tsgu_cholesky", "[test]"),
     "torchsparsegradutils": ("torchsparsegradutils", ""),
 }
 # internal dependencies, for installing one package from local paths without an index
@@ -68,6 +70,7 @@ INTERNAL = {
     "tsgu-bridges": ["tsgu-ops"],
     "tsgu-distributions": ["tsgu-ops"],
     "tsgu-encoders": ["tsgu-ops"],
+    "tsgu-cholesky": ["tsgu-ops"],
     "torchsparsegradutils": [p for p in PACKAGES if p != "torchsparsegradutils"],
 }
 
