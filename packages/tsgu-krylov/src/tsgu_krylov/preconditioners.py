@@ -8,6 +8,7 @@ A preconditioner is a callable applying ``M⁻¹`` to a block ``(*batch, n, k)``
 * :mod:`tsgu_krylov.jacobi` — :class:`Jacobi`, one element-wise multiply;
 * :mod:`tsgu_krylov.incomplete` — :class:`IC0` and :class:`ILU0`, the factorisations (exact,
   level-scheduled, or Chow–Patel sweeps);
+* :mod:`tsgu_krylov.amg` — :class:`AMG`, a smoothed-aggregation V-cycle (PyAMG setup, PyTorch cycle);
 * :mod:`tsgu_krylov._levels` — the level-scheduling engine (symbolic analysis cached per
   pattern) and the application of stored triangular factors by the native triangular solve;
 
@@ -29,16 +30,17 @@ import torch
 # the level engine's names stay importable from here, as before the split
 from ._levels import _factor_by_levels, _levels, _levels_numpy, _levels_torch  # noqa: F401
 from ._precond_base import Preconditioner, _pattern_of
+from .amg import AMG
 from .incomplete import IC0, ILU0
 from .jacobi import Jacobi
 
-__all__ = ["IC0", "ILU0", "Jacobi", "Preconditioner", "make_preconditioner"]
+__all__ = ["AMG", "IC0", "ILU0", "Jacobi", "Preconditioner", "make_preconditioner"]
 
-_KINDS = {"jacobi": Jacobi, "ic0": IC0, "ilu0": ILU0}
+_KINDS: dict[str, Any] = {"jacobi": Jacobi, "ic0": IC0, "ilu0": ILU0, "amg": AMG}
 
 
 def make_preconditioner(A: torch.Tensor, kind: Any, *, symmetric: bool = False) -> Any:
-    """``None`` or a preconditioner for ``A`` by name: ``"jacobi"``, ``"ic0"`` or ``"ilu0"``.
+    """``None`` or a preconditioner for ``A`` by name: ``"jacobi"``, ``"ic0"``, ``"ilu0"`` or ``"amg"``.
 
     A preconditioner object or callable passes through unchanged.
 
