@@ -3,7 +3,7 @@
 Solvers (pure PyTorch, CPU and CUDA, blocks of right-hand sides and batches in one call):
 :func:`linear_cg` (SPD), :func:`minres` (symmetric), :func:`bicgstab` and :func:`gmres`
 (general), :func:`lsmr` (least squares).  Preconditioners: :class:`Jacobi`, :class:`IC0`,
-:class:`ILU0`.  Differentiable solves with sparse gradients: :func:`sparse_generic_solve`,
+:class:`ILU0`, :class:`AMG`.  Differentiable solves with sparse gradients: :func:`sparse_generic_solve`,
 :func:`sparse_generic_lstsq`.
 """
 
@@ -16,9 +16,10 @@ from .gmres import gmres
 from .linear_cg import CGInfo, LinearCGSettings, linear_cg
 from .lsmr import lsmr
 from .minres import MINRESSettings, minres
-from .preconditioners import IC0, ILU0, Jacobi, Preconditioner, make_preconditioner
+from .preconditioners import AMG, IC0, ILU0, Jacobi, Preconditioner, make_preconditioner
 
 __all__ = [
+    "AMG",
     "BICGSTABSettings",
     "CGInfo",
     "ConvergenceError",

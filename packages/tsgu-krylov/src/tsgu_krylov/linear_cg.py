@@ -478,8 +478,12 @@ def _single_column_cg(
     # x and r share one (2, n) block, p and w = A p another: both updates x += αp, r −= αw are then
     # one kernel over 2n entries (which PyTorch runs on all threads, as it would not for n < 32768),
     # the product writes w in place, and p = z + βp is one pass: the loop is memory-bound.
-    XR = torch.stack((X.reshape(-1), R.reshape(-1)))
-    x, r = XR[0], XR[1]
+    # x, r and z = M⁻¹ r share one (3, n) block: [r; z] · r gives ‖r‖² and rᵀz in one pass
+    XRZ = torch.empty((3, n), dtype=X.dtype, device=X.device)
+    XR, RZ = XRZ[:2], XRZ[1:]
+    x, r, z_buf = XRZ[0], XRZ[1], XRZ[2]
+    x.copy_(X.reshape(-1))
+    r.copy_(R.reshape(-1))
     PW = torch.empty((2, n), dtype=X.dtype, device=X.device)
     p, w = PW[0], PW[1]
     p.copy_(P.reshape(-1))
@@ -487,6 +491,23 @@ def _single_column_cg(
     into = A.mv_into if isinstance(A, SparseOperator) and A.batch is None else None
     rz, res, active = float(rz_t), float(res_t), bool(active_t)
     freeze_at, stop_tol = float(freeze_at_t), float(stop_tol_t)
+    # Jacobi: plain CG on D^-½ A D^-½ in the variables x̂ = D^½ x, r̂ = D^-½ r, p̂ = D^½ p (the same
+    # iterates; r̂ᵀr̂ is PCG's rᵀz).  ‖r‖ = ‖D^½ r̂‖ lies within [√d_min, √d_max]·‖r̂‖: it is
+    # computed only once that bound reaches a threshold, so the loop costs what CG costs.
+    scaled = getattr(M, "scaled_matrix", None)
+    scaled = scaled(A.matrix) if scaled is not None and into is not None else None
+    if scaled is not None:
+        S_hat, s = scaled
+        root_d = s.reciprocal()
+        x.div_(s)
+        r.mul_(s)
+        p.div_(s)
+        d_lo, d_hi = float(root_d.min()), float(root_d.max())
+        threshold = max(freeze_at, tolerance if convergence_reduction == "mean" else stop_tol)
+        M = None
+        into = lambda v, out: torch.mv(S_hat, v, out=out)  # type: ignore[assignment]  # noqa: E731
+
+    pc_into = getattr(M, "vector_into", None)
     broken_pap = broken_rz = non_finite = loop_passed = False
     iterations = matvecs = 0
     for it in range(n_iter):
@@ -508,9 +529,23 @@ def _single_column_cg(
             if step:
                 alpha = rz / pAp
                 XR.addcmul_(PW, sign, value=alpha)
-                z = r if M is None else M(r.view(-1, 1)).reshape(-1)
-                rz_new = float(torch.dot(r, z))
-                res = float(torch.linalg.vector_norm(r)) if M is not None else math.sqrt(max(rz_new, 0.0))
+                if M is None:
+                    z = r
+                    rz_new = float(torch.dot(r, r))
+                    if scaled is None:
+                        res = math.sqrt(max(rz_new, 0.0))
+                    else:
+                        res = math.sqrt(max(rz_new, 0.0)) * d_lo
+                        if not res > threshold and d_lo != d_hi:  # the exact norm decides
+                            res = float(torch.linalg.vector_norm(r * root_d))
+                else:
+                    z = z_buf
+                    if pc_into is not None:
+                        pc_into(r, z)
+                    else:
+                        z.copy_(M(r.view(-1, 1)).reshape(-1))
+                    rr, rz_new = torch.mv(RZ, r).tolist()
+                    res = math.sqrt(max(rr, 0.0))
                 if res > freeze_at:
                     if not (math.isfinite(rz_new) and math.isfinite(res)):
                         non_finite = True
@@ -540,6 +575,9 @@ def _single_column_cg(
                     break
                 if not active:
                     break
+    if scaled is not None:
+        x.mul_(s)
+        res = float(torch.linalg.vector_norm(r * root_d))
     flag = torch.tensor([non_finite], device=X.device)
     res_out = torch.full_like(res_t, res)
     return (
