@@ -19,5 +19,5 @@ def test_sort_coo_indices_accepts_an_empty_index_list_of_any_dtype(rows: int) ->
 
 
 def test_sort_coo_indices_still_rejects_non_integer_entries() -> None:
-    with pytest.raises(ValueError, match="indices.dtype"):
+    with pytest.raises(ValueError, match=r"indices\.dtype"):
         _sort_coo_indices(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))

@@ -47,10 +47,10 @@ except ImportError as exc:  # pragma: no cover
     raise ImportError("tsgu_ops.testing needs hypothesis: pip install 'tsgu-ops[testing]'") from exc
 
 from ._corpus import RealMatrix as RealMatrix  # the real-matrix corpus (extra [corpus])
+from ._corpus import real_matrices as real_matrices
 from ._counting import KernelCount as KernelCount  # kernel calls and host syncs of a callable
 from ._counting import count_kernels as count_kernels
 from ._counting import counting as counting
-from ._corpus import real_matrices as real_matrices
 from .pattern import quiet
 
 LAYOUTS = (torch.sparse_coo, torch.sparse_csr)
