@@ -131,7 +131,7 @@ def counting() -> Iterator[KernelCount]:
         count.ops["Tensor.tolist"] += 1
         return original(t)
 
-    torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+    torch.Tensor.tolist = tolist  # type: ignore[method-assign,assignment]
     try:
         with _Counter(count):
             yield count
