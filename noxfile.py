@@ -297,7 +297,7 @@ def _save_cell(path: Path, pyver: str, torch_version: str, results: dict, build:
 def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     """The built wheels, then every package alone, against torch ``torch_version`` on this session's Python.
 
-    The seven wheels are built and installed together from those files for ``tests-integration``; then
+    The eight wheels are built and installed together from those files for ``tests-integration``; then
     each package gets a venv holding only it, its declared dependencies (internal ones from the local
     paths), its test extras, pytest and hypothesis (as ``isolated`` does).  Every step runs even
     when an earlier one failed; the counts go to ``.nox/matrix-results/`` and the session fails if any
@@ -318,7 +318,7 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
     results: dict[str, dict] = {}
     if only and result_file.exists():
         results = json.loads(result_file.read_text())["results"]
-    if not only or "integration" in only:  # first: all seven packages together, built as released
+    if not only or "integration" in only:  # first: all eight packages together, built as released
         results["integration"] = _matrix_integration(session, python, torch_version, tmp, env)
         _save_cell(result_file, pyver, torch_version, results, "?")
     for pkg in MATRIX_ORDER:
@@ -350,7 +350,7 @@ def _matrix_cell(session: nox.Session, torch_version: str) -> None:
 
 
 def _matrix_integration(session: nox.Session, python: str, torch_version: str, tmp: Path, env: dict) -> dict:
-    """Build the seven wheels and run tests-integration on all of them installed from those files.
+    """Build the eight wheels and run tests-integration on all of them installed from those files.
 
     (Each package alone on this torch is the per-package step of the cell, so the one-line smoke call
     of every wheel alone that ``integration`` makes adds nothing here.)
@@ -432,7 +432,7 @@ def matrix_report(session: nox.Session) -> None:
 
 @nox.session(reuse_venv=False)  # the wheels keep one version number: never reuse stale installs
 def integration(session: nox.Session) -> None:
-    """Build wheel + sdist of all seven (hatchling); install from those files only; run tests-integration."""
+    """Build wheel + sdist of all eight (hatchling); install from those files only; run tests-integration."""
     dist = ROOT / "dist"
     shutil.rmtree(dist, ignore_errors=True)
     dist.mkdir()
@@ -476,6 +476,9 @@ def _each_wheel_alone(session: nox.Session, dist: Path) -> None:
         ),
         "tsgu-encoders": (
             "import torch, tsgu_encoders as m; m.PairwiseEncoder(1, (1, 3))(torch.ones(2, 1, 3))"
+        ),
+        "tsgu-cholesky": (
+            f"import torch, tsgu_cholesky as m; m.sparse_logdet((2 * torch.eye(3, {f64})).to_sparse())"
         ),
     }
     if session.venv_backend != "uv":

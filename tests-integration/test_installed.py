@@ -17,6 +17,7 @@ MODULES = [
     "tsgu_bridges",
     "tsgu_distributions",
     "tsgu_encoders",
+    "tsgu_cholesky",
     "torchsparsegradutils",
 ]
 
