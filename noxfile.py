@@ -146,7 +146,14 @@ def tests(session: nox.Session) -> None:
     _install_torch(session)
     session.install("-r", "requirements-dev.txt")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci")}
-    session.run("pytest", "packages", "tests-integration/test_versions.py", *session.posargs, env=env)
+    session.run(
+        "pytest",
+        "packages",
+        "tests-integration/test_versions.py",
+        "tests-integration/test_benchmarks.py",
+        *session.posargs,
+        env=env,
+    )
 
 
 def _pytest_outside_tree(session: nox.Session, tests: Path, env: dict[str, str]) -> None:
@@ -520,7 +527,7 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite on its built-in problems (``nox -s bench -- --full`` for larger sizes).
+    """The benchmark suite: the quick run (``nox -s bench``), the run of record (``-- --full``).
 
     The solver cases compare with torch-sla (``benchmarks/requirements-bench.txt``), installed here
     without its dependencies so the pinned torch stays; it is never a dependency of a package.

@@ -70,7 +70,9 @@ class Variant:
         if not self.library:
             self.library = library_of(self.name)
         if self.library not in LIBRARIES:
-            raise ValueError(f"Variant {self.name!r}: library must be one of {LIBRARIES}, got {self.library!r}")
+            raise ValueError(
+                f"Variant {self.name!r}: library must be one of {LIBRARIES}, got {self.library!r}"
+            )
 
 
 @dataclass

@@ -234,7 +234,13 @@ def product_cases(full: bool = False) -> list[Case]:
     if full:  # the dense bmm: seconds and GiB, the run of record only
         batched.append(Variant("torch.bmm (dense)", mm_batched_variant("bmm", b, kb, pb)))
     cases.append(
-        Case("sparse_mm_batched", "sparse_mm batched", f"{b} x lap3d {kb}^3, p={pb}", batched, family="products")
+        Case(
+            "sparse_mm_batched",
+            "sparse_mm batched",
+            f"{b} x lap3d {kb}^3, p={pb}",
+            batched,
+            family="products",
+        )
     )
     kt = 30 if full else 20
     cases.append(

@@ -63,8 +63,12 @@ def _step_case(name: str, k: int, p: int) -> Case:
         f"laplacian 3d {k}^3, p={p}",
         [
             Variant("SparseParameter eager", step_variant("eager", k, p), library="tsgu"),
-            Variant("SparseParameter torch.compile(fullgraph)", step_variant("compiled", k, p), library="tsgu"),
-            Variant("sparse CSR tensor + sparse_mm (eager)", step_variant("sparse tensor", k, p), library="tsgu"),
+            Variant(
+                "SparseParameter torch.compile(fullgraph)", step_variant("compiled", k, p), library="tsgu"
+            ),
+            Variant(
+                "sparse CSR tensor + sparse_mm (eager)", step_variant("sparse tensor", k, p), library="tsgu"
+            ),
             Variant("torch.sparse.mm on a CSR tensor (eager)", step_variant("torch", k, p), baseline=True),
         ],
         family="training step",
