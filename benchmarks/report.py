@@ -401,14 +401,13 @@ def family_figure(family: str, rows: list[dict[str, Any]], cases: list[str]) -> 
         ys = list(range(len(others)))
         for y, r in zip(ys, others):
             lib = r.get("library") or "other"
-            libraries.add(lib)
             colour = COLOURS.get(lib, COLOURS["other"])
             s, basis = speedup(r, ref)
             m = memory_saving(r, ref)
             for ax, val, k, suffix in ((ax_t, s, 0, " (fwd)" if basis == "fwd" else ""), (ax_m, m, 1, "")):
                 if val is None:
                     if r.get("status") != "ok":
-                        text = _status_text(r, 30)
+                        text = _status_text(r, 30) if k == 0 else "–"
                     elif ref.get("status") != "ok":
                         text = "reference " + _status_text(ref, 20)
                     else:
@@ -418,6 +417,7 @@ def family_figure(family: str, rows: list[dict[str, Any]], cases: list[str]) -> 
                     )
                     continue
                 values[k].append(val)
+                libraries.add(lib)
                 ax.barh(y, val - 1, left=1, height=0.62, color=colour, edgecolor="none")
                 ha = "left" if val >= 1 else "right"
                 weight = "bold" if lib == "tsgu" else "normal"
@@ -455,7 +455,7 @@ def family_figure(family: str, rows: list[dict[str, Any]], cases: list[str]) -> 
             ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=subs))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}×"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axes[-1][0].set_xlabel("speed-up: reference time ÷ variant time (log; right of 1× = faster)", fontsize=9)
+    axes[-1][0].set_xlabel("speed-up: reference time ÷ variant time", fontsize=9)
     axes[-1][1].set_xlabel("memory saving: reference peak ÷ variant peak", fontsize=9)
     total = sum(heights) + 1.3
     order = [lib for lib in COLOURS if lib in libraries]
@@ -465,18 +465,19 @@ def family_figure(family: str, rows: list[dict[str, Any]], cases: list[str]) -> 
         ncol=len(order),
         fontsize=9,
         frameon=False,
-        bbox_to_anchor=(0.99, 1 - 0.02 / total),
+        bbox_to_anchor=(0.99, 1 - 0.28 / total),
     )
     fig.suptitle(
-        f"{family}: tsgu against the alternatives",
+        f"{family}: tsgu against the alternatives (right of the 1× line: faster, smaller)",
         x=0.01,
-        y=1 - 0.12 / total,
+        y=1 - 0.06 / total,
         ha="left",
         va="top",
-        fontsize=12,
+        fontsize=11,
         fontweight="bold",
     )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.32 / total), h_pad=0.6)
+    fig.tight_layout(h_pad=0.6)
+    fig.subplots_adjust(top=1 - 0.75 / total)  # room for the title line and the legend
     return fig
 
 
