@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -116,6 +117,12 @@ def expected_durations(cases: list[Case], full: bool, out: Path) -> dict[str, tu
     return est
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of the finished worker processes so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _fmt_s(s: float) -> str:
     s = max(0.0, s)
     return f"{s:.0f} s" if s < 60 else f"{int(s // 60)} min {int(s % 60):02d} s"
@@ -196,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     custom = bool(args.only or args.matrix)
     out = Path(args.out) if args.out else out_dir(args.full, args.device, custom, args.record)
-    writes_readme = args.record or (out.resolve() == RESULTS.resolve() and not custom)
+    is_record = out.resolve() == out_dir(True, args.device, False, True).resolve() and (
+        args.record or not custom
+    )
+    writes_readme = is_record and args.device == "cpu"  # a GPU run never writes the README
     if args.replot:
         return replot(out, args.full or out.resolve() == RESULTS.resolve(), writes_readme)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -234,9 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     partial = out / "rows.jsonl"
     partial.unlink(missing_ok=True)
     load_start = os.getloadavg()[0]
+    if load_start > (os.cpu_count() or 1):
+        print(
+            f"warning: the host is busy (load average {load_start:.1f} on {os.cpu_count()} cores): "
+            "times will be slower and noisier than on an idle machine (env.json records the load)",
+            file=sys.stderr,
+        )
     t_run = time.perf_counter()
     bar = _bar(len(jobs))
     case_wall: dict[str, float] = {}
+    case_cpu: dict[str, float] = {}
     done_cases: list[Case] = []
     interrupted = False
     spent_est = 0.0
@@ -259,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
             show()
             if bar is None:
                 print(what, file=sys.stderr)
+            cpu0 = _children_cpu_s()
             by_name = _run_job(case, names, worker_args, show)
             wall = round(time.perf_counter() - t0, 1)
+            case_cpu[case.name] = case_cpu.get(case.name, 0.0) + _children_cpu_s() - cpu0
             spent_est += job_est[id(job)]
             case_wall[case.name] = case_wall.get(case.name, 0.0) + wall
             for name in names:
@@ -300,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130 if interrupted else 1
     command = "python -m benchmarks" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     env = {
-        "run": ("run of record" if writes_readme else "quick run" if not args.full else "full run")
+        "run": ("run of record" if is_record else "quick run" if not args.full else "full run")
         + ("" if args.device == "cpu" else f" on {args.device}"),
         "command": command,
         "torch": torch.__version__,
@@ -311,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.perf_counter() - t_run, 1),
+        "cpu_s": round(sum(case_cpu.values()), 1),
         "load": f"{load_start:.1f} / {os.getloadavg()[0]:.1f}",
         "interrupted": interrupted,
         "cases_done": len(done_cases),
@@ -331,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_reports(rows, env, out, extra)
     partial.unlink(missing_ok=True)  # the results are written: the running log goes
     if not interrupted and not custom:
-        (out / "durations.json").write_text(json.dumps(case_wall, indent=1) + "\n")
+        # the next run's estimates: on a busy host the wall time overstates what the case needs,
+        # on an idle one two threads make it shorter than the CPU time: the smaller of the two
+        expected = {c: round(min(w, max(case_cpu.get(c, w), 1.0)), 1) for c, w in case_wall.items()}
+        (out / "durations.json").write_text(json.dumps(expected, indent=1) + "\n")
     if writes_readme and not interrupted and _write_readme(rows, env, paths):
         paths["readme"] = str(README)
     print(Path(paths["summary"]).read_text())

@@ -176,19 +176,20 @@ def _pair(name: str, op: str, size: str, tsgu: Any, torch_: Any, family: str, **
 
 def product_cases(full: bool = False) -> list[Case]:
     """The products (COO, CSR, random, large p, scaling, batched), the triangular solve and the
-    indexed products.  Quick (``full=False``): 30³ products, one COO row with PyTorch's dense
-    gradient, a 20³ triangular solve, indexed products at N = 50 000; full: the run of record's
+    indexed products.  Quick (``full=False``): 30³ products, a 24³ COO one (PyTorch's dense
+    gradient), a 20³ triangular solve, indexed products at N = 50 000; full: the run of record's
     sizes (40³, N = 200 000) plus the 60³ scaling point."""
     k_mm = 40 if full else 30
     cases: list[Case] = []
     for layout in ("csr", "coo"):
+        k = k_mm if full or layout == "csr" else 24  # quick: PyTorch's dense COO gradient, smaller
         cases.append(
             _pair(
                 f"sparse_mm_{layout}",
                 "sparse_mm",
-                f"lap3d {k_mm}^3, p=32",
-                mm_variant("tsgu", layout, k_mm, 32),
-                mm_variant("torch", layout, k_mm, 32),
+                f"lap3d {k}^3, p=32",
+                mm_variant("tsgu", layout, k, 32),
+                mm_variant("torch", layout, k, 32),
                 "products",
                 params={"layout": layout},
             )

@@ -215,6 +215,8 @@ def _run_line(env: dict[str, Any]) -> str:
     if env.get("wall_s") is not None:
         m, s = divmod(round(float(env["wall_s"])), 60)
         parts.append(f"wall time {m} min {s:02d} s")
+    if env.get("cpu_s") is not None:
+        parts.append(f"CPU time of its processes {round(float(env['cpu_s']))} s")
     if env.get("load") is not None:
         parts.append(f"load average {env['load']} (1 min, at the start and at the end)")
     if env.get("interrupted"):
