@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ._core import FAMILIES
+from ._core import FAMILIES, library_of
 
 COLUMNS = [
     "case",
@@ -188,8 +188,6 @@ def fill_from_cases(rows: list[dict[str, Any]], cases: list[Any]) -> None:
                 r["baseline"] = c_v[1].baseline
         r.setdefault("library", None)
         if not r.get("library"):
-            from ._core import library_of
-
             r["library"] = library_of(r["variant"])
     # an older CSV with a case whose declared baseline is not among its rows: its ratio-1 row
     by_case: dict[str, list[dict[str, Any]]] = defaultdict(list)

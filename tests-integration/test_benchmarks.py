@@ -270,3 +270,34 @@ def test_a_gpu_run_writes_its_own_table_never_the_readme(
     assert "run of record on cuda" in (cuda / "summary.md").read_text()
     assert (sandbox / "README.md").read_text() == README_TEXT
     assert (sandbox / "results" / "results.csv").read_text() == "the run of record\n"
+
+
+def test_a_case_module_registers_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from benchmarks import suite
+    from benchmarks.cases import Case, Run, Variant, _backward_sum  # the API the case modules use
+
+    def setup(ctx: dict) -> Run:
+        return Run(lambda: None, None)
+
+    module = types.ModuleType("benchmarks.cases_fake")
+    module.fake_cases = lambda full: [  # type: ignore[attr-defined]
+        Case(
+            "fake_logdet",
+            "logdet",
+            "n=4",
+            [Variant("tsgu logdet", setup), Variant("cholmod", setup)],
+            family="cholesky",
+        )
+    ]
+    monkeypatch.setitem(sys.modules, "benchmarks.cases_fake", module)
+    monkeypatch.setattr(suite, "CASE_MODULES", [*suite.CASE_MODULES, ("benchmarks.cases_fake", "fake_cases")])
+    cases = suite.all_cases(False)
+    fake = next(c for c in cases if c.name == "fake_logdet")
+    assert fake.family == "cholesky"
+    assert [v.library for v in fake.variants] == ["tsgu", "other"]
+    assert callable(_backward_sum)
+    monkeypatch.setattr(suite, "CASE_MODULES", [*suite.CASE_MODULES, ("benchmarks.cases_fake", "fake_cases")])
+    with pytest.raises(ValueError, match="fake_logdet"):  # registered twice: two cases of one name
+        suite.all_cases(False)
