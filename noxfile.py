@@ -149,12 +149,14 @@ def tests(session: nox.Session) -> None:
     _install_torch(session)
     session.install("-r", "requirements-dev.txt")
     env = {"TSGU_HYPOTHESIS_PROFILE": os.environ.get("TSGU_HYPOTHESIS_PROFILE", "ci")}
-    # the cross-package assembly tests need the test extras (scikit-fem, JAX) that only this venv has
+    # the cross-package assembly tests need the test extras (scikit-fem, JAX) that only this venv
+    # has; the benchmark tests need matplotlib
     session.run(
         "pytest",
         "packages",
         "tests-integration/test_versions.py",
         "tests-integration/test_assembly.py",
+        "tests-integration/test_benchmarks.py",
         *session.posargs,
         env=env,
     )
@@ -536,7 +538,7 @@ def fuzz(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark suite on its built-in problems (``nox -s bench -- --full`` for larger sizes).
+    """The benchmark suite: the quick run (``nox -s bench``), the run of record (``-- --full``).
 
     The solver cases compare with torch-sla (``benchmarks/requirements-bench.txt``), installed here
     without its dependencies so the pinned torch stays; it is never a dependency of a package.

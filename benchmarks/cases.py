@@ -1,74 +1,50 @@
-"""Benchmark cases: each tsgu variant beside what a user would use instead, in the same run.
+"""Benchmark cases of tsgu-ops and tsgu-indexed: products, triangular solves, indexed products.
 
-A *variant* is a function ``setup(ctx) -> Run`` building its inputs and returning the forward and
-backward closures; it runs in a fresh subprocess (see :mod:`benchmarks.worker`) so that its peak
-memory can be read from the operating system.
+Each tsgu variant is measured beside what a user would use instead (PyTorch's own kernels, a
+Python loop, a dense equivalent), in the same run.  The benchmark types live in
+:mod:`benchmarks._core`; they are re-exported here (``from benchmarks.cases import Case, Variant,
+Run``) for the case modules written against this module.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .problems import batched_laplacians, laplacian_3d, load_mtx, lower_triangle
+from ._core import (
+    FAMILIES,
+    LIBRARIES,
+    Case,
+    Run,
+    Variant,
+    _backward_sum,
+    as_layout,
+    backward_sum,
+    family_of,
+    library_of,
+    matrix_for,
+)
+from .problems import batched_laplacians, lower_triangle
 
+__all__ = [
+    "FAMILIES",
+    "LIBRARIES",
+    "Case",
+    "Run",
+    "Variant",
+    "as_layout",
+    "backward_sum",
+    "family_of",
+    "library_of",
+    "matrix_for",
+    "product_cases",
+]
 
-@dataclass
-class Run:
-    forward: Callable[[], Any]
-    backward: Callable[[Any], None] | None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Variant:
-    name: str
-    setup: Callable[[dict[str, Any]], Run]
-    baseline: bool = False  # the alternative a user would pick instead
-    note: str = ""
-    alone: bool = False  # in an interleaved case: in a process of its own, one round (a slow one)
-
-
-@dataclass
-class Case:
-    name: str  # unique key for --only
-    op: str
-    size: str
-    variants: list[Variant]
-    params: dict[str, Any] = field(default_factory=dict)
-    # Rounds of fresh processes, the variants in turns (forward order, then reversed, ...); the
-    # figures are medians over every round's timed calls.  ``interleave``: the variants share one
-    # process per round and alternate call by call, so that a slow spell of a shared host (they
-    # last seconds) falls on every library of the case, not on whichever ran during it.
-    rounds: int = 1
-    interleave: bool = False
-
-
-def _matrix(ctx: dict[str, Any], k: int) -> torch.Tensor:
-    if ctx.get("matrix"):
-        return load_mtx(ctx["matrix"], torch.float32)
-    if k < 0:  # a random sparse matrix with the nnz of the -k³ Laplacian, unstructured
-        from tsgu_ops import rand_sparse
-
-        n = k**3 * -1
-        g = torch.Generator().manual_seed(0)
-        return rand_sparse((n, n), 7 * n, torch.sparse_coo, generator=g)
-    return laplacian_3d(k)
-
-
-def _layout(A: torch.Tensor, layout: str) -> torch.Tensor:
-    return A.to_sparse_csr() if layout == "csr" else A
-
-
-def _backward_sum(out: Any, *leaves: torch.Tensor) -> None:
-    for t in leaves:
-        t.grad = None
-    out.backward(torch.ones_like(out))
+_matrix = matrix_for  # the names the case modules have always used
+_layout = as_layout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,104 +163,113 @@ def indexed_variant(op: str, impl: str, N: int, R: int, D: int) -> Callable[[dic
     return setup
 
 
-def all_cases(full: bool = False, matrix: str | None = None) -> list[Case]:
-    k_mm = 60 if full else 40
+def _pair(name: str, op: str, size: str, tsgu: Any, torch_: Any, family: str, **kw: Any) -> Case:
+    return Case(
+        name,
+        op,
+        size,
+        [Variant("tsgu", tsgu), Variant("torch.sparse.mm", torch_, baseline=True)],
+        family=family,
+        **kw,
+    )
+
+
+def product_cases(full: bool = False) -> list[Case]:
+    """The products (COO, CSR, random, large p, scaling, batched), the triangular solve and the
+    indexed products.  Quick (``full=False``): 30³ products, a 24³ COO one (PyTorch's dense
+    gradient), a 20³ triangular solve, indexed products at N = 50 000; full: the run of record's
+    sizes (40³, N = 200 000) plus the 60³ scaling point."""
+    k_mm = 40 if full else 30
     cases: list[Case] = []
     for layout in ("csr", "coo"):
+        k = k_mm if full or layout == "csr" else 24  # quick: PyTorch's dense COO gradient, smaller
         cases.append(
-            Case(
+            _pair(
                 f"sparse_mm_{layout}",
                 "sparse_mm",
-                f"lap3d {k_mm}^3, p=32",
-                [
-                    Variant("tsgu", mm_variant("tsgu", layout, k_mm, 32)),
-                    Variant("torch.sparse.mm", mm_variant("torch", layout, k_mm, 32), baseline=True),
-                ],
-                {"layout": layout},
+                f"lap3d {k}^3, p=32",
+                mm_variant("tsgu", layout, k, 32),
+                mm_variant("torch", layout, k, 32),
+                "products",
+                params={"layout": layout},
             )
         )
-    cases.append(
-        Case(
-            "sparse_mm_random",
-            "sparse_mm",
-            f"random {k_mm**3}x{k_mm**3}, nnz={7 * k_mm**3}, p=32",
-            [
-                Variant("tsgu", mm_variant("tsgu", "csr", -k_mm, 32)),
-                Variant("torch.sparse.mm", mm_variant("torch", "csr", -k_mm, 32), baseline=True),
-            ],
-        )
-    )
-    cases.append(
-        Case(
-            "sparse_mm_grad_memory",
-            "sparse_mm",
-            f"lap3d {k_mm}^3, p=256",
-            [
-                Variant("tsgu", mm_variant("tsgu", "csr", k_mm, 256)),
-                Variant("torch.sparse.mm", mm_variant("torch", "csr", k_mm, 256), baseline=True),
-            ],
-        )
-    )
-    for k in (20, 30, 40, 60) if full else (20, 30, 40):
+    if full:
         cases.append(
-            Case(
+            _pair(
+                "sparse_mm_random",
+                "sparse_mm",
+                f"random {k_mm**3}x{k_mm**3}, nnz={7 * k_mm**3}, p=32",
+                mm_variant("tsgu", "csr", -k_mm, 32),
+                mm_variant("torch", "csr", -k_mm, 32),
+                "products",
+            )
+        )
+        cases.append(
+            _pair(
+                "sparse_mm_grad_memory",
+                "sparse_mm",
+                f"lap3d {k_mm}^3, p=256",
+                mm_variant("tsgu", "csr", k_mm, 256),
+                mm_variant("torch", "csr", k_mm, 256),
+                "products",
+            )
+        )
+    for k in (20, 30, 40, 60) if full else (20, 40):  # quick: sparse_mm_csr is the 30³ point
+        cases.append(
+            _pair(
                 f"sparse_mm_scaling_{k}",
                 "sparse_mm scaling",
                 f"lap3d {k}^3, p=32",
-                [
-                    Variant("tsgu", mm_variant("tsgu", "csr", k, 32)),
-                    Variant("torch.sparse.mm", mm_variant("torch", "csr", k, 32), baseline=True),
-                ],
-                {"k": k},
+                mm_variant("tsgu", "csr", k, 32),
+                mm_variant("torch", "csr", k, 32),
+                "products",
+                params={"k": k},
             )
         )
+    b, kb, pb = (16, 20, 16) if full else (8, 16, 16)
+    batched = [
+        Variant("tsgu", mm_batched_variant("tsgu", b, kb, pb)),
+        Variant("loop of torch.sparse.mm", mm_batched_variant("loop", b, kb, pb), baseline=True),
+    ]
+    if full:  # the dense bmm: seconds and GiB, the run of record only
+        batched.append(Variant("torch.bmm (dense)", mm_batched_variant("bmm", b, kb, pb)))
     cases.append(
         Case(
             "sparse_mm_batched",
             "sparse_mm batched",
-            "16 x lap3d 20^3, p=16",
-            [
-                Variant("tsgu", mm_batched_variant("tsgu", 16, 20, 16)),
-                Variant("loop of torch.sparse.mm", mm_batched_variant("loop", 16, 20, 16), baseline=True),
-                Variant("torch.bmm (dense)", mm_batched_variant("bmm", 16, 20, 16)),
-            ],
+            f"{b} x lap3d {kb}^3, p={pb}",
+            batched,
+            family="products",
         )
     )
+    kt = 30 if full else 20
     cases.append(
         Case(
             "triangular_solve",
             "sparse_triangular_solve",
-            "tril(lap3d 30^3), p=8",
+            f"tril(lap3d {kt}^3), p=8",
             [
-                Variant("tsgu", tri_variant("tsgu", 30, 8)),
-                Variant("torch.triangular_solve", tri_variant("torch", 30, 8), baseline=True),
+                Variant("tsgu", tri_variant("tsgu", kt, 8)),
+                Variant("torch.triangular_solve", tri_variant("torch", kt, 8), baseline=True),
             ],
+            family="triangular solves",
         )
     )
-    N = 200_000
+    N, R, D = (200_000, 64, 64) if full else (50_000, 32, 32)
+    size = f"N={N}, R={R}, D1=D2={D}"
     for op in ("gather", "segment"):
         cases.append(
             Case(
                 f"{op}_mm",
                 f"{op}_mm",
-                f"N={N}, R=64, D1=D2=64",
+                size,
                 [
-                    Variant("tsgu", indexed_variant(op, "tsgu", N, 64, 64)),
-                    Variant("python loop", indexed_variant(op, "loop", N, 64, 64), baseline=True),
-                    Variant("torch.bmm(a[:, None], b[idx])", indexed_variant(op, "bmm", N, 64, 64)),
+                    Variant("tsgu", indexed_variant(op, "tsgu", N, R, D)),
+                    Variant("python loop", indexed_variant(op, "loop", N, R, D), baseline=True),
+                    Variant("torch.bmm(a[:, None], b[idx])", indexed_variant(op, "bmm", N, R, D)),
                 ],
+                family="indexed",
             )
         )
-    from .cases_more import more_cases
-
-    cases += more_cases(full)
-    from .cases_factor import factor_cases
-
-    cases += factor_cases(full)
-    if matrix:
-        name = os.path.basename(matrix)
-        keep = ("sparse_mm_csr", "sparse_mm_coo", "triangular_solve", "krylov_poisson", "krylov_convdiff")
-        cases = [c for c in cases if c.name in keep]
-        for c in cases:
-            c.size = f"{name} ({c.size.split(',')[-1].strip()})"
     return cases

@@ -2,11 +2,11 @@
 
 One case per matrix of ``tsgu_ops.testing.real_matrices`` (pyamg examples and gallery, scikit-fem
 assemblies): the ordering and pivoting ``sparse_solve_c4t`` chooses against SciPy's default
-(COLAMD, partial pivoting) and the bridge's previous default (minimum degree on ``A + Aᵀ`` with
-partial pivoting), plus the bridge's whole forward and backward pass.  The quick suite runs two
-small matrices; ``--full`` runs the large corpus (up to 16k unknowns) and a 24k-unknown P1
-tetrahedron Laplacian (scikit-fem ``MeshTet().refined(5)``), where the previous default is left
-out (about 80 s a call).  Each variant's note gives the fill-in ``nnz(L + U) / nnz(A)``.
+(COLAMD, partial pivoting) and minimum degree on ``A + Aᵀ`` with partial pivoting, plus the
+bridge's whole forward and backward pass.  The quick run takes one small matrix; ``--full`` the
+large corpus (up to 16k unknowns) and a 24k-unknown P1 tetrahedron Laplacian (scikit-fem
+``MeshTet().refined(5)``), where the minimum-degree variant is left out (too slow there; see
+docs/benchmarks.md).  Each variant's note gives the fill-in ``nnz(L + U) / nnz(A)``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .cases import Case, Run, Variant, _backward_sum
+from ._core import Case, Run, Variant, _backward_sum
 
-QUICK = ("pyamg:bar", "skfem:p2-tri-laplace")
+QUICK = ("skfem:p2-tri-laplace",)
 TET_24K = "skfem:p1-tet-laplace-24k"
 # real_matrices("large"), listed so that listing the cases does not build the corpus
 FULL = (
@@ -113,13 +113,22 @@ def factor_cases(full: bool = False) -> list[Case]:
     for name in FULL if full else QUICK:
         key = name.split(":", 1)[1].replace("-", "_").replace("+", "_")
         variants = [
-            Variant("sparse_solve_c4t ordering", factor_variant(name, full, "tsgu")),
+            Variant("sparse_solve_c4t ordering", factor_variant(name, full, "tsgu"), library="tsgu"),
             Variant("SciPy splu default (COLAMD)", factor_variant(name, full, "colamd"), baseline=True),
         ]
-        if name != TET_24K:
-            variants.append(
-                Variant("MMD_AT_PLUS_A, partial pivoting (previous)", factor_variant(name, full, "mmd"))
+        if name != TET_24K and full:
+            mmd = factor_variant(name, full, "mmd")
+            variants.append(Variant("MMD_AT_PLUS_A, partial pivoting (previous)", mmd, library="SciPy"))
+        variants.append(
+            Variant("sparse_solve_c4t forward + backward", bridge_variant(name, full), library="tsgu")
+        )
+        cases.append(
+            Case(
+                f"superlu_factor_{key}",
+                "SuperLU factor (sparse_solve_c4t)",
+                name,
+                variants,
+                family="direct solves",
             )
-        variants.append(Variant("sparse_solve_c4t forward + backward", bridge_variant(name, full)))
-        cases.append(Case(f"superlu_factor_{key}", "SuperLU factor (sparse_solve_c4t)", name, variants))
+        )
     return cases

@@ -13,7 +13,18 @@ from typing import Any
 
 import torch
 
-from .cases import Case, Run, Variant, _backward_sum
+from ._core import (
+    PEER_TARGET,
+    Case,
+    Run,
+    Variant,
+    _backward_sum,
+    _backward_with,
+    _calibrate,
+    _col_res,
+    _peer_grad,
+    _peer_note,
+)
 
 
 def _grid(k: int, convection: float = 0.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -119,7 +130,6 @@ def dense_solve_variant(k: int, convection: float) -> Callable[..., Run]:
 # Libraries define their tolerances differently, so each one's ``rtol`` is lowered from the target
 # until its *true* residual ``max_j ‖b_j − A x_j‖ / ‖b_j‖`` is at most the target; every row records
 # the rtol it needed and the residual it reached (forward, and the backward's adjoint solve).
-PEER_TARGET = 1e-10
 PEER_PROBLEMS: dict[str, tuple[tuple[int, ...], float]] = {
     "poisson30": ((30, 30, 30), 0.0),
     "poisson40": ((40, 40, 40), 0.0),
@@ -138,38 +148,6 @@ def _peer_system(problem: str, nrhs: int) -> tuple[torch.Tensor, torch.Tensor]:
     return A, B.to(torch.float64)
 
 
-def _col_res(A: torch.Tensor, X: torch.Tensor, B: torch.Tensor, transpose: bool = False) -> float:
-    """Largest per-column true relative residual ``‖B − op(A) X‖ / ‖B‖``."""
-    op = A.detach().to_sparse_coo().t().coalesce() if transpose else A.detach()
-    X2, B2 = X.detach().reshape(B.shape[0], -1), B.detach().reshape(B.shape[0], -1)
-    R = B2 - op @ X2
-    return float((torch.linalg.vector_norm(R, dim=0) / torch.linalg.vector_norm(B2, dim=0)).max())
-
-
-def _calibrate(solve_at: Callable[[float], Any], residual: Callable[[Any], float]) -> tuple[float, float]:
-    """The largest ``rtol`` (target, target/2, …) whose solve reaches the target true residual."""
-    rtol = PEER_TARGET
-    res = float("inf")
-    for _ in range(10):
-        res = residual(solve_at(rtol))
-        if res <= PEER_TARGET:
-            break
-        rtol /= 2
-    return rtol, res
-
-
-def _peer_grad(B: torch.Tensor) -> torch.Tensor:
-    """The upstream gradient of the peer cases' backward: random like ``B`` (another seed), so the
-    backward's transpose solve is as hard as the forward's (with ``ones`` it is a smoother,
-    different problem, and the backward/forward ratio would measure the right-hand side)."""
-    return torch.randn(B.shape, dtype=B.dtype, generator=torch.Generator().manual_seed(1)).to(B.device)
-
-
-def _backward_with(out: torch.Tensor, G: torch.Tensor, leaf: torch.Tensor) -> None:
-    leaf.grad = None
-    out.backward(G)
-
-
 def _adjoint_res(A: torch.Tensor, B: torch.Tensor, fwd: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """True residual of the backward's transpose solve ``dB = A⁻ᵀ G``, read from ``B.grad``."""
     Bg = B.clone().requires_grad_()
@@ -177,13 +155,6 @@ def _adjoint_res(A: torch.Tensor, B: torch.Tensor, fwd: Callable[[torch.Tensor],
     fwd(Bg).backward(G)
     assert Bg.grad is not None
     return _col_res(A, Bg.grad, G, transpose=True)
-
-
-def _peer_note(rtol: float, res: float, bres: float | None, extra: str = "") -> str:
-    note = f"rtol {rtol:.1e}: true residual {res:.1e}"
-    if bres is not None:
-        note += f", backward {bres:.1e}"
-    return note + extra
 
 
 def peer_tsgu_variant(problem: str, solver: str, nrhs: int) -> Callable[..., Run]:
@@ -297,12 +268,12 @@ def peer_scipy_variant(problem: str, solver: str, nrhs: int) -> Callable[..., Ru
     return setup
 
 
-# Whole solves of 30–1000 ms move by ±20 % (up to 2x) with spells of a shared host that last
-# seconds: the libraries of a case share a process and alternate call by call, in three rounds.
+# The libraries of a peer case share a process and alternate call by call, in three rounds (why:
+# docs/benchmarks.md, "How they are timed").  The quick run takes one round.
 PEER_ROUNDS = 3
 
 
-def peer_cases() -> list[Case]:
+def peer_cases(full: bool = True) -> list[Case]:
     """tsgu against torch-sla (``backend="pytorch"`` and its SciPy LU) and SciPy, same matrices."""
     cases: list[Case] = []
     specs = [
@@ -313,6 +284,8 @@ def peer_cases() -> list[Case]:
         ("convdiff200", "bicgstab", 1),
         ("convdiff200", "gmres", 1),
     ]
+    if not full:  # each library's rtol is calibrated by repeated solves: the quick run takes one case
+        specs = [("poisson30", "cg", 1)]
     for problem, solver, nrhs in specs:
         shape, _ = PEER_PROBLEMS[problem]
         size = "x".join(map(str, shape))
@@ -324,8 +297,8 @@ def peer_cases() -> list[Case]:
             ),
             Variant(f"scipy {solver}", peer_scipy_variant(problem, solver, nrhs)),
         ]
-        if problem != "poisson40" and nrhs == 1:  # SuperLU fill: minutes per call on 3-D grids
-            # a direct solve, seconds per call and steady: one round
+        if full and problem != "poisson40" and nrhs == 1:  # 3-D fill: seconds (30³), minutes (40³) a call
+            # a direct solve, steady: one round
             lu = Variant("torch-sla scipy LU", peer_torch_sla_variant(problem, "lu", nrhs), alone=True)
             variants.insert(2, lu)
         cases.append(
@@ -334,8 +307,9 @@ def peer_cases() -> list[Case]:
                 "sparse_generic_solve",
                 f"{kind} {size}, {nrhs} rhs, true residual <= {PEER_TARGET:g}",
                 variants,
-                rounds=PEER_ROUNDS,
+                rounds=PEER_ROUNDS if full else 1,
                 interleave=True,
+                family="Krylov vs peers",
             )
         )
     return cases
@@ -460,41 +434,68 @@ def encoder_variant(impl: str, layout: str, shape: tuple[int, ...], radius: floa
     return setup
 
 
+def _krylov_variants(k: int, convection: float, specs: list[tuple[str, str | None]]) -> list[Variant]:
+    return [
+        Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, convection, 1e-6), library="tsgu")
+        for s, p in specs
+    ]
+
+
 def more_cases(full: bool = False) -> list[Case]:
+    """Krylov solvers (preconditioned, and beside their peers), the SciPy bridge, the distributions
+    and the encoder.  Quick (``full=False``): one peer case in one round, the small Poisson case
+    beside a dense solve, the bridge on a 20³ grid, the 12³ distributions, 16³ encoder volumes."""
     k = 40
     cases: list[Case] = []
-    pois = [
-        Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 0.0, 1e-6))
-        for s, p in [
-            ("cg", None),
-            ("cg", "jacobi"),
-            ("cg", "ic0"),
-            ("minres", None),
-            ("gmres", None),
-            ("gmres", "ilu0"),
-            ("bicgstab", None),
-            ("bicgstab", "ilu0"),
-        ]
-    ]
-    pois.append(Variant("scipy cg", scipy_solver_variant("cg", k, 0.0, 1e-6), baseline=True))
-    pois.append(Variant("torch.linalg.solve (dense)", dense_solve_variant(k, 0.0)))
-    cases.append(Case("krylov_poisson", "sparse_generic_solve", f"poisson 3d {k}^3, rtol 1e-6", pois))
-    cd = [
-        Variant(f"{s}{' + ' + p if p else ''}", krylov_variant(s, p, k, 1.0, 1e-6))
-        for s, p in [
-            ("gmres", None),
-            ("gmres", "jacobi"),
-            ("gmres", "ilu0"),
-            ("bicgstab", None),
-            ("bicgstab", "ilu0"),
-        ]
-    ]
-    cd.append(Variant("scipy gmres", scipy_solver_variant("gmres", k, 1.0, 1e-6), baseline=True))
-    cd.append(Variant("scipy bicgstab", scipy_solver_variant("bicgstab", k, 1.0, 1e-6)))
-    cases.append(
-        Case("krylov_convdiff", "sparse_generic_solve", f"convection-diffusion {k}^3, rtol 1e-6", cd)
-    )
-    cases += peer_cases()
+    if full:
+        pois = _krylov_variants(
+            k,
+            0.0,
+            [
+                ("cg", None),
+                ("cg", "jacobi"),
+                ("cg", "ic0"),
+                ("minres", None),
+                ("gmres", None),
+                ("gmres", "ilu0"),
+                ("bicgstab", None),
+                ("bicgstab", "ilu0"),
+            ],
+        )
+        pois.append(Variant("scipy cg", scipy_solver_variant("cg", k, 0.0, 1e-6), baseline=True))
+        pois.append(Variant("torch.linalg.solve (dense)", dense_solve_variant(k, 0.0)))
+        cases.append(
+            Case(
+                "krylov_poisson",
+                "sparse_generic_solve",
+                f"poisson 3d {k}^3, rtol 1e-6",
+                pois,
+                family="Krylov vs peers",
+            )
+        )
+        cd = _krylov_variants(
+            k,
+            1.0,
+            [
+                ("gmres", None),
+                ("gmres", "jacobi"),
+                ("gmres", "ilu0"),
+                ("bicgstab", None),
+                ("bicgstab", "ilu0"),
+            ],
+        )
+        cd.append(Variant("scipy gmres", scipy_solver_variant("gmres", k, 1.0, 1e-6), baseline=True))
+        cd.append(Variant("scipy bicgstab", scipy_solver_variant("bicgstab", k, 1.0, 1e-6)))
+        cases.append(
+            Case(
+                "krylov_convdiff",
+                "sparse_generic_solve",
+                f"convection-diffusion {k}^3, rtol 1e-6",
+                cd,
+                family="Krylov vs peers",
+            )
+        )
+    cases += peer_cases(full)
     ks = 16
     cases.append(
         Case(
@@ -502,33 +503,40 @@ def more_cases(full: bool = False) -> list[Case]:
             "sparse_generic_solve",
             f"poisson 3d {ks}^3, rtol 1e-6",
             [
-                Variant("cg", krylov_variant("cg", None, ks, 0.0, 1e-6)),
+                Variant("cg", krylov_variant("cg", None, ks, 0.0, 1e-6), library="tsgu"),
                 Variant("scipy cg", scipy_solver_variant("cg", ks, 0.0, 1e-6)),
                 Variant("torch.linalg.solve (dense)", dense_solve_variant(ks, 0.0), baseline=True),
             ],
+            family="Krylov vs peers",
         )
     )
+    kb = k if full else 20
     cases.append(
         Case(
             "scipy_direct",
             "sparse_solve_c4t",
-            f"poisson 3d {k}^3, 4 rhs",
+            f"poisson 3d {kb}^3, 4 rhs",
             [
-                Variant("scipy SuperLU (LU reused in backward)", bridge_variant("scipy", k, 4)),
-                Variant("tsgu cg + ic0, rtol 1e-10", bridge_variant("krylov", k, 4), baseline=True),
+                Variant(
+                    "scipy SuperLU (LU reused in backward)", bridge_variant("scipy", kb, 4), library="tsgu"
+                ),
+                Variant("tsgu cg + ic0, rtol 1e-10", bridge_variant("krylov", kb, 4), baseline=True),
             ],
+            family="direct solves",
         )
     )
     kd = 64
     for what in ("rsample", "log_prob"):
-        cases.append(
-            Case(
-                f"smvn_{what}",
-                f"SparseMultivariateNormal.{what}",
-                f"LDLt precision, radius-1 GMRF {kd}^3, 8 samples",
-                [Variant("tsgu", dist_variant("tsgu", what, kd, 8))],
+        if full:
+            cases.append(
+                Case(
+                    f"smvn_{what}",
+                    f"SparseMultivariateNormal.{what}",
+                    f"LDLt precision, radius-1 GMRF {kd}^3, 8 samples",
+                    [Variant("tsgu", dist_variant("tsgu", what, kd, 8))],
+                    family="distributions",
+                )
             )
-        )
         cases.append(
             Case(
                 f"smvn_{what}_small",
@@ -538,27 +546,31 @@ def more_cases(full: bool = False) -> list[Case]:
                     Variant("tsgu", dist_variant("tsgu", what, 12, 8)),
                     Variant("dense MultivariateNormal", dist_variant("dense", what, 12, 8), baseline=True),
                 ],
+                family="distributions",
             )
         )
-    big = (4, 64, 64, 64)
-    cases.append(
-        Case(
-            "encoder_large",
-            "PairwiseEncoder",
-            "(4, 64, 64, 64), radius 2, inter",
-            [
-                Variant("tsgu COO", encoder_variant("tsgu", "coo", big, 2), baseline=True),
-                Variant("tsgu CSR", encoder_variant("tsgu", "csr", big, 2)),
-            ],
+    if full:
+        big = (4, 64, 64, 64)
+        cases.append(
+            Case(
+                "encoder_large",
+                "PairwiseEncoder",
+                "(4, 64, 64, 64), radius 2, inter",
+                [
+                    Variant("tsgu COO", encoder_variant("tsgu", "coo", big, 2), baseline=True),
+                    Variant("tsgu CSR", encoder_variant("tsgu", "csr", big, 2)),
+                ],
+                family="encoders",
+            )
         )
-    )
-    small = (2, 24, 24, 24)
+    ke = 24 if full else 16
+    small = (2, ke, ke, ke)
     for layout in ("coo", "csr"):
         cases.append(
             Case(
                 f"encoder_{layout}",
                 "PairwiseEncoder",
-                "(2, 24, 24, 24), radius 2, inter",
+                f"(2, {ke}, {ke}, {ke}), radius 2, inter",
                 [
                     Variant(f"tsgu {layout.upper()}", encoder_variant("tsgu", layout, small, 2)),
                     Variant(
@@ -567,9 +579,7 @@ def more_cases(full: bool = False) -> list[Case]:
                         baseline=True,
                     ),
                 ],
+                family="encoders",
             )
         )
-    from .cases_training import training_cases
-
-    cases += training_cases(full)
     return cases

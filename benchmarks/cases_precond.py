@@ -20,8 +20,7 @@ from typing import Any
 
 import torch
 
-from .cases import Case, Run, Variant
-from .cases_more import _backward_with, _calibrate, _col_res, _peer_grad, _peer_note
+from ._core import Case, Run, Variant, _backward_with, _calibrate, _col_res, _peer_grad, _peer_note
 
 ROUNDS = 3
 
@@ -236,7 +235,24 @@ def torch_sla_variant(problem: str, kind: str) -> Callable[..., Run]:
     return setup
 
 
+#: The quick run's preconditioner case: CG on Poisson 40³ with each preconditioner, beside SciPy
+#: and PyAMG (one round); the run of record has every solver × preconditioner and the peers.
+QUICK_VARIANTS = ("tsgu cg", "tsgu cg + jacobi", "tsgu cg + ic0", "tsgu cg + amg", "scipy cg + spilu")
+
+
 def precond_cases(full: bool = False) -> list[Case]:
+    if not full:
+        case = _precond_cases()[0]
+        case.variants = [v for v in case.variants if v.name in QUICK_VARIANTS]
+        case.variants[0].baseline = True  # plain CG: what a preconditioner must beat
+        for v in case.variants[1:]:
+            v.baseline = False
+        case.rounds = 1
+        return [case]
+    return _precond_cases()
+
+
+def _precond_cases() -> list[Case]:
     cases: list[Case] = []
     for problem in ("poisson40", "diffusion40"):
         vs = [
@@ -269,6 +285,7 @@ def precond_cases(full: bool = False) -> list[Case]:
                 vs,
                 rounds=ROUNDS,
                 interleave=True,
+                family="preconditioners",
             )
         )
     vs = [
@@ -293,6 +310,7 @@ def precond_cases(full: bool = False) -> list[Case]:
             vs,
             rounds=ROUNDS,
             interleave=True,
+            family="preconditioners",
         )
     )
     return cases

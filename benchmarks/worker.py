@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .cases import all_cases
+from .suite import all_cases
 
 
 def _rss_kib(field: str) -> int:
@@ -74,8 +74,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 
 # Between the calls of variants sharing a process: a library's worker threads keep spinning for a
-# while after its call (SciPy's OpenBLAS pool: measured, the torch call after a SciPy solve took
-# 2-3x as long), and the pause lets them go idle before the next library is timed.
+# while after its call (SciPy's OpenBLAS pool), and the pause lets them go idle before the next
+# library is timed (the measurement behind it: docs/benchmarks.md, "How they are timed").
 TURN_PAUSE_S = 0.25
 
 _FAILURES = (MemoryError, RuntimeError, NotImplementedError)  # torch.OutOfMemoryError is a RuntimeError
