@@ -93,7 +93,9 @@ def test_transforms_over_dense_operands_equal_dense(layout, index_dtype, shape):
     for name, f, ref in _ops(case):
         torch.testing.assert_close(vmap(f)(Bs), vmap(ref)(Bs), msg=f"vmap {name}")
         torch.testing.assert_close(
-            grad(lambda B: (f(B) ** 2).sum())(B), grad(lambda B: (ref(B) ** 2).sum())(B), msg=f"grad {name}"
+            grad(lambda B, f=f: (f(B) ** 2).sum())(B),
+            grad(lambda B, ref=ref: (ref(B) ** 2).sum())(B),
+            msg=f"grad {name}",
         )
         torch.testing.assert_close(jacrev(f)(B), jacrev(ref)(B), msg=f"jacrev {name}")
         torch.testing.assert_close(jacfwd(f)(B), jacrev(ref)(B), msg=f"jacfwd {name}")
@@ -166,13 +168,6 @@ def test_a_sparse_input_that_requires_grad_inside_a_transform_raises_clearly():
 
 # ------------------------------------------------------------------------------------------------
 # torch.compile: whole training steps, backward and optimizer step inside the compiled function
-def _train(step, params, steps: int = 3):  # type: ignore[no-untyped-def]
-    losses = []
-    for _ in range(steps):
-        losses.append(step())
-    return torch.stack(losses), [p.detach().clone() for p in params]
-
-
 STEP_OPS = ["mm", "triangular", "implicit", "sampled"]
 
 
@@ -181,40 +176,43 @@ STEP_OPS = ["mm", "triangular", "implicit", "sampled"]
 @pytest.mark.parametrize("op", STEP_OPS)
 def test_compiled_training_step_with_backward_and_optimizer_inside_equals_eager(op, layout):
     case = _case(layout, torch.int64, (5, 5), "lower", seed=3)
-    results = {}
-    for mode in ("eager", "compiled"):
-        torch.manual_seed(0)
-        W = torch.nn.Parameter(torch.randn(5, 2, dtype=F64))
-        A = case.sparse.detach().clone().requires_grad_()
-        opt = torch.optim.SGD([W], lr=0.05)
-        grads: list[torch.Tensor] = []
-
-        def step() -> torch.Tensor:
-            opt.zero_grad()
-            A.grad = None
-            if op == "mm":
-                Y = sparse_mm(A, torch.tanh(W))
-            elif op == "triangular":
-                Y = sparse_triangular_solve(A, torch.tanh(W), upper=False)
-            elif op == "implicit":
-                Y = implicit_solve(A, torch.tanh(W), _dense_solve, _dense_tsolve)
-            else:
-                Y = sampled_product(A, torch.tanh(W), W).to_dense()
-            loss = (Y**2).sum()
-            loss.backward()
-            opt.step()
-            if op != "sampled":  # the sampled product reads A's indices only: no gradient for A
-                grads.append(A.grad.to_dense().detach().clone())
-            return loss.detach()
-
-        fn = step if mode == "eager" else torch.compile(step, backend="aot_eager")
-        if mode == "compiled":
-            torch._dynamo.reset()
-        losses, params = _train(fn, [W])
-        results[mode] = (losses, params, grads)
-    for e, c in zip(results["eager"], results["compiled"]):
-        for a, b in zip(e, c) if isinstance(e, list) else [(e, c)]:
+    eager, compiled = _run_steps(case, op, compiled=False), _run_steps(case, op, compiled=True)
+    for e, c in zip(eager, compiled):
+        for a, b in zip(e, c):
             torch.testing.assert_close(b, a)
+
+
+def _run_steps(case, op: str, compiled: bool):  # type: ignore[no-untyped-def]
+    """Losses, trained parameter and A's gradients over three SGD steps."""
+    torch.manual_seed(0)
+    W = torch.nn.Parameter(torch.randn(5, 2, dtype=F64))
+    A = case.sparse.detach().clone().requires_grad_()
+    opt = torch.optim.SGD([W], lr=0.05)
+    grads: list[torch.Tensor] = []
+
+    def step() -> torch.Tensor:
+        opt.zero_grad()
+        A.grad = None
+        if op == "mm":
+            Y = sparse_mm(A, torch.tanh(W))
+        elif op == "triangular":
+            Y = sparse_triangular_solve(A, torch.tanh(W), upper=False)
+        elif op == "implicit":
+            Y = implicit_solve(A, torch.tanh(W), _dense_solve, _dense_tsolve)
+        else:
+            Y = sampled_product(A, torch.tanh(W), W).to_dense()
+        loss = (Y**2).sum()
+        loss.backward()
+        opt.step()
+        if op != "sampled":  # the sampled product reads A's indices only: no gradient for A
+            grads.append(A.grad.to_dense().detach().clone())
+        return loss.detach()
+
+    if compiled:
+        torch._dynamo.reset()
+    fn = torch.compile(step, backend="aot_eager") if compiled else step
+    losses = [fn() for _ in range(3)]
+    return losses, [W.detach().clone()], grads
 
 
 @pytest.mark.slow
