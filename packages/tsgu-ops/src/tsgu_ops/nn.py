@@ -20,13 +20,13 @@ from torch import Tensor, nn
 
 from . import _checks, _kernels
 from ._compat import autocast_fp32
-from .pattern import SparsePattern, quiet
+from .pattern import COMPUTE_DTYPES, SparsePattern, quiet
 from .sampled import raise_no_sparse_under_transforms, sparse_with_values
 from .triangular import STRICT_MESSAGE
 
 __all__ = ["SparseParameter"]
 
-_VALUE_DTYPES = (torch.float32, torch.float64)
+_VALUE_DTYPES = COMPUTE_DTYPES
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -79,8 +79,9 @@ class SparseParameter(nn.Module):
     Parameters
     ----------
     A : Tensor
-        Sparse COO or CSR tensor, 2-D ``(n, m)`` or batched 3-D ``(b, n, m)``, float32/float64,
-        without dense dimensions.  An uncoalesced COO tensor is coalesced first (duplicate entries
+        Sparse COO or CSR tensor, 2-D ``(n, m)`` or batched 3-D ``(b, n, m)``, float32, float64,
+        complex64 or complex128 (conjugate (Wirtinger) gradients), without dense dimensions.
+        An uncoalesced COO tensor is coalesced first (duplicate entries
         summed); its indices are validated.  ``A`` itself is neither kept nor modified.
     requires_grad : bool
         Whether ``values`` is trainable (default ``True``).
