@@ -251,3 +251,23 @@ def test_sparse_parameter_step_with_unit_triangular_solve_compiles_fullgraph():
     torch.testing.assert_close(gw, Wd.grad[W().detach().to_dense() != 0])
     mask = L().detach().to_dense() != 0
     torch.testing.assert_close(gl, Ld.grad[mask])
+
+
+def test_forward_mode_dual_tensors_outside_torch_func_equal_dense():
+    """torch.autograd.forward_ad (no torch.func, no requires_grad): the tangent is not dropped."""
+    import torch.autograd.forward_ad as fwad
+
+    case = _case(torch.sparse_csr, torch.int32, (5, 5), "lower")
+    B, T = torch.randn(5, 2, dtype=F64), torch.randn(5, 2, dtype=F64)
+    with fwad.dual_level():
+        for f, ref in (
+            (lambda X: sparse_mm(case.sparse, X), lambda X: case.dense @ X),
+            (
+                lambda X: sparse_triangular_solve(case.sparse, X, upper=False),
+                lambda X: torch.linalg.solve_triangular(case.dense, X, upper=False),
+            ),
+        ):
+            out = fwad.unpack_dual(f(fwad.make_dual(B, T)))
+            exp = fwad.unpack_dual(ref(fwad.make_dual(B, T)))
+            torch.testing.assert_close(out.primal, exp.primal)
+            torch.testing.assert_close(out.tangent, exp.tangent)

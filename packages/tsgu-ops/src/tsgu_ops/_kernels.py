@@ -634,11 +634,25 @@ class TriSolveFn(Function):
 
 
 # ------------------------------------------------------------------------------------------------
-# entry points: the operators themselves when compiling, the Functions otherwise
+# entry points: the operators themselves when compiling, the Functions otherwise, and the bare
+# kernel when nothing can differentiate the call (a Function with ``setup_context`` binds its
+# arguments with ``inspect.signature`` on every call: tens of microseconds of a forward pass)
+def _plain(a: Tensor, b: Tensor) -> bool:
+    """Whether no derivative of this call can be asked for: no grad needed, no transform, no
+    forward-mode dual level open."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return False
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
+        return False
+    return _untransformed()
+
+
 def mm(pattern: Any, values: Tensor, X: Tensor, transpose: bool = False) -> Tensor:
     """``S(values) @ X`` (or ``S(values)ᵀ @ X``) for a 2-D ``X``; differentiable in both."""
     if HAS_CUSTOM_OP and _compiling():
         return mm_op(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
+    if _plain(values, X):
+        return mm_impl(*pattern.kernel_indices, values, X, transpose)
     return MatmulFn.apply(pattern, values, X, transpose)  # type: ignore[no-any-return]
 
 
@@ -646,6 +660,8 @@ def sampled(pattern: Any, U: Tensor, V: Tensor) -> Tensor:
     """``U[row_k] · V[col_k]`` at every entry (canonical order); differentiable in both."""
     if HAS_CUSTOM_OP and _compiling():
         return sampled_op(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
+    if _plain(U, V):
+        return sampled_impl(*pattern.kernel_indices, U, V)
     return SampledFn.apply(pattern, U, V)  # type: ignore[no-any-return]
 
 
@@ -656,6 +672,9 @@ def trisolve(
     if HAS_CUSTOM_OP and _compiling():
         unit = _unit_layout(pattern, upper, unitriangular)
         return trisolve_op(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
+    if _plain(values, B):
+        unit = _unit_layout(pattern, upper, unitriangular)
+        return trisolve_impl(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)
     return TriSolveFn.apply(pattern, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
 
 
