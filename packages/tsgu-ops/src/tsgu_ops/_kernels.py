@@ -652,7 +652,8 @@ def mm(pattern: Any, values: Tensor, X: Tensor, transpose: bool = False) -> Tens
     if HAS_CUSTOM_OP and _compiling():
         return mm_op(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
     if _plain(values, X):
-        return mm_impl(*pattern.kernel_indices, values, X, transpose)
+        idx: Indices = pattern.kernel_indices
+        return mm_impl(*idx, values, X, transpose)
     return MatmulFn.apply(pattern, values, X, transpose)  # type: ignore[no-any-return]
 
 
@@ -661,7 +662,8 @@ def sampled(pattern: Any, U: Tensor, V: Tensor) -> Tensor:
     if HAS_CUSTOM_OP and _compiling():
         return sampled_op(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
     if _plain(U, V):
-        return sampled_impl(*pattern.kernel_indices, U, V)
+        idx: Indices = pattern.kernel_indices
+        return sampled_impl(*idx, U, V)
     return SampledFn.apply(pattern, U, V)  # type: ignore[no-any-return]
 
 
@@ -673,8 +675,9 @@ def trisolve(
         unit = _unit_layout(pattern, upper, unitriangular)
         return trisolve_op(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
     if _plain(values, B):
+        idx: Indices = pattern.kernel_indices
         unit = _unit_layout(pattern, upper, unitriangular)
-        return trisolve_impl(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)
+        return trisolve_impl(*idx, values, B, upper, unitriangular, transpose, *unit)
     return TriSolveFn.apply(pattern, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
 
 
