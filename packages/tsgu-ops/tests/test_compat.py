@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tsgu_ops import _compat, _library
+from tsgu_ops import SparsePattern, _compat, _kernels
 
 PACKAGES = Path(__file__).resolve().parents[2]
 
@@ -59,8 +59,8 @@ def test_custom_op_detection_needs_all_three_registration_apis():
 
 
 def test_the_kernels_use_the_compat_flags():
-    assert _library.HAS_CUSTOM_OP is _compat.HAS_CUSTOM_OP
-    assert _library.is_compiling is _compat.is_compiling
+    assert _kernels.HAS_CUSTOM_OP is _compat.HAS_CUSTOM_OP
+    assert _kernels.is_compiling is _compat.is_compiling
     assert _compat.is_compiling() is False
     assert torch.compile(lambda x: x + _compat.is_compiling(), backend="eager")(torch.zeros(1)).item() == 1.0
 
@@ -68,13 +68,13 @@ def test_the_kernels_use_the_compat_flags():
 @pytest.mark.parametrize("transpose", [False, True])
 def test_without_custom_ops_the_product_still_matches_dense(monkeypatch, transpose):
     """The fallback for a torch without ``custom_op`` (autograd Functions only) gives the same values."""
-    monkeypatch.setattr(_library, "HAS_CUSTOM_OP", False)
+    monkeypatch.setattr(_kernels, "HAS_CUSTOM_OP", False)
     dense = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 0.0], [4.0, 0.0, 5.0]], dtype=torch.float64)
     A = dense.to_sparse_csr()
-    s = _library.structure(A.crow_indices(), A.col_indices(), 3)
+    s = SparsePattern(A)
     values = A.values().clone().requires_grad_()
     X = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
-    Y = _library.csr_mm(s, values, X, transpose)
+    Y = _kernels.mm(s, values, X, transpose)
     dense_leaf = dense.clone().requires_grad_()
     X_ref = X.detach().clone().requires_grad_()
     Y_ref = (dense_leaf.T if transpose else dense_leaf) @ X_ref

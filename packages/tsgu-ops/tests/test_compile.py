@@ -15,8 +15,7 @@ import shutil
 import pytest
 import torch
 
-from tsgu_ops import _library as lib
-from tsgu_ops import sparse_logsumexp, sparse_mm, sparse_triangular_solve
+from tsgu_ops import SparsePattern, sparse_logsumexp, sparse_mm, sparse_triangular_solve
 from tsgu_ops.nn import SparseParameter
 from tsgu_ops.testing import build_case
 
@@ -102,9 +101,9 @@ def test_no_sparse_tensor_enters_the_forward_or_backward_graph():
     assert {"tsgu.csr_mm.default", "tsgu.csr_sampled.default", "tsgu.csr_trisolve.default"} <= targets
 
 
-def _sample_structure() -> tuple[lib.Structure, torch.Tensor, int]:
+def _sample_structure() -> tuple[SparsePattern, torch.Tensor, int]:
     A = build_case(4, (5, 5), 0.5, torch.sparse_csr, torch.int32, torch.float64, "lower").sparse
-    return lib.structure(A.crow_indices(), A.col_indices(), 5), A.values(), 5
+    return SparsePattern(A), A.values(), 5
 
 
 @pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck needs torch >= 2.4")
@@ -114,11 +113,14 @@ def test_custom_operators_pass_opcheck():
     X = torch.randn(n, 2, dtype=torch.float64, requires_grad=True)
     U = torch.randn(n, 3, dtype=torch.float64, requires_grad=True)
     tests = ("test_schema", "test_autograd_registration", "test_faketensor")
+    idx = s.kernel_indices
     for transpose in (False, True):
-        torch.library.opcheck(torch.ops.tsgu.csr_mm.default, (*s.tensors, v, X, transpose), test_utils=tests)
-    torch.library.opcheck(torch.ops.tsgu.csr_sampled.default, (*s.tensors, U, U), test_utils=tests)
+        torch.library.opcheck(torch.ops.tsgu.csr_mm.default, (*idx, v, X, transpose), test_utils=tests)
+    torch.library.opcheck(torch.ops.tsgu.csr_sampled.default, (*idx, U, U), test_utils=tests)
     torch.library.opcheck(
-        torch.ops.tsgu.csr_trisolve.default, (*s.tensors, v, X, False, False, True), test_utils=tests
+        torch.ops.tsgu.csr_trisolve.default,
+        (*idx, v, X, False, False, True, None, None, None),
+        test_utils=tests,
     )
 
 

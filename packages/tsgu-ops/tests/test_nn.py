@@ -321,15 +321,45 @@ def test_bad_right_hand_sides_raise_naming_B():
         Q.triangular_solve(torch.ones(3, 1), unitriangular=True)
 
 
-def test_solve_calls_the_generic_solve():
-    pytest.importorskip("tsgu_krylov")
+def _dense_solver(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.solve(A.to_dense(), B)
+
+
+def test_solve_differentiates_the_given_solver():
     case = build_case(5, (6, 6), 0.4, torch.sparse_csr, torch.int64, torch.float64, "spd")
     P = SparseParameter(case.sparse)
     B = torch.randn(6, 2, dtype=torch.float64)
-    X = P.solve(B, "cg", rtol=1e-12)
+    X = P.solve(B, _dense_solver)
     torch.testing.assert_close(X, torch.linalg.solve(case.dense, B), rtol=1e-8, atol=1e-8)
     v = P.values.detach().clone().requires_grad_()
     Xd = torch.linalg.solve(_dense_of(P, v), B)
     X.sum().backward()
     Xd.sum().backward()
     torch.testing.assert_close(P.values.grad, v.grad, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("solver", [None, "cg", 3])
+def test_solve_without_a_callable_names_the_route(solver):
+    P = SparseParameter(torch.eye(3, dtype=torch.float64).to_sparse_csr())
+    with pytest.raises(TypeError, match=r"tsgu_krylov\.sparse_generic_solve"):
+        P.solve(torch.ones(3, 1, dtype=torch.float64), solver)
+
+
+def test_solve_with_a_lone_solver_gets_the_transpose_in_the_backward():
+    case = build_case(6, (2, 5, 5), 0.5, torch.sparse_csr, torch.int32, torch.float64, "general")
+    P = SparseParameter(case.sparse)
+    calls: list[bool] = []
+
+    def solver(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        calls.append(True)
+        return torch.linalg.solve(A.to_dense() + 10 * torch.eye(A.shape[0], dtype=B.dtype), B)
+
+    B = torch.randn(2, 5, 3, dtype=torch.float64)
+    X = P.solve(B, solver)
+    v = P.values.detach().clone().requires_grad_()
+    Xd = torch.linalg.solve(_dense_of(P, v) + 10 * torch.eye(5, dtype=torch.float64), B)
+    torch.testing.assert_close(X, Xd)
+    (X**2).sum().backward()
+    (Xd**2).sum().backward()
+    torch.testing.assert_close(P.values.grad, v.grad)
+    assert len(calls) == 2  # one forward and one transposed solve

@@ -201,7 +201,7 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
         if stats[2] != 0:
             raise ValueError(f"{name} has crow_indices that decrease (they must be non-decreasing)")
         cmin, cmax = stats[3], stats[4]
-        if cmin < 0 or cmax >= cols:
+        if col.numel() and (cmin < 0 or cmax >= cols):  # no stored entry: no column to check
             raise ValueError(
                 f"{name} has a column index out of range: col_indices must lie in [0, {cols}), "
                 f"found {cmax if cmax >= cols else cmin}"

@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 import torch
-
-from .pattern import quiet
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -41,6 +40,19 @@ def parse_torch_version(version: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def quiet(fn: Callable[[], R]) -> R:
+    """Run ``fn`` with PyTorch's sparse beta/invariant/deprecation warnings silenced.
+
+    Which of these warnings a call raises depends on the torch version (``torch.triangular_solve``
+    is deprecated since 2.x, the CSR beta warning comes and goes).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
+        warnings.filterwarnings("ignore", message=".*torch.triangular_solve is deprecated.*")
+        return fn()
+
+
 #: ``(major, minor)`` of the running torch.
 TORCH_VERSION = parse_torch_version(torch.__version__)
 
@@ -51,7 +63,7 @@ def has_custom_op(library: Any = torch.library) -> bool:
 
 
 #: ``torch.library.custom_op`` with ``register_fake``/``register_autograd`` (torch >= 2.4): the
-#: value-level kernels of :mod:`tsgu_ops._library` are registered as custom operators only then;
+#: value-level kernels of :mod:`tsgu_ops._kernels` are registered as custom operators only then;
 #: without them every call goes through the autograd Functions (eager, no ``torch.compile`` graph).
 HAS_CUSTOM_OP = has_custom_op()
 #: ``torch.library.register_vmap`` (torch >= 2.4): a batching rule for the custom operators.
@@ -86,7 +98,7 @@ NESTED_VMAP_TORCH = (2, 9)
 def functorch_bug_guard(version: tuple[int, int] | None = None) -> Iterator[None]:
     """Turn torch 2.5's functorch assertion in a custom operator's vmap rule into a clear error.
 
-    Wraps the first tensor operation of each vmap rule of :mod:`tsgu_ops._library`; on a torch
+    Wraps the first tensor operation of each vmap rule of :mod:`tsgu_ops._kernels`; on a torch
     older than :data:`NESTED_VMAP_TORCH` that assertion becomes a ``NotImplementedError`` naming the
     transform and the torch needed.  Any other error passes through unchanged.
 

@@ -26,74 +26,35 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.autograd.function import Function
 
-from . import _checks
+from . import _checks, _kernels
+from ._compat import autocast_fp32
+from ._kernels import Kernel, Source, solve_grad_values
 from .pattern import COMPUTE_DTYPES, SparsePattern, conj
-from .sampled import SampledProduct, deliver, differentiable_values, register_use
+from .sampled import deliver, operand_values, register_use
 
 SolveFn = Callable[..., torch.Tensor]
-#: ``kernel(A, values, B, transposed) -> X``: ``A`` is the detached sparse matrix, ``values`` its
-#: stored values in pattern order (detached), ``B`` a right-hand side shaped like the caller's.
-Kernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
-def solve_grad_values(
-    pattern: SparsePattern,
-    Gb: torch.Tensor,
-    X: torch.Tensor,
-    transposed: bool,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``dA`` of a linear solve at the stored entries (values in pattern order).
-
-    ``Gb`` is the gradient of the right-hand side (the transposed solve of the upstream gradient)
-    and ``X`` the solution, both shaped like the right-hand side.  ``mask`` (bool, per entry)
-    zeroes entries that the forward solve did not read.
-    """
-    U, V = pattern.flat_rhs(Gb), conj(pattern.flat_rhs(X))
-    values = SampledProduct.apply(V, U, pattern) if transposed else SampledProduct.apply(U, V, pattern)
-    values = -values
-    if mask is not None:
-        values = values * mask
-    return values  # type: ignore[no-any-return]
-
-
-class SolveOnValues(Function):
+class SolveOnValues:
     """``X = op(A)⁻¹ B`` as a function of ``A``'s values; ``op`` is ``A`` or ``Aᵀ`` (``transposed``).
 
-    ``SolveOnValues.apply(values, B, A, pattern, kernel, transposed, mask)``.  The backward calls
-    the same Function with ``transposed`` flipped, so it is differentiable to any order.
+    ``SolveOnValues.apply(values, B, A, pattern, kernel, transposed, mask)``: the call of earlier
+    releases, kept for the packages of the project; the computation is the one implicit-solve
+    Function :class:`tsgu_ops._kernels.SolveFn` (differentiable to any order, ``torch.func``-ready).
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
+    def apply(
         values: torch.Tensor,
         B: torch.Tensor,
-        A: torch.Tensor,
+        A: torch.Tensor | None,
         pattern: SparsePattern,
         kernel: Kernel,
         transposed: bool,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        X = kernel(A, values.detach(), B.detach(), transposed)
-        ctx.A, ctx.pattern, ctx.kernel, ctx.transposed, ctx.mask = A, pattern, kernel, transposed, mask
-        ctx.save_for_backward(values, X)
-        return X
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        values, X = ctx.saved_tensors
-        # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)): conj is a no-op for real dtypes
-        Gb = conj(
-            SolveOnValues.apply(values, conj(G), ctx.A, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask)
-        )
-        dv = None
-        if ctx.needs_input_grad[0]:
-            dv = solve_grad_values(ctx.pattern, Gb, X, ctx.transposed, ctx.mask)
-        dB = Gb if ctx.needs_input_grad[1] else None
-        return dv, dB, None, None, None, None, None
+        return _kernels.SolveFn.apply(values, B, Source(A), pattern, kernel, transposed, mask)  # type: ignore[no-any-return]
 
 
 def solve_sparse(
@@ -107,8 +68,8 @@ def solve_sparse(
 ) -> torch.Tensor:
     """Differentiable ``op(A)⁻¹ B`` for a sparse ``A`` through ``kernel`` (no validation)."""
     pattern = pattern if pattern is not None else SparsePattern(A)
-    values = differentiable_values(A, pattern)
-    return SolveOnValues.apply(values, B, A.detach(), pattern, kernel, transposed, mask)  # type: ignore[no-any-return]
+    values = operand_values(A, pattern, "the sparse solve")
+    return SolveOnValues.apply(values, B, A.detach(), pattern, kernel, transposed, mask)
 
 
 def user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
@@ -175,26 +136,31 @@ def solve_sparse_rhs(
     return X.squeeze(-1) if vector else X
 
 
-class ImplicitSolve(Function):
-    """``X = A⁻¹ B`` through user solvers, as an autograd Function taking the sparse ``A``.
+class ImplicitSolve:
+    """The 0.2.7-style autograd Function of :func:`implicit_solve`, kept as a thin shim.
 
     ``ImplicitSolve.apply(A, B, solve, transpose_solve)``: ``solve(A, B)`` returns ``A⁻¹ B`` and
     ``transpose_solve(A, B)`` returns ``A⁻ᵀ B``; both receive the detached ``A`` and a detached
-    right-hand side shaped like ``B``.  :func:`implicit_solve` validates its arguments and runs the
-    same computation on ``A``'s values (:class:`SolveOnValues`), which is what packages build on.
+    right-hand side shaped like ``B``.  No validation; the computation is :func:`implicit_solve`'s
+    (the implicit-solve Function on ``A``'s values).
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn
-    ) -> torch.Tensor:
-        return kernel_forward(ctx, A, B, user_kernel(solve, transpose_solve))
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        return (*kernel_backward(ctx, G), None, None)
+    def apply(A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn) -> torch.Tensor:
+        return _solve(A, B, user_kernel(solve, transpose_solve))
 
 
+@_kernels.eager_under_compile  # a sparse tensor: dynamo cannot trace it (a graph break)
+def _solve(A: torch.Tensor, B: torch.Tensor, kernel: Kernel) -> torch.Tensor:
+    with _kernels.plain_sparse():
+        pattern = SparsePattern.of(A)
+        source = A.detach()
+    values = operand_values(A, pattern, "implicit_solve")
+    return SolveOnValues.apply(values, B, source, pattern, kernel, False, None)
+
+
+@_kernels.eager_under_compile
+@autocast_fp32
 def implicit_solve(
     A: torch.Tensor, B: torch.Tensor, solve: SolveFn, transpose_solve: SolveFn
 ) -> torch.Tensor:
@@ -245,6 +211,15 @@ def implicit_solve(
     tensor([[-0.0312, -0.1250],
             [ 0.0000, -0.1875]], dtype=torch.float64)
     """
+    with _kernels.plain_sparse():
+        _check_implicit(A, B, solve, transpose_solve)
+    vector = B.dim() == 1 and A.dim() == 2
+    Bm = B.unsqueeze(-1) if vector else B
+    X = _solve(A, Bm, user_kernel(solve, transpose_solve))
+    return X.squeeze(-1) if vector else X
+
+
+def _check_implicit(A: Any, B: Any, solve: Any, transpose_solve: Any) -> None:
     check_square_sparse("A", A)
     _checks.require_tensor("B", B)
     if B.layout != torch.strided:
@@ -265,9 +240,6 @@ def implicit_solve(
     _checks.require_same_dtype("A", A, "B", B)
     _checks.require_same_device("A", A, "B", B)
     _checks.check_sparse_indices("A", A)
-    Bm = B.unsqueeze(-1) if vector else B
-    X = solve_sparse(A, Bm, user_kernel(solve, transpose_solve))
-    return X.squeeze(-1) if vector else X
 
 
 def check_square_sparse(name: str, A: Any) -> None:

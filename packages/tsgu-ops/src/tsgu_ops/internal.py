@@ -44,7 +44,7 @@ from ._gradients import (
     register_use,
     sparse_grad,
 )
-from ._library import eager_under_compile
+from ._kernels import eager_under_compile
 from .implicit import (
     Kernel,
     SolveOnValues,

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from . import _checks
+from ._compat import autocast_fp32
 from .pattern import SparsePattern, csr_row_indices
 from .sampled import SparseToValues
 
@@ -154,6 +155,7 @@ def _logsumexp_batched(x: torch.Tensor, dims: tuple[int, ...], include_zeros: bo
     return out if len(dims) == 1 else out.reshape(-1)
 
 
+@autocast_fp32
 def sparse_logsumexp(
     input: torch.Tensor, dim: int | Sequence[int], keepdim: bool = False, include_zeros: bool = True
 ) -> torch.Tensor:
@@ -246,6 +248,7 @@ def _bidir_batched(x: torch.Tensor, include_zeros: bool) -> tuple[torch.Tensor, 
     return _bidir(x, include_zeros)
 
 
+@autocast_fp32
 def sparse_bidir_logsumexp(
     input: torch.Tensor,
     keepdim: bool = False,

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.autograd.function import Function
 
-from . import _checks
-from .pattern import COMPUTE_DTYPES, SparsePattern, conj
-from .sampled import PatternMatmul, SampledProduct, deliver, differentiable_values, register_use
+from . import _checks, _kernels
+from ._compat import autocast_fp32
+from .pattern import COMPUTE_DTYPES, SparsePattern
+from .sampled import operand_values
 
 
 def check_sparse_dense_pair(A: Any, B: Any, *, allow_shared: bool) -> None:
@@ -36,44 +36,31 @@ def check_sparse_dense_pair(A: Any, B: Any, *, allow_shared: bool) -> None:
     _checks.check_sparse_indices("A", A)
 
 
-class SparseMatMul(Function):
-    """Autograd Function behind :func:`sparse_mm`: ``C = A @ B`` with a sparse ``dA``.
+class SparseMatMul:
+    """The 0.2.7 autograd Function behind :func:`sparse_mm`, kept as a thin shim.
 
     ``SparseMatMul.apply(A, B)`` takes the same arguments as :func:`sparse_mm` and does no
-    validation.  Backward: ``dA = G Bᴴ`` sampled at ``A``'s stored entries (layout, indices and index
-    dtype of ``A``), ``dB = Aᴴ G`` (``ᴴ`` is the transpose for real dtypes); each only when
-    requested.  The backward is made of
-    differentiable operations, so second derivatives (in ``A``, ``B`` and the incoming gradient)
-    are exact.  :func:`sparse_mm` itself runs the same computation on ``A``'s values
-    (:class:`~tsgu_ops.sampled.PatternMatmul`), so that inside a double backward the gradient of
-    ``A`` is accumulated as dense values rather than as sparse tensors (PyTorch's in-place
-    addition of batched CSR tensors is unreliable).
+    validation; it runs the same computation (the product kernel on ``A``'s values, with the
+    gradients documented there: ``dA = G Bᴴ`` at ``A``'s stored entries, ``dB = Aᴴ G``, to any
+    order).
     """
 
     @staticmethod
-    def forward(ctx: Any, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def apply(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+        return _sparse_mm(A, B)
+
+
+@_kernels.eager_under_compile  # a sparse tensor: dynamo cannot trace it (a graph break)
+def _sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    with _kernels.plain_sparse():
         pattern = SparsePattern.of(A)
-        ctx.pattern = pattern
-        register_use(ctx, A)
-        ctx.save_for_backward(A, B)
-        out = pattern.matmul(pattern.values(A), pattern.flat_rhs(B))
-        return pattern.unflat(out, B, pattern.n)
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        A, B = ctx.saved_tensors
-        pattern: SparsePattern = ctx.pattern
-        dA = dB = None
-        Gf = pattern.flat_rhs(G)
-        if ctx.needs_input_grad[0]:
-            dvalues = SampledProduct.apply(Gf, conj(pattern.flat_rhs(B)), pattern)
-            dA = deliver(ctx, 0, pattern, dvalues, A)
-        if ctx.needs_input_grad[1]:
-            values = differentiable_values(A, pattern)
-            dB = pattern.unflat(PatternMatmul.apply(conj(values), Gf, pattern, True), G, pattern.m)
-        return dA, dB
+    values = pattern._sorted(operand_values(A, pattern, "sparse_mm"))
+    out = _kernels.mm(pattern, values, pattern.flat_rhs(B), False)
+    return pattern.unflat(out, B, pattern.n)
 
 
+@_kernels.eager_under_compile
+@autocast_fp32
 def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     """Matrix product ``A @ B`` of a sparse ``A`` and a dense ``B``, with a sparse gradient for ``A``.
 
@@ -125,8 +112,6 @@ def sparse_mm(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     >>> C.detach().flatten(), A.grad.layout, A.grad.values()
     (tensor([2., 3.]), torch.sparse_csr, tensor([1., 1.]))
     """
-    check_sparse_dense_pair(A, B, allow_shared=True)
-    pattern = SparsePattern.of(A)
-    values = differentiable_values(A, pattern)
-    out = PatternMatmul.apply(values, pattern.flat_rhs(B), pattern, False)
-    return pattern.unflat(out, B, pattern.n)
+    with _kernels.plain_sparse():
+        check_sparse_dense_pair(A, B, allow_shared=True)
+    return _sparse_mm(A, B)

@@ -7,8 +7,8 @@ clipping and ``GradScaler`` treat sparse gradients specially or not at all.  A
 :class:`SparseParameter` keeps the sparsity pattern as integer buffers and the stored values as one
 dense 1-D :class:`torch.nn.Parameter`; every piece of PyTorch that works with dense parameters then
 works unchanged, and :meth:`SparseParameter.mm` / :meth:`SparseParameter.triangular_solve` run the
-``torch.library`` custom operators of :mod:`tsgu_ops._library` so that no sparse tensor enters a
-compiled graph.
+kernels of :mod:`tsgu_ops._kernels` (the ones every public operation runs) on the values, so that no
+sparse tensor enters a compiled graph.
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import _checks
-from ._library import Structure, csr_mm, csr_trisolve, structure, value_solve
-from .pattern import SparsePattern, quiet
-from .sampled import sparse_with_values
+from . import _checks, _kernels
+from ._compat import autocast_fp32
+from .pattern import COMPUTE_DTYPES, SparsePattern, quiet
+from .sampled import raise_no_sparse_under_transforms, sparse_with_values
+from .triangular import STRICT_MESSAGE
 
 __all__ = ["SparseParameter"]
 
-_VALUE_DTYPES = (torch.float32, torch.float64)
+_VALUE_DTYPES = COMPUTE_DTYPES
 
 
 def _autocast_enabled(device_type: str) -> bool:
@@ -72,13 +73,15 @@ class SparseParameter(nn.Module):
     :meth:`mm` and :meth:`triangular_solve` compute on ``values`` directly through custom
     operators, which ``torch.compile`` traces with ``fullgraph=True`` and ``torch.func`` transforms
     (``grad``, ``vjp``, ``jacrev``, ``jacfwd``, ``hessian``, ``vmap`` over a batch of value vectors
-    passed as ``values=``).  :meth:`solve` calls tsgu-krylov's generic solve.
+    passed as ``values=``).  :meth:`solve` differentiates a black-box solver given as a callable
+    (for instance tsgu-krylov's ``sparse_generic_solve``).
 
     Parameters
     ----------
     A : Tensor
-        Sparse COO or CSR tensor, 2-D ``(n, m)`` or batched 3-D ``(b, n, m)``, float32/float64,
-        without dense dimensions.  An uncoalesced COO tensor is coalesced first (duplicate entries
+        Sparse COO or CSR tensor, 2-D ``(n, m)`` or batched 3-D ``(b, n, m)``, float32, float64,
+        complex64 or complex128 (conjugate (Wirtinger) gradients), without dense dimensions.
+        An uncoalesced COO tensor is coalesced first (duplicate entries
         summed); its indices are validated.  ``A`` itself is neither kept nor modified.
     requires_grad : bool
         Whether ``values`` is trainable (default ``True``).
@@ -111,11 +114,7 @@ class SparseParameter(nn.Module):
     indices: Tensor
     crow_indices: Tensor
     col_indices: Tensor
-    _kernel_crow: Tensor
-    _kernel_col: Tensor
-    _kernel_crow_t: Tensor
-    _kernel_col_t: Tensor
-    _kernel_perm_t: Tensor
+    _pattern: SparsePattern
 
     def __init__(self, A: Tensor, *, requires_grad: bool = True) -> None:
         super().__init__()
@@ -133,7 +132,7 @@ class SparseParameter(nn.Module):
             self.register_buffer("col_indices", A.col_indices().clone())
             values = A.values()
         self.values = nn.Parameter(values.reshape(-1).clone(), requires_grad=requires_grad)
-        self._build_structure()
+        self._build_pattern()
 
     # --------------------------------------------------------------------------------------------
     # description
@@ -180,19 +179,23 @@ class SparseParameter(nn.Module):
         crow, col = indices
         return quiet(lambda: torch.sparse_csr_tensor(crow, col, v, self._shape, check_invariants=False))
 
-    def _build_structure(self) -> None:
+    def _build_pattern(self) -> None:
+        """The :class:`SparsePattern` of the index buffers, with every piece of index analysis the
+        kernels use computed now (so that a compiled graph reads them as constants)."""
         like = self._like(self._index_tensors(), self.values.detach())
         pattern = SparsePattern(like)
-        s = structure(pattern.crow, pattern.sorted_cols, pattern.M)
-        for name, t in zip(("crow", "col", "crow_t", "col_t", "perm_t"), s.tensors):
-            self.register_buffer(f"_kernel_{name}", t, persistent=False)
-        self._n_flat, self._m_flat = pattern.N, pattern.M
-        self._has_diagonal = bool(pattern.nnz) and bool((pattern.rows == pattern.cols).any())
+        pattern.kernel_indices  # noqa: B018  (computed once, here)
+        if pattern.n == pattern.m and not pattern.has_diagonal:
+            pattern.unit_diagonal_layout(True)
+            pattern.unit_diagonal_layout(False)
+        self._pattern = pattern
+        self._pattern_of = self._index_tensors()
 
-    def _structure(self) -> Structure:
-        return Structure(
-            self._kernel_crow, self._kernel_col, self._kernel_crow_t, self._kernel_col_t, self._kernel_perm_t
-        )
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        out = super()._apply(fn, recurse)
+        if any(a is not b for a, b in zip(self._index_tensors(), self._pattern_of)):
+            self._build_pattern()  # the index buffers moved (``.to(device)``, ``.cuda()``, ...)
+        return out
 
     # --------------------------------------------------------------------------------------------
     # the sparse tensor
@@ -202,6 +205,8 @@ class SparseParameter(nn.Module):
         ``values`` defaults to the parameter; gradients reach it with ``O(nnz)`` memory.
         """
         v = self._values_arg(values)
+        if _kernels.is_wrapped(v):
+            raise_no_sparse_under_transforms("SparseParameter.forward")
         return sparse_with_values(self._like(self._index_tensors(), v.detach()), v)
 
     def _values_arg(self, values: Tensor | None) -> Tensor:
@@ -243,24 +248,16 @@ class SparseParameter(nn.Module):
         _checks.require_same_device("values", values, name, B)
         return B
 
-    def _flat(self, B: Tensor) -> Tensor:
-        if len(self._shape) == 3:
-            return B.reshape(-1, B.shape[-1])
-        if B.dim() == 1:
-            return B.unsqueeze(-1)
-        if B.dim() == 3:  # a shared matrix, batched right-hand side: columns side by side
-            return B.transpose(0, 1).reshape(B.shape[1], -1)
-        return B
+    def _apply_flat(self, B: Tensor, rows: int, op: Any) -> Tensor:
+        """``op`` on the flattened right-hand side (the pattern's rhs flattening; a vector as one
+        column), the result shaped back like ``B``."""
+        vector = B.dim() == 1
+        Bm = B.unsqueeze(-1) if vector else B
+        p = self._pattern
+        Y = p.unflat(op(p.flat_rhs(Bm)), Bm, rows)
+        return Y.squeeze(-1) if vector else Y
 
-    def _unflat(self, Y: Tensor, B: Tensor, rows: int) -> Tensor:
-        if len(self._shape) == 3:
-            return Y.reshape(self._shape[0], rows, B.shape[-1])
-        if B.dim() == 1:
-            return Y.squeeze(-1)
-        if B.dim() == 3:
-            return Y.reshape(rows, B.shape[0], B.shape[2]).transpose(0, 1)
-        return Y
-
+    @autocast_fp32
     def mm(self, B: Tensor, *, transpose: bool = False, values: Tensor | None = None) -> Tensor:
         """``A @ B`` (``Aᵀ @ B`` when ``transpose``) with ``A`` this sparse matrix.
 
@@ -294,9 +291,11 @@ class SparseParameter(nn.Module):
         v = self._values_arg(values)
         n, m = self._shape[-2], self._shape[-1]
         B = self._check_rhs("B", B, v, n if transpose else m)
-        Y = csr_mm(self._structure(), v, self._flat(B), transpose)
-        return self._unflat(Y, B, m if transpose else n)
+        return self._apply_flat(
+            B, m if transpose else n, lambda X: _kernels.mm(self._pattern, v, X, transpose)
+        )
 
+    @autocast_fp32
     def triangular_solve(
         self,
         B: Tensor,
@@ -331,14 +330,19 @@ class SparseParameter(nn.Module):
         n, m = self._shape[-2], self._shape[-1]
         if n != m:
             raise ValueError(f"triangular_solve needs a square matrix, the parameter has shape {self._shape}")
-        if unitriangular and self._has_diagonal:
-            raise ValueError("First input should be strictly triangular (i.e. unit diagonals is implicit)")
+        if unitriangular and self._pattern.has_diagonal:
+            raise ValueError(STRICT_MESSAGE)
         B = self._check_rhs("B", B, v, n)
-        X = csr_trisolve(
-            self._structure(), v, self._flat(B), upper=upper, unitriangular=unitriangular, transpose=transpose
-        )
-        return self._unflat(X, B, n)
 
+        def op(X: Tensor) -> Tensor:
+            return _kernels.trisolve(
+                self._pattern, v, X, upper=upper, unitriangular=unitriangular, transpose=transpose
+            )
+
+        return self._apply_flat(B, n, op)
+
+    @_kernels.eager_under_compile  # the solver is a black box: a graph break, not a failure
+    @autocast_fp32
     def solve(
         self,
         B: Tensor,
@@ -348,33 +352,70 @@ class SparseParameter(nn.Module):
         values: Tensor | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        """``A⁻¹ B`` through ``tsgu_krylov.sparse_generic_solve`` (needs the tsgu-krylov package).
+        """``A⁻¹ B`` through a black-box solver, differentiated implicitly.
 
-        ``solve``, ``transpose_solve`` and ``kwargs`` are those of
-        :func:`tsgu_krylov.sparse_generic_solve` (``None`` picks a solver from the matrix's
-        structure; ``"cg"``, ``"minres"``, ``"bicgstab"``, ``"gmres"``, callables, ``rtol``,
-        ``preconditioner``, ...); a batched parameter is solved as one block-diagonal system, which
-        is what a callable receives.  Gradients reach ``values`` and ``B`` by implicit
-        differentiation; ``torch.func`` transforms apply (``values=``; ``vmap`` solves item by
-        item).  Inside ``torch.compile`` the solve is a graph break, not a failure.
+        ``solve(A, B, **kwargs)`` receives this matrix as a detached sparse CSR tensor (a batched
+        parameter as one block-diagonal ``(b·n, b·n)`` system) and a dense 2-D right-hand side,
+        and returns ``A⁻¹ B``; ``transpose_solve(A, B, **kwargs)`` returns ``A⁻ᵀ B`` (when
+        omitted, ``solve`` is called with ``Aᵀ``).  tsgu-ops depends on no solver package: for
+        tsgu-krylov's solvers pass ``functools.partial(tsgu_krylov.sparse_generic_solve,
+        solve="cg")``.  Gradients reach ``values`` and ``B`` (``dB = A⁻ᵀ G`` by one more solve,
+        ``dA = −dB Xᵀ`` at the stored entries), to any order; ``torch.func`` transforms apply
+        (``values=``; ``vmap`` solves item by item).  Inside ``torch.compile`` the solve is a
+        graph break, not a failure.
+
+        Raises
+        ------
+        TypeError
+            If ``solve`` is not a callable (``None`` or a solver name: tsgu-ops does not pick a
+            solver), or ``transpose_solve`` is neither ``None`` nor a callable.
+        ValueError
+            For a non-square matrix, a right-hand side that does not fit, or a solver returning
+            the wrong shape.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tsgu_ops.nn import SparseParameter
+        >>> W = SparseParameter(torch.tensor([[4.0, 1.0], [0.0, 2.0]], dtype=torch.float64).to_sparse_csr())
+        >>> dense = lambda A, B: torch.linalg.solve(A.to_dense(), B)
+        >>> W.solve(torch.tensor([1.0, 2.0], dtype=torch.float64), dense).detach()
+        tensor([0., 1.], dtype=torch.float64)
         """
-        try:
-            from tsgu_krylov import sparse_generic_solve
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "SparseParameter.solve needs the tsgu-krylov package (pip install tsgu-krylov)"
-            ) from exc
+        if not callable(solve) or (transpose_solve is not None and not callable(transpose_solve)):
+            raise TypeError(
+                "SparseParameter.solve needs the solver as a callable solve(A, B, **kwargs) -> X "
+                f"(and optionally transpose_solve), got solve={solve!r}; tsgu-ops picks no solver "
+                "itself. For tsgu-krylov's solvers pass e.g. "
+                'functools.partial(tsgu_krylov.sparse_generic_solve, solve="cg")'
+            )
         v = self._values_arg(values)
         n, m = self._shape[-2], self._shape[-1]
         if n != m:
             raise ValueError(f"solve needs a square matrix, the parameter has shape {self._shape}")
         B = self._check_rhs("B", B, v, n)
+        pattern = self._pattern
 
-        def solver(S: Tensor, rhs: Tensor) -> Tensor:
-            return sparse_generic_solve(S, rhs, solve, transpose_solve, **kwargs)  # type: ignore[no-any-return]
+        def kernel(_A: Any, vals: Tensor, rhs: Tensor, transposed: bool) -> Tensor:
+            flat = pattern.flat_rhs(rhs)
+            if transposed and transpose_solve is not None:
+                X = transpose_solve(pattern.csr(vals), flat, **kwargs)
+            elif transposed:
+                X = solve(pattern.csr_t(vals), flat, **kwargs)
+            else:
+                X = solve(pattern.csr(vals), flat, **kwargs)
+            if not isinstance(X, Tensor) or X.numel() != flat.numel():
+                got = tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__
+                raise ValueError(
+                    "the solver must return a tensor of the right-hand side's shape "
+                    f"{tuple(flat.shape)}, got {got}"
+                )
+            return pattern.unflat(X.to(flat.dtype).reshape(flat.shape), rhs, n)
 
-        X = value_solve(self._structure(), v, self._flat(B), solver)
-        return self._unflat(X, B, n)
+        vector = B.dim() == 1
+        Bm = B.unsqueeze(-1) if vector else B
+        X = _kernels.SolveFn.apply(v, Bm, _kernels.Source(None), pattern, kernel, False, None)
+        return X.squeeze(-1) if vector else X  # type: ignore[no-any-return]
 
     # --------------------------------------------------------------------------------------------
     # checkpoints: validate before anything is copied, rebuild the kernel pattern afterwards
@@ -429,4 +470,4 @@ class SparseParameter(nn.Module):
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
         if changed:
-            self._build_structure()
+            self._build_pattern()

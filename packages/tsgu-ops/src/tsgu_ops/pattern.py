@@ -17,37 +17,25 @@ validate arguments.
 
 from __future__ import annotations
 
-import warnings
 import weakref
-from collections.abc import Callable
+from functools import cached_property
 
 import torch
 
-#: Largest number of elements of a temporary that :meth:`SparsePattern.sampled` allocates on the
-#: gather path (the ``chunk × p`` row blocks of U and V); the product is computed chunk by chunk.
-SAMPLED_CHUNK_ELEMENTS = 1 << 20
+from . import _kernels
+from ._compat import quiet
+from ._kernels import COMPUTE_DTYPES, SAMPLED_CHUNK_ELEMENTS, conj
 
-#: Value dtypes that the products and solves compute with (and the native kernels support on every
-#: device): real, and complex with conjugate (Wirtinger) gradients.
-COMPUTE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-
-
-def conj(t: torch.Tensor) -> torch.Tensor:
-    """Complex conjugate as a new tensor (differentiable); ``t`` itself for real dtypes.
-
-    ``Tensor.conj()`` returns a lazy view, which fails on views of sparse values and which some
-    sparse kernels would read without the conjugation.
-    """
-    return t.conj_physical() if t.is_complex() else t
-
-
-def quiet(fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Run ``fn`` with PyTorch's sparse beta/invariant warnings silenced."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-        warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
-        warnings.filterwarnings("ignore", message=".*torch.triangular_solve is deprecated.*")
-        return fn()
+__all__ = [
+    "COMPUTE_DTYPES",
+    "SAMPLED_CHUNK_ELEMENTS",
+    "SparsePattern",
+    "compress_rows",
+    "conj",
+    "csr_row_indices",
+    "lexsort_rows_cols",
+    "quiet",
+]
 
 
 def csr_row_indices(crow: torch.Tensor, nnz: int) -> torch.Tensor:
@@ -171,17 +159,13 @@ class SparsePattern:
         b = 1 if self.batch is None else self.batch  # an empty batch (0, n, m) is valid
         self.N, self.M = b * self.n, b * self.m
         self.device = A.device
-        self._transpose: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._compact: dict[bool, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._unit_layouts: dict[bool, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = {}
         # Stored entries in canonical (row-major, one per coordinate) order, as used by the
         # kernels: ``perm[j]`` is the original position of canonical entry j (None: identity),
         # or, when a COO input holds duplicate coordinates, ``canon[k]`` is the canonical slot
         # of original entry k (several entries share one slot and their values add up).
         self.perm: torch.Tensor | None = None
         self.canon: torch.Tensor | None = None
-        self._rows: torch.Tensor | None = None
-        self._cols: torch.Tensor | None = None
-        self._sorted_rows: torch.Tensor | None = None
         if A.layout == torch.sparse_coo:
             idx = A._indices()
             self.coo_indices = idx
@@ -192,10 +176,10 @@ class SparsePattern:
                 rows = idx[0] * self.n + idx[1]
                 cols = idx[0] * self.m + idx[2]
             self.nnz = int(idx.shape[1])
-            self._rows, self._cols = rows, cols
+            self.rows, self.cols = rows, cols  # the cached properties, known here
             self.index_dtype = torch.int64
             if self.coo_coalesced:
-                self._sorted_rows, self.sorted_cols = rows, cols
+                sr, sc = rows, cols
             else:
                 perm = lexsort_rows_cols(rows, cols, self.M)
                 sr, sc = rows.index_select(0, perm), cols.index_select(0, perm)
@@ -208,15 +192,15 @@ class SparsePattern:
                     canon[perm] = torch.cumsum(first.to(torch.int64), 0) - 1
                     self.canon = canon
                     sr, sc = sr[first], sc[first]
-                self._sorted_rows, self.sorted_cols = sr, sc
-            self.crow = compress_rows(self._sorted_rows, self.N)
+            self.sorted_rows, self.sorted_cols = sr, sc
+            self.crow = compress_rows(sr, self.N)
         elif A.layout == torch.sparse_csr:
             crow, col = A.crow_indices(), A.col_indices()
             self.csr_crow, self.csr_col = crow, col
             self.index_dtype = crow.dtype
             if self.batch is None:
                 flat_crow, flat_col = crow, col
-            else:
+            else:  # batch offsets: item k's rows and columns shifted by k·n, k·m
                 per = col.shape[-1]
                 itype = crow.dtype
                 if b * max(per, self.m, 1) >= 2**31 - 1:
@@ -235,26 +219,136 @@ class SparsePattern:
         else:  # pragma: no cover - callers validate the layout first
             raise ValueError(f"unsupported layout {A.layout}")
 
-    @property
+    # ----------------------------------------------------------------------------------------
+    # the index analysis, each piece computed once per pattern when first needed
+    @cached_property
     def sorted_rows(self) -> torch.Tensor:
-        """int64 row of every canonical (row-major) entry."""
-        if self._sorted_rows is None:
-            self._sorted_rows = csr_row_indices(self.crow, self.nnz)
-        return self._sorted_rows
+        """int64 row of every canonical (row-major) entry (CSR: the expanded row pointers)."""
+        return csr_row_indices(self.crow, self.n_canonical)
 
-    @property
+    @cached_property
     def rows(self) -> torch.Tensor:
         """int64 row of every stored entry, in original order."""
-        if self._rows is None:
-            self._rows = self.sorted_rows  # CSR: original order is row-major
-        return self._rows
+        return self.sorted_rows  # CSR: original order is row-major
 
-    @property
+    @cached_property
     def cols(self) -> torch.Tensor:
         """int64 column of every stored entry, in original order."""
-        if self._cols is None:
-            self._cols = self.sorted_cols.to(torch.int64)
-        return self._cols
+        return self.sorted_cols.to(torch.int64)
+
+    @property
+    def n_canonical(self) -> int:
+        """Number of canonical entries (distinct coordinates)."""
+        return int(self.sorted_cols.numel())
+
+    @cached_property
+    def inverse_perm(self) -> torch.Tensor | None:
+        """``inverse_perm[k]``: the canonical position of original entry ``k`` (``None``: identity)."""
+        if self.canon is not None:
+            return self.canon
+        if self.perm is None:
+            return None
+        inv = torch.empty_like(self.perm)
+        inv[self.perm] = torch.arange(self.perm.numel(), device=self.perm.device)
+        return inv
+
+    @cached_property
+    def transposed_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(crow_t, col_t, perm_t)``: CSR indices of the transpose (int64) and, per entry of the
+        transpose, its canonical (row-major) position."""
+        # Entries are sorted by row; a stable sort by column gives the transpose's CSR order.
+        keys = self.sorted_cols
+        if self.M < 2**31 - 1 and keys.dtype != torch.int32:
+            keys = keys.to(torch.int32)  # sorting 32-bit keys is about twice as fast
+        perm_t = torch.argsort(keys, stable=True)
+        crow_t = compress_rows(self.sorted_cols.index_select(0, perm_t).to(torch.int64), self.M)
+        col_t = self.sorted_rows.index_select(0, perm_t)
+        return crow_t, col_t, perm_t
+
+    def _transposed_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.transposed_order
+
+    @property
+    def fits_32_bits(self) -> bool:
+        """Whether every index of the flattened matrix fits in int32."""
+        return max(self.N, self.M, self.nnz) < 2**31 - 1
+
+    def _compact(self, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if not self.fits_32_bits:
+            return ts
+        return tuple(t if t.dtype == torch.int32 else t.to(torch.int32) for t in ts)
+
+    @cached_property
+    def compact_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crow, col)`` with 32-bit indices where they fit (PyTorch's CPU product kernels
+        otherwise convert 64-bit indices to 32-bit ones on every call: nearly twice the cost)."""
+        return self._compact(self.crow, self.sorted_cols)  # type: ignore[return-value]
+
+    @cached_property
+    def compact_transposed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crow_t, col_t)`` of the transpose with 32-bit indices where they fit."""
+        return self._compact(*self.transposed_order[:2])  # type: ignore[return-value]
+
+    @cached_property
+    def kernel_indices(self) -> _kernels.Indices:
+        """``(crow, col, crow_t, col_t, perm_t, rows)``: the pattern as the kernels of
+        :mod:`tsgu_ops._kernels` take it (canonical order, 32-bit copies where they fit)."""
+        crow, col = self.compact_indices
+        crow_t, col_t = self.compact_transposed
+        rows = self.sorted_rows
+        if self.fits_32_bits:
+            rows = rows.to(torch.int32)
+        return (crow, col, crow_t, col_t, self.transposed_order[2], rows)
+
+    def unit_diagonal_layout(self, upper: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """CSR indices ``(crow, col)`` of the pattern plus an explicit diagonal, and where the
+        stored (canonical) entries go among them; ``None`` when an entry lies outside the strict
+        triangle.  Built once per pattern and triangle.
+
+        PyTorch's CSR triangular solve is an order of magnitude slower with ``unitriangular=True``
+        than with a stored unit diagonal, so unit-triangular solves store the ones.  Within a row
+        the diagonal follows every entry of a strictly lower row and precedes every entry of a
+        strictly upper one, so the positions are index arithmetic, not a sort.
+        """
+        if upper in self._unit_layouts:
+            return self._unit_layouts[upper]
+        rows, cols = self.sorted_rows, self.sorted_cols.to(torch.int64)
+        strict = bool((cols > rows).all()) if upper else bool((cols < rows).all())
+        layout = None
+        if strict and self.N == self.M:
+            N, nc = self.N, self.n_canonical
+            dev = rows.device
+            crow = self.crow.to(torch.int64) + torch.arange(N + 1, device=dev)
+            old = torch.arange(nc, device=dev) + rows + (1 if upper else 0)
+            diag = crow[:-1] if upper else crow[1:] - 1
+            col = torch.empty(nc + N, dtype=torch.int64, device=dev)
+            col[old] = cols
+            col[diag] = torch.arange(N, device=dev)
+            if max(N, nc + N) < 2**31 - 1:
+                crow, col = crow.to(torch.int32), col.to(torch.int32)
+            layout = (crow, col, old)
+        self._unit_layouts[upper] = layout
+        return layout
+
+    @cached_property
+    def has_diagonal(self) -> bool:
+        """Whether an entry lies on the diagonal (of a batch item)."""
+        return bool(self.nnz) and bool((self.rows == self.cols).any())
+
+    @cached_property
+    def entry_coordinates(self) -> torch.Tensor:
+        """``(3, nnz)`` int64 ``(batch, row, col)`` of every stored entry of a batched pattern
+        (original order); for a 2-D pattern ``(2, nnz)`` ``(row, col)``."""
+        if self.batch is None:
+            return torch.stack([self.rows, self.cols])
+        b = torch.div(self.rows, self.n, rounding_mode="floor")
+        return torch.stack([b, self.rows - b * self.n, self.cols - b * self.m])
+
+    @cached_property
+    def transport_indices(self) -> torch.Tensor:
+        """3-D COO indices ``(batch, row, col)`` of a batched pattern, in its storage order (the
+        form in which the gradient of a batched CSR matrix travels through autograd)."""
+        return self.entry_coordinates
 
     # ----------------------------------------------------------------------------------------
     # values in original order <-> tensors
@@ -264,62 +358,31 @@ class SparsePattern:
             return A._values()
         return A.values().reshape(-1)
 
-    @property
-    def n_canonical(self) -> int:
-        return int(self.sorted_cols.numel())
-
     def _sorted(self, values: torch.Tensor) -> torch.Tensor:
-        """Values in original order → canonical order (duplicates summed)."""
+        """Values in original order → canonical order (duplicates summed); differentiable."""
         if self.canon is not None:
             out = torch.zeros(self.n_canonical, dtype=values.dtype, device=values.device)
             return out.index_add(0, self.canon, values)
         return values if self.perm is None else values.index_select(0, self.perm)
 
     def _unsort(self, sorted_values: torch.Tensor) -> torch.Tensor:
-        """Per-coordinate results in canonical order → one per original entry."""
-        if self.canon is not None:
-            return sorted_values.index_select(0, self.canon)
-        if self.perm is None:
-            return sorted_values
-        return torch.empty_like(sorted_values).index_copy_(0, self.perm, sorted_values)
-
-    def _csr_indices(self, transpose: bool, compact: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(crow, col)`` of the flattened matrix or its transpose; with ``compact``, 32-bit copies
-        where every index fits (made once per pattern: PyTorch's CPU product kernels otherwise
-        convert 64-bit indices to 32-bit ones on every call, which nearly doubles their cost)."""
-        crow, col = self._transposed_order()[:2] if transpose else (self.crow, self.sorted_cols)
-        if not compact or (crow.dtype == col.dtype == torch.int32):
-            return crow, col
-        if max(self.N, self.M, self.nnz) >= 2**31 - 1:
-            return crow, col
-        if transpose not in self._compact:
-            self._compact[transpose] = (crow.to(torch.int32), col.to(torch.int32))
-        return self._compact[transpose]
+        """Per-coordinate results in canonical order → one per original entry; differentiable."""
+        inv = self.inverse_perm
+        return sorted_values if inv is None else sorted_values.index_select(0, inv)
 
     def csr(self, values: torch.Tensor, compact: bool = False) -> torch.Tensor:
         """The flattened ``(N, M)`` matrix as a CSR tensor holding ``values`` (original order);
         ``compact``: with 32-bit indices where they fit."""
         v = self._sorted(values)
-        crow, col = self._csr_indices(False, compact)
+        crow, col = self.compact_indices if compact else (self.crow, self.sorted_cols)
         return quiet(lambda: torch.sparse_csr_tensor(crow, col, v, (self.N, self.M), check_invariants=False))
-
-    def _transposed_order(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._transpose is None:
-            # Entries are sorted by row; a stable sort by column gives the transpose's CSR order.
-            keys = self.sorted_cols
-            if self.M < 2**31 - 1 and keys.dtype != torch.int32:
-                keys = keys.to(torch.int32)  # sorting 32-bit keys is about twice as fast
-            perm_t = torch.argsort(keys, stable=True)
-            crow_t = compress_rows(self.sorted_cols.index_select(0, perm_t).to(torch.int64), self.M)
-            col_t = self.sorted_rows.index_select(0, perm_t)
-            self._transpose = (crow_t, col_t, perm_t)
-        return self._transpose
 
     def csr_t(self, values: torch.Tensor, compact: bool = False) -> torch.Tensor:
         """The transposed flattened ``(M, N)`` matrix as a CSR tensor holding ``values``;
         ``compact``: with 32-bit indices where they fit."""
-        perm_t = self._transposed_order()[2]
-        crow_t, col_t = self._csr_indices(True, compact)
+        crow_t, col_t, perm_t = self.transposed_order
+        if compact:
+            crow_t, col_t = self.compact_transposed
         v = self._sorted(values).index_select(0, perm_t)
         return quiet(
             lambda: torch.sparse_csr_tensor(crow_t, col_t, v, (self.M, self.N), check_invariants=False)
@@ -330,7 +393,7 @@ class SparsePattern:
         the stored values (to a few ulps of the largest one).  Uses the cached transposed order."""
         if self.N != self.M:
             return False
-        crow_t, col_t, perm_t = self._transposed_order()
+        crow_t, col_t, perm_t = self.transposed_order
         if crow_t.shape != self.crow.shape or not torch.equal(
             crow_t.to(torch.int64), self.crow.to(torch.int64)
         ):
@@ -346,13 +409,9 @@ class SparsePattern:
         return bool(((v - v.index_select(0, perm_t)).abs() <= tol).all())
 
     def matmul(self, values: torch.Tensor, X: torch.Tensor, transpose: bool = False) -> torch.Tensor:
-        """``S @ X`` (or ``Sᵀ @ X``) for the flattened matrix ``S`` holding ``values``."""
-        rows = self.M if transpose else self.N
-        if self.nnz == 0:
-            return torch.zeros(rows, X.shape[-1], dtype=X.dtype, device=X.device)
-        values, X = values.resolve_conj(), X.resolve_conj()  # the kernels ignore the conj bit
-        S = self.csr_t(values, compact=True) if transpose else self.csr(values, compact=True)
-        return quiet(lambda: S @ X)
+        """``S @ X`` (or ``Sᵀ @ X``) for the flattened matrix ``S`` holding ``values`` (original
+        order) and a 2-D ``X``: the product kernel, without autograd."""
+        return _kernels.mm_impl(*self.kernel_indices, self._sorted(values), X, transpose)
 
     def to_sparse(self, values: torch.Tensor) -> torch.Tensor:
         """A tensor with the input's layout, shape and index tensors, holding ``values``.
@@ -435,50 +494,16 @@ class SparsePattern:
 
     # ----------------------------------------------------------------------------------------
     def sampled(self, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-        """``s[k] = U[rows[k]] · V[cols[k]]`` for every stored entry (original order).
+        """``s[k] = U[rows[k]] · V[cols[k]]`` for every stored entry (original order), no autograd.
 
         ``U`` is ``(N, p)`` and ``V`` is ``(M, p)``.  No factor is conjugated (the product is
-        bilinear; callers conjugate where a complex gradient needs it).  Uses PyTorch's native
-        sampled product (``torch.sparse.sampled_addmm``) where it supports the dtype (float32,
-        float64, complex64, complex128), else a gather in chunks of at most
-        :data:`SAMPLED_CHUNK_ELEMENTS` elements, so no ``nnz × p`` temporary is made.
+        bilinear; callers conjugate where a complex gradient needs it).  The sampled-product
+        kernel of :mod:`tsgu_ops._kernels` (bounded memory: chunks of at most
+        :data:`SAMPLED_CHUNK_ELEMENTS` elements on its gather path).
         """
-        p = U.shape[-1]
-        dtype = torch.promote_types(U.dtype, V.dtype)
-        if self.nnz == 0 or p == 0:
-            return torch.zeros(self.nnz, dtype=dtype, device=U.device)
-        U, V = U.resolve_conj(), V.resolve_conj()  # the kernels ignore the conj bit
-        if p == 1:  # one column: two gathers and a product, several times cheaper than the kernel
-            u, v = U.reshape(-1).to(dtype), V.reshape(-1).to(dtype)
-            return u.index_select(0, self.rows).mul_(v.index_select(0, self.cols))
-        if U.dtype == V.dtype and U.dtype in COMPUTE_DTYPES:
-            zeros = torch.zeros(self.n_canonical, dtype=U.dtype, device=U.device)
-            pattern = quiet(
-                lambda: torch.sparse_csr_tensor(
-                    self.crow, self.sorted_cols, zeros, (self.N, self.M), check_invariants=False
-                )
-            )
-            s = torch.sparse.sampled_addmm(pattern, U, V.transpose(0, 1), beta=0.0).values()
-            return self._unsort(s)
-        out = torch.empty(self.nnz, dtype=dtype, device=U.device)
-        chunk = max(1, SAMPLED_CHUNK_ELEMENTS // max(p, 1))
-        for start in range(0, self.nnz, chunk):
-            r = self.rows[start : start + chunk]
-            c = self.cols[start : start + chunk]
-            torch.sum(U[r].to(dtype) * V[c].to(dtype), dim=-1, out=out[start : start + chunk])
-        return out
-
-
-def _block_gather_dense(pattern: SparsePattern, G: torch.Tensor) -> torch.Tensor:
-    """Values of a dense batched ``(b, n, m)`` gradient at the pattern's entries."""
-    b = torch.div(pattern.rows, pattern.n, rounding_mode="floor")
-    r = pattern.rows - b * pattern.n
-    c = pattern.cols - b * pattern.m
-    return G[b, r, c]
+        return self._unsort(_kernels.sampled_impl(*self.kernel_indices, U, V))
 
 
 def dense_gather(pattern: SparsePattern, G: torch.Tensor) -> torch.Tensor:
     """Values of a dense gradient ``G`` (shape of the pattern's matrix) at the stored entries."""
-    if pattern.batch is not None:
-        return _block_gather_dense(pattern, G)
-    return G[pattern.rows, pattern.cols]
+    return G[tuple(pattern.entry_coordinates)]

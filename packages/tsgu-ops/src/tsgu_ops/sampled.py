@@ -1,19 +1,12 @@
-"""The sampled product (SDDMM) and the product with a fixed pattern, as differentiable primitives.
+"""The sampled product (SDDMM) and the product with a fixed pattern, on values in a pattern's order.
 
 Every sparse gradient of this library is a *sampled product*: the values of ``U @ V.T`` at the stored
 entries of a matrix, ``s[k] = U[i_k] · V[j_k]``.  Its partner is the product of a matrix with fixed
-pattern and variable values with a dense matrix, ``Y = S(v) @ X`` (or ``S(v).T @ X``).  The two are
-each other's derivatives:
-
-* ``Y = S(v) X``:   ``dv = sampled(G, X̄)``,   ``dX = S(v̄)ᵀ G``
-* ``Yᵀ-form, Y = S(v)ᵀ X``:   ``dv = sampled(X̄, G)``,   ``dX = S(v̄) G``
-* ``s = sampled(U, V)``:   ``dU = S(g) V̄``,   ``dV = S(g)ᵀ Ū``
-
-so implementing both as autograd Functions whose backward calls the other gives derivatives of any
-order.  The bars are complex conjugates: for complex inputs these are the conjugate (Wirtinger)
-gradients that PyTorch's autograd uses (``dA = G Bᴴ``, ``dB = Aᴴ G`` for ``C = A B``); for real
-inputs ``conj`` is a no-op.  They work on the flattened (block-diagonal) problem of a
-:class:`~tsgu_ops.pattern.SparsePattern`.
+pattern and variable values with a dense matrix, ``Y = S(v) @ X`` (or ``S(v).T @ X``).  Both are the
+kernels of :mod:`tsgu_ops._kernels` (each other's derivatives, to any order, with the conjugate
+(Wirtinger) gradients of PyTorch's autograd for complex values); this module exposes them on values
+in a :class:`~tsgu_ops.pattern.SparsePattern`'s *original* order (the input tensor's storage order),
+and holds the public :func:`sampled_product`, :func:`sparse_values` and :func:`sparse_with_values`.
 """
 
 from __future__ import annotations
@@ -21,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.autograd.function import Function, once_differentiable  # noqa: F401
 
-from . import _checks
+from . import _checks, _kernels
+from ._compat import autocast_fp32
 from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for the packages)
     SparseToValues,
     ValuesToSparse,
@@ -32,56 +25,40 @@ from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for
     register_use,
     sparse_grad,
 )
-from .pattern import COMPUTE_DTYPES, SparsePattern, conj
+from .pattern import COMPUTE_DTYPES, SparsePattern
 
 
-class PatternMatmul(Function):
-    """``Y = S(values) @ X`` (``transpose=False``) or ``S(values).T @ X`` on a fixed pattern."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, values: torch.Tensor, X: torch.Tensor, pattern: SparsePattern, transpose: bool
-    ) -> torch.Tensor:
-        ctx.pattern, ctx.transpose = pattern, transpose
-        ctx.save_for_backward(values, X)
-        return pattern.matmul(values, X, transpose=transpose)
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        values, X = ctx.saved_tensors
-        pattern, transpose = ctx.pattern, ctx.transpose
-        d_values = d_X = None
-        if ctx.needs_input_grad[0]:
-            Xc = conj(X)  # a no-op for real X; the conjugate (Wirtinger) gradient for complex X
-            d_values = (
-                SampledProduct.apply(Xc, G, pattern) if transpose else SampledProduct.apply(G, Xc, pattern)
-            )
-        if ctx.needs_input_grad[1]:
-            d_X = PatternMatmul.apply(conj(values), G, pattern, not transpose)
-        return d_values, d_X, None, None
+def pattern_matmul(
+    values: torch.Tensor, X: torch.Tensor, pattern: SparsePattern, transpose: bool
+) -> torch.Tensor:
+    """``S(values) @ X`` (``S(values)ᵀ @ X``) for values in original order and a 2-D ``X``;
+    differentiable in both, to any order, under ``torch.func`` too."""
+    return _kernels.mm(pattern, pattern._sorted(values), X, transpose)
 
 
-class SampledProduct(Function):
-    """``s[k] = U[rows[k]] · V[cols[k]]`` at the entries of a fixed pattern."""
+def pattern_sampled(U: torch.Tensor, V: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+    """``U[rows[k]] · V[cols[k]]`` per stored entry (original order); differentiable in both."""
+    return pattern._unsort(_kernels.sampled(pattern, U, V))
+
+
+class PatternMatmul:
+    """``PatternMatmul.apply(values, X, pattern, transpose)``: :func:`pattern_matmul`.
+
+    The name and call of the autograd Function of earlier releases, kept for the packages of the
+    project; the computation is the one product kernel.
+    """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, U: torch.Tensor, V: torch.Tensor, pattern: SparsePattern
-    ) -> torch.Tensor:
-        ctx.pattern = pattern
-        ctx.save_for_backward(U, V)
-        return pattern.sampled(U, V)
+    def apply(values: torch.Tensor, X: torch.Tensor, pattern: SparsePattern, transpose: bool) -> torch.Tensor:
+        return pattern_matmul(values, X, pattern, transpose)
+
+
+class SampledProduct:
+    """``SampledProduct.apply(U, V, pattern)``: :func:`pattern_sampled` (the one sampled kernel)."""
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        U, V = ctx.saved_tensors
-        pattern = ctx.pattern
-        d_U = d_V = None
-        if ctx.needs_input_grad[0]:
-            d_U = PatternMatmul.apply(g, conj(V), pattern, False)
-        if ctx.needs_input_grad[1]:
-            d_V = PatternMatmul.apply(g, conj(U), pattern, True)
-        return d_U, d_V, None
+    def apply(U: torch.Tensor, V: torch.Tensor, pattern: SparsePattern) -> torch.Tensor:
+        return pattern_sampled(U, V, pattern)
 
 
 def _check_sparse_matrix(name: str, A: Any) -> None:
@@ -93,6 +70,8 @@ def _check_sparse_matrix(name: str, A: Any) -> None:
     _checks.check_sparse_indices(name, A)
 
 
+@_kernels.eager_under_compile
+@autocast_fp32
 def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
     """Values of ``U @ V.mT`` at the stored entries of ``A``, as a sparse tensor like ``A``.
 
@@ -138,6 +117,12 @@ def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.
     tensor([[ 0., 11.],
             [11.,  0.]])
     """
+    with _kernels.plain_sparse():
+        _check_sampled_inputs(A, U, V)
+    return _sampled_product(A, U, V)
+
+
+def _check_sampled_inputs(A: Any, U: Any, V: Any) -> None:
     _check_sparse_matrix("A", A)
     for name, X, k in (("U", U, -2), ("V", V, -1)):
         _checks.require_tensor(name, X)
@@ -155,9 +140,46 @@ def sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.
     _checks.require_same_device("A", A, "V", V)
     if U.shape[-1] != V.shape[-1]:
         raise ValueError(f"U and V must have the same number of columns, got {U.shape[-1]} and {V.shape[-1]}")
-    pattern = SparsePattern(A)
-    values = SampledProduct.apply(pattern.flat_rhs(U), pattern.flat_rhs(V), pattern)
+
+
+@_kernels.eager_under_compile  # a sparse tensor in and out: dynamo cannot trace it
+def _sampled_product(A: torch.Tensor, U: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    with _kernels.plain_sparse():
+        pattern = SparsePattern.of(A)
+    values = pattern_sampled(pattern.flat_rhs(U), pattern.flat_rhs(V), pattern)
+    if _kernels.is_wrapped(values):
+        raise_no_sparse_under_transforms("sampled_product")
     return sparse_grad(pattern, values)
+
+
+def operand_values(A: torch.Tensor, pattern: SparsePattern, name: str) -> torch.Tensor:
+    """The values of the sparse operand ``A`` of the public function ``name``, differentiable back
+    to ``A`` when it requires grad (see :func:`differentiable_values`).
+
+    Under a ``torch.func`` transform a sparse ``A`` that requires grad cannot take part (PyTorch's
+    sparse tensors have no functorch support): a clear error names the supported routes.
+    """
+    if A.requires_grad and torch.is_grad_enabled() and _kernels.transforms_active():
+        raise NotImplementedError(
+            f"{name}: a sparse A that requires grad cannot be used under a torch.func transform "
+            "(vmap, grad, jacrev, ...): PyTorch's sparse tensors do not take part in them. Transform "
+            "with respect to the dense operands with a fixed A (A.detach()), or keep A's pattern in "
+            "a tsgu_ops.nn.SparseParameter and pass the values (values=v) to transform with respect "
+            "to them"
+        )
+    with _kernels.plain_sparse():
+        return differentiable_values(A, pattern)
+
+
+def raise_no_sparse_under_transforms(name: str) -> None:
+    """The clear error for a sparse tensor made from values under a ``torch.func`` transform."""
+    raise NotImplementedError(
+        f"{name} cannot build a sparse tensor from values under a torch.func transform (vmap, grad, "
+        "jacrev, ...): PyTorch's sparse tensors do not hold functorch-wrapped values. Transform "
+        "functions of dense values instead: keep the pattern in a tsgu_ops.nn.SparseParameter and "
+        "pass the values as SparseParameter.mm(B, values=v) / .triangular_solve(B, values=v) / "
+        ".solve(B, solve, values=v), or apply the operation to a fixed sparse matrix"
+    )
 
 
 def sparse_values(A: torch.Tensor) -> torch.Tensor:
@@ -240,11 +262,14 @@ def sparse_with_values(like: torch.Tensor, values: torch.Tensor) -> torch.Tensor
     >>> v.grad
     tensor([1., 1., 1.])
     """
-    _check_sparse_matrix("like", like)
-    _checks.require_tensor("values", values)
-    _checks.require_value_dtype("values", values, COMPUTE_DTYPES)
-    _checks.require_same_device("like", like, "values", values)
-    pattern = SparsePattern(like)
+    if isinstance(values, torch.Tensor) and _kernels.is_wrapped(values):
+        raise_no_sparse_under_transforms("sparse_with_values")
+    with _kernels.plain_sparse():
+        _check_sparse_matrix("like", like)
+        _checks.require_tensor("values", values)
+        _checks.require_value_dtype("values", values, COMPUTE_DTYPES)
+        _checks.require_same_device("like", like, "values", values)
+        pattern = SparsePattern(like)
     if values.numel() != pattern.nnz or values.layout != torch.strided:
         raise ValueError(
             f"values must be a dense tensor with {pattern.nnz} elements (like's nnz), "

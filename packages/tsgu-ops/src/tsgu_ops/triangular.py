@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.autograd.function import Function
 
-from . import _checks
-from .implicit import Kernel, solve_grad_values, solve_sparse
-from .pattern import COMPUTE_DTYPES, SparsePattern, conj, quiet
-from .sampled import deliver, register_use
+from . import _checks, _kernels
+from ._compat import autocast_fp32
+from ._kernels import csr_triangular_solve  # noqa: F401  (tsgu-krylov's preconditioners use it)
+from .pattern import COMPUTE_DTYPES, SparsePattern
+from .sampled import operand_values
 
 
 def _check(A: Any, B: Any) -> None:
@@ -38,132 +38,52 @@ def _check(A: Any, B: Any) -> None:
     _checks.check_sparse_indices("A", A)
 
 
-def _triangle_mask(pattern: SparsePattern, upper: bool) -> torch.Tensor:
-    """Entries inside the triangle that the solve reads (the other triangle is ignored)."""
-    return pattern.cols >= pattern.rows if upper else pattern.cols <= pattern.rows
-
-
-def csr_triangular_solve(
-    S: torch.Tensor, B: torch.Tensor, *, upper: bool, unitriangular: bool = False, transpose: bool = False
-) -> torch.Tensor:
-    """``op(S)⁻¹ B`` for a 2-D CSR triangular ``S`` (sorted columns) and a dense ``(n, p)`` ``B``.
-
-    The bare native kernel, without validation or autograd: what the differentiable solve and
-    tsgu-krylov's incomplete-factorisation preconditioners run.
-    """
-    if S._nnz() == 0:  # no stored entry: the identity, or a zero (singular) diagonal
-        return B.clone() if unitriangular else B / torch.zeros((), dtype=B.dtype, device=B.device)
-    Bc = B.resolve_conj().contiguous()
-    return quiet(
-        lambda: (
-            torch.triangular_solve(
-                Bc, S, upper=upper, transpose=transpose, unitriangular=unitriangular
-            ).solution
-        )
-    )
-
-
-def _unit_diagonal_layout(
-    pattern: SparsePattern, upper: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """CSR indices ``(crow, col)`` of the pattern plus an explicit diagonal, and where the stored
-    entries go among them; ``None`` when an entry lies outside the strict triangle.
-
-    PyTorch's CSR triangular solve is an order of magnitude slower with ``unitriangular=True``
-    than with a stored unit diagonal, so unit-triangular solves store the ones (built once per
-    pattern).  Within a row the diagonal follows every entry of a strictly lower row and precedes
-    every entry of a strictly upper one, so the positions are index arithmetic, not a sort.
-    """
-    cache = pattern.__dict__.setdefault("_unit_layouts", {})
-    if upper in cache:
-        return cache[upper]  # type: ignore[no-any-return]
-    rows, cols = pattern.sorted_rows, pattern.sorted_cols.to(torch.int64)
-    strict = bool((cols > rows).all()) if upper else bool((cols < rows).all())
-    layout = None
-    if strict:
-        N, nc = pattern.N, pattern.n_canonical
-        dev = rows.device
-        crow = pattern.crow.to(torch.int64) + torch.arange(N + 1, device=dev)
-        old = torch.arange(nc, device=dev) + rows + (1 if upper else 0)
-        diag = crow[:-1] if upper else crow[1:] - 1
-        col = torch.empty(nc + N, dtype=torch.int64, device=dev)
-        col[old] = cols
-        col[diag] = torch.arange(N, device=dev)
-        layout = (crow, col, old)
-    cache[upper] = layout
-    return layout
-
-
-def _triangular_kernel(pattern: SparsePattern, upper: bool, unitriangular: bool) -> Kernel:
-    def kernel(A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool) -> torch.Tensor:
-        layout = _unit_diagonal_layout(pattern, upper) if unitriangular else None
-        if layout is not None:
-            crow, col, old = layout
-            v = values.new_ones(col.numel())
-            v[old] = pattern._sorted(values)
-            S = quiet(
-                lambda: torch.sparse_csr_tensor(crow, col, v, (pattern.N, pattern.M), check_invariants=False)
-            )
-            X = csr_triangular_solve(S, pattern.flat_rhs(B), upper=upper, transpose=transposed)
-        else:
-            S = pattern.csr(values)
-            X = csr_triangular_solve(
-                S, pattern.flat_rhs(B), upper=upper, unitriangular=unitriangular, transpose=transposed
-            )
-        return pattern.unflat(X, B, pattern.n)
-
-    return kernel
+STRICT_MESSAGE = "First input should be strictly triangular (i.e. unit diagonals is implicit)"
 
 
 def _pattern_for(A: torch.Tensor, unitriangular: bool) -> SparsePattern:
     pattern = SparsePattern.of(A)
-    if unitriangular and pattern.nnz and bool((pattern.rows == pattern.cols).any()):
-        raise ValueError("First input should be strictly triangular (i.e. unit diagonals is implicit)")
+    if unitriangular and pattern.has_diagonal:
+        raise ValueError(STRICT_MESSAGE)
     return pattern
 
 
-class SparseTriangularSolve(Function):
-    """Autograd Function behind :func:`sparse_triangular_solve`.
+@_kernels.eager_under_compile  # a sparse tensor: dynamo cannot trace it (a graph break)
+def _triangular(
+    A: torch.Tensor, B: torch.Tensor, upper: bool, unitriangular: bool, transpose: bool
+) -> torch.Tensor:
+    with _kernels.plain_sparse():
+        pattern = _pattern_for(A, unitriangular)
+    values = pattern._sorted(operand_values(A, pattern, "sparse_triangular_solve"))
+    X = _kernels.trisolve(
+        pattern, values, pattern.flat_rhs(B), upper=upper, unitriangular=unitriangular, transpose=transpose
+    )
+    return pattern.unflat(X, B, pattern.n)
 
-    ``SparseTriangularSolve.apply(A, B, upper, unitriangular, transpose)``.  Backward: with
-    ``Gb = op(A)⁻ᴴ G`` (a differentiable solve), ``dB = Gb`` and ``dA[i, j] = −Gb[i] · conj(X[j])``
-    (``−conj(X[i]) · Gb[j]`` when ``transpose``) at the stored entries of the triangle that the
-    solve reads (``conj`` is a no-op for real dtypes).  :func:`sparse_triangular_solve` runs the
-    same computation on ``A``'s values (:class:`~tsgu_ops.implicit.SolveOnValues`).
+
+class SparseTriangularSolve:
+    """The 0.2.7 autograd Function behind :func:`sparse_triangular_solve`, kept as a thin shim.
+
+    ``SparseTriangularSolve.apply(A, B, upper, unitriangular, transpose)`` takes the arguments of
+    :func:`sparse_triangular_solve` without validating them and runs the same computation (the
+    triangular-solve kernel on ``A``'s values).  Backward: with ``Gb = op(A)⁻ᴴ G`` (a
+    differentiable solve), ``dB = Gb`` and ``dA[i, j] = −Gb[i] · conj(X[j])`` (``−conj(X[i]) ·
+    Gb[j]`` when ``transpose``) at the stored entries of the triangle that the solve reads.
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
+    def apply(
         A: torch.Tensor,
         B: torch.Tensor,
         upper: bool = True,
         unitriangular: bool = False,
         transpose: bool = False,
     ) -> torch.Tensor:
-        pattern = _pattern_for(A, unitriangular)
-        kernel = _triangular_kernel(pattern, upper, unitriangular)
-        X = kernel(A, pattern.values(A), B, transpose)
-        ctx.pattern, ctx.kernel, ctx.flags = pattern, kernel, (upper, transpose)
-        register_use(ctx, A)
-        ctx.save_for_backward(A, X)
-        return X
-
-    @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        A, X = ctx.saved_tensors
-        upper, transpose = ctx.flags
-        pattern: SparsePattern = ctx.pattern
-        mask = _triangle_mask(pattern, upper)
-        # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)); conj is a no-op for real dtypes
-        Gb = conj(solve_sparse(A, conj(G), ctx.kernel, transposed=not transpose, mask=mask, pattern=pattern))
-        dA = None
-        if ctx.needs_input_grad[0]:
-            dA = deliver(ctx, 0, pattern, solve_grad_values(pattern, Gb, X, transpose, mask), A)
-        dB = Gb if ctx.needs_input_grad[1] else None
-        return dA, dB, None, None, None
+        return _triangular(A, B, upper, unitriangular, transpose)
 
 
+@_kernels.eager_under_compile
+@autocast_fp32
 def sparse_triangular_solve(
     A: torch.Tensor,
     B: torch.Tensor,
@@ -176,8 +96,9 @@ def sparse_triangular_solve(
     ``upper`` says which triangle of ``A`` itself holds the matrix (entries in the other triangle
     are ignored, as in :func:`torch.linalg.solve_triangular`); ``unitriangular=True`` means the
     diagonal is implicitly 1 and ``A`` must store strictly triangular entries only.  A batch is
-    solved as one block-diagonal system (no loop over the batch); a COO ``A`` is converted to CSR
-    once per call (forward and backward share it).
+    solved as one block-diagonal system (no loop over the batch); the index analysis of ``A``
+    (canonical order, transpose, the stored-ones layout of a unit-triangular solve) is made once
+    per pattern and reused while ``A`` is unchanged.
 
     Gradients, with ``Gb = A⁻ᴴ G`` (``conj(A)⁻¹ G`` when ``transpose``): ``dB = Gb`` and, at the
     stored entries, ``dA[i, j] = −Gb[i] · conj(X[j])`` (``−conj(X[i]) · Gb[j]`` when
@@ -224,9 +145,6 @@ def sparse_triangular_solve(
     tensor([[1.],
             [2.]])
     """
-    _check(A, B)
-    pattern = _pattern_for(A, unitriangular)
-    kernel = _triangular_kernel(pattern, upper, unitriangular)
-    return solve_sparse(
-        A, B, kernel, transposed=transpose, mask=_triangle_mask(pattern, upper), pattern=pattern
-    )
+    with _kernels.plain_sparse():
+        _check(A, B)
+    return _triangular(A, B, upper, unitriangular, transpose)

@@ -1,0 +1,830 @@
+"""The value-level kernels of tsgu-ops: one implementation of each, registered once.
+
+Three kernels work on a fixed sparsity pattern given as dense index tensors and a dense vector of
+values, so that ``torch.compile``, ``torch.func`` and :class:`tsgu_ops.nn.SparseParameter` never see
+a sparse tensor:
+
+* ``tsgu::csr_mm``       ``Y = S(values) @ X`` or ``S(values)ᵀ @ X`` (the product);
+* ``tsgu::csr_sampled``  ``s[k] = U[row_k] · V[col_k]`` (the sampled product, SDDMM);
+* ``tsgu::csr_trisolve`` ``X = op(S(values))⁻¹ B`` for a triangular ``S``.
+
+The pattern is the tuple :attr:`SparsePattern.kernel_indices <tsgu_ops.pattern.SparsePattern>` of
+the flattened ``(N, M)`` matrix in canonical (row-major, one entry per coordinate) order: CSR row
+pointers and columns, the CSR indices of ``Sᵀ`` with the permutation from that order to the
+row-major one, and the row of every entry (32-bit copies where every index fits: PyTorch's CPU
+kernels convert 64-bit indices on every call otherwise).  Values are in the same canonical order.
+
+Each kernel is written once, as a plain function (``*_impl``), and registered once as a
+``torch.library.custom_op`` with its fake kernel, its autograd formula (which calls the other
+operators, so derivatives of any order exist under ``torch.compile``) and a vmap rule (a batch of
+value vectors and operands on one pattern runs as one block-diagonal problem, built by index
+arithmetic).  ``torch.library`` autograd has no forward mode, so eager code and ``torch.func``
+reach the same kernels through the autograd Functions :class:`MatmulFn`, :class:`SampledFn` and
+:class:`TriSolveFn` (``setup_context``, ``jvp``, a generated vmap rule); code being compiled calls
+the operators.  :func:`mm`, :func:`sampled` and :func:`trisolve` choose.  :class:`SolveFn` is the
+implicit derivative of a black-box linear solve on the same values.
+
+Complex values: every formula uses the conjugate (Wirtinger) gradients of PyTorch's autograd;
+the kernels themselves are bilinear and conjugate nothing.  Autocast is disabled inside every
+kernel (the sparse kernels have no half-precision implementation): they compute in the dtype of
+their operands.  Every torch-version check is :mod:`tsgu_ops._compat`'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import torch
+from torch import Tensor
+from torch.autograd.function import Function
+
+from ._compat import (
+    AUTOCAST_DTYPES,
+    HAS_CUSTOM_OP,
+    HAS_REGISTER_VMAP,
+    functorch_bug_guard,
+    is_compiling,
+    quiet,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Largest number of elements of a temporary that the sampled product allocates on its gather path
+#: (the ``chunk × p`` row blocks of U and V); the product is computed chunk by chunk.
+SAMPLED_CHUNK_ELEMENTS = 1 << 20
+
+#: Value dtypes that the products and solves compute with (and the native kernels support on every
+#: device): real, and complex with conjugate (Wirtinger) gradients.
+COMPUTE_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+#: ``(crow, col, crow_t, col_t, perm_t, rows)``: see the module docstring.
+Indices = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def conj(t: Tensor) -> Tensor:
+    """Complex conjugate as a new tensor (differentiable); ``t`` itself for real dtypes.
+
+    ``Tensor.conj()`` returns a lazy view, which fails on views of sparse values and which some
+    sparse kernels would read without the conjugation.
+    """
+    return t.conj_physical() if t.is_complex() else t
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, n_cols: int) -> Tensor:
+    return quiet(
+        lambda: torch.sparse_csr_tensor(crow, col, values, (crow.numel() - 1, n_cols), check_invariants=False)
+    )
+
+
+class _NoAutocast:
+    """Autocast off for the kernel's device type, only where it is on (entering costs a little)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.ctx: Any = None
+        if torch.is_autocast_enabled(device.type):
+            self.ctx = torch.autocast(device.type, enabled=False)
+
+    def __enter__(self) -> None:
+        if self.ctx is not None:
+            self.ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.__exit__(*exc)
+
+
+def _like(x: Tensor, values: Tensor) -> Tensor:
+    """An operand that autocast made half precision, back in the values' precision."""
+    if x.dtype != values.dtype and x.dtype in AUTOCAST_DTYPES:
+        return x.to(values.dtype)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# the eager kernels (one each)
+def mm_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    rows: Tensor,
+    values: Tensor,
+    X: Tensor,
+    transpose: bool,
+) -> Tensor:
+    """``S(values) @ X`` (``S(values)ᵀ @ X``) for a 2-D ``X``; no autograd."""
+    n_rows, n_cols = crow.numel() - 1, crow_t.numel() - 1
+    out_rows = n_cols if transpose else n_rows
+    X = _like(X, values)
+    if col.numel() == 0 or X.shape[-1] == 0:
+        return torch.zeros(out_rows, X.shape[-1], dtype=X.dtype, device=X.device)
+    values, X = values.resolve_conj(), X.resolve_conj()  # the sparse kernels ignore the conj bit
+    if transpose:
+        S = _csr(crow_t, col_t, values.index_select(0, perm_t), n_rows)
+    else:
+        S = _csr(crow, col, values, n_cols)
+    with _NoAutocast(X.device):
+        return quiet(lambda: S @ X)
+
+
+def sampled_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    rows: Tensor,
+    U: Tensor,
+    V: Tensor,
+) -> Tensor:
+    """``s[k] = U[rows[k]] · V[col[k]]`` at every entry (canonical order); no autograd.
+
+    One column: two gathers and a product (several times cheaper than the kernel).  Otherwise
+    PyTorch's native sampled product where it supports the dtype, else a gather in chunks of at
+    most :data:`SAMPLED_CHUNK_ELEMENTS` elements: no ``nnz × p`` temporary is made.
+    """
+    nnz, p = col.numel(), U.shape[-1]
+    dtype = torch.promote_types(U.dtype, V.dtype)
+    if nnz == 0 or p == 0:
+        return torch.zeros(nnz, dtype=dtype, device=U.device)
+    U, V = U.resolve_conj(), V.resolve_conj()
+    if p == 1:
+        u, v = U.reshape(-1).to(dtype), V.reshape(-1).to(dtype)
+        return u.index_select(0, rows).mul_(v.index_select(0, col))
+    if U.dtype == V.dtype and U.dtype in COMPUTE_DTYPES:
+        zeros = torch.zeros(nnz, dtype=U.dtype, device=U.device)
+        S = _csr(crow, col, zeros, crow_t.numel() - 1)
+        with _NoAutocast(U.device):
+            out = torch.sparse.sampled_addmm(S, U, V.transpose(0, 1), beta=0.0)
+        return out.values().clone()  # a tensor of its own (a custom operator may not return a view)
+    out = torch.empty(nnz, dtype=dtype, device=U.device)
+    chunk = max(1, SAMPLED_CHUNK_ELEMENTS // p)
+    for start in range(0, nnz, chunk):
+        r, c = rows[start : start + chunk], col[start : start + chunk]
+        torch.sum(U[r].to(dtype) * V[c].to(dtype), dim=-1, out=out[start : start + chunk])
+    return out
+
+
+def csr_triangular_solve(
+    S: Tensor, B: Tensor, *, upper: bool, unitriangular: bool = False, transpose: bool = False
+) -> Tensor:
+    """``op(S)⁻¹ B`` for a 2-D CSR triangular ``S`` (sorted columns) and a dense ``(n, p)`` ``B``.
+
+    The bare native kernel, without validation or autograd: what the differentiable solve and
+    tsgu-krylov's incomplete-factorisation preconditioners run.
+    """
+    if S._nnz() == 0:  # no stored entry: the identity, or a zero (singular) diagonal
+        return B.clone() if unitriangular else B / torch.zeros((), dtype=B.dtype, device=B.device)
+    Bc = B.resolve_conj().contiguous()
+    with _NoAutocast(B.device):
+        return quiet(
+            lambda: (
+                torch.triangular_solve(
+                    Bc, S, upper=upper, transpose=transpose, unitriangular=unitriangular
+                ).solution
+            )
+        )
+
+
+def trisolve_impl(
+    crow: Tensor,
+    col: Tensor,
+    crow_t: Tensor,
+    col_t: Tensor,
+    perm_t: Tensor,
+    rows: Tensor,
+    values: Tensor,
+    B: Tensor,
+    upper: bool,
+    unitriangular: bool,
+    transpose: bool,
+    unit_crow: Tensor | None = None,
+    unit_col: Tensor | None = None,
+    unit_pos: Tensor | None = None,
+) -> Tensor:
+    """``op(S(values))⁻¹ B`` for a 2-D ``B``; no autograd.
+
+    ``unit_*``: the pattern with an explicit diagonal and where the stored entries go in it (see
+    :meth:`SparsePattern.unit_diagonal_layout <tsgu_ops.pattern.SparsePattern>`): PyTorch's CSR
+    triangular solve is an order of magnitude slower with ``unitriangular=True`` than with stored
+    ones, so a unit-triangular solve stores them when the layout is given.
+    """
+    B = _like(B, values)
+    n_cols = crow_t.numel() - 1
+    if unitriangular and unit_crow is not None and unit_col is not None and unit_pos is not None:
+        v = values.new_ones(unit_col.numel()).index_copy(0, unit_pos, values)
+        S = _csr(unit_crow, unit_col, v, n_cols)
+        X = csr_triangular_solve(S, B, upper=upper, transpose=transpose)
+    else:
+        S = _csr(crow, col, values, n_cols)
+        X = csr_triangular_solve(S, B, upper=upper, unitriangular=unitriangular, transpose=transpose)
+    return X if X.data_ptr() != B.data_ptr() else X.clone()
+
+
+def triangle_mask(rows: Tensor, col: Tensor, upper: bool) -> Tensor:
+    """Bool per entry (canonical order): inside the triangle that a triangular solve reads."""
+    c = col.to(rows.dtype)
+    return c >= rows if upper else c <= rows
+
+
+# ------------------------------------------------------------------------------------------------
+# block-diagonal batching (the vmap rules): index arithmetic, no loop over the batch
+def block_indices(idx: Indices, batch: int) -> Indices:
+    """The kernel indices of ``batch`` copies of a pattern along the diagonal."""
+    crow, col, crow_t, col_t, perm_t, rows = idx
+    n_rows, n_cols, nnz = crow.numel() - 1, crow_t.numel() - 1, col.numel()
+    dev = crow.device
+    big = batch * max(nnz, n_rows, n_cols, 1) >= 2**31 - 1
+    k = torch.arange(batch, device=dev, dtype=torch.int64)[:, None]
+
+    def pointers(p: Tensor) -> Tensor:
+        tail = (p[1:].to(torch.int64)[None, :] + k * nnz).reshape(-1)
+        out = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), tail])
+        return out if big else out.to(p.dtype)
+
+    def offset(t: Tensor, step: int) -> Tensor:
+        out = (t.to(torch.int64)[None, :] + k * step).reshape(-1)
+        return out if big else out.to(t.dtype)
+
+    return (
+        pointers(crow),
+        offset(col, n_cols),
+        pointers(crow_t),
+        offset(col_t, n_rows),
+        offset(perm_t, nnz),
+        offset(rows, n_rows),
+    )
+
+
+def _batched(x: Tensor, dim: int | None, batch: int) -> Tensor:
+    """``x`` with its vmapped dimension first (expanded when it has none)."""
+    with functorch_bug_guard():  # torch 2.5 + forward-over-reverse: a clear error (see _compat)
+        if dim is None:
+            return x.unsqueeze(0).expand(batch, *x.shape)
+        return x.movedim(dim, 0)
+
+
+def _check_unbatched_indices(name: str, in_dims: Any, count: int = 6) -> None:
+    if any(d is not None for d in in_dims[:count]):
+        raise ValueError(
+            f"vmap over {name}: the sparsity pattern (index tensors) must be the same for every "
+            "batch item; map over the values and the dense operands only"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# the custom operators
+if HAS_CUSTOM_OP:
+
+    @torch.library.custom_op("tsgu::csr_mm", mutates_args=())
+    def _op_mm(
+        crow: Tensor,
+        col: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+        rows: Tensor,
+        values: Tensor,
+        X: Tensor,
+        transpose: bool,
+    ) -> Tensor:
+        return mm_impl(crow, col, crow_t, col_t, perm_t, rows, values, X, transpose)
+
+    @_op_mm.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, rows, values, X, transpose):  # type: ignore[no-untyped-def]
+        n = (crow_t if transpose else crow).shape[0] - 1
+        return X.new_empty(n, X.shape[-1], dtype=values.dtype if X.dtype in AUTOCAST_DTYPES else X.dtype)
+
+    @torch.library.custom_op("tsgu::csr_sampled", mutates_args=())
+    def _op_sampled(
+        crow: Tensor,
+        col: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+        rows: Tensor,
+        U: Tensor,
+        V: Tensor,
+    ) -> Tensor:
+        return sampled_impl(crow, col, crow_t, col_t, perm_t, rows, U, V)
+
+    @_op_sampled.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, rows, U, V):  # type: ignore[no-untyped-def]
+        return U.new_empty(col.shape[0], dtype=torch.promote_types(U.dtype, V.dtype))
+
+    @torch.library.custom_op("tsgu::csr_trisolve", mutates_args=())
+    def _op_trisolve(
+        crow: Tensor,
+        col: Tensor,
+        crow_t: Tensor,
+        col_t: Tensor,
+        perm_t: Tensor,
+        rows: Tensor,
+        values: Tensor,
+        B: Tensor,
+        upper: bool,
+        unitriangular: bool,
+        transpose: bool,
+        unit_crow: Tensor | None,
+        unit_col: Tensor | None,
+        unit_pos: Tensor | None,
+    ) -> Tensor:
+        return trisolve_impl(
+            crow, col, crow_t, col_t, perm_t, rows, values, B, upper, unitriangular, transpose,
+            unit_crow, unit_col, unit_pos,
+        )  # fmt: skip
+
+    @_op_trisolve.register_fake
+    def _(crow, col, crow_t, col_t, perm_t, rows, values, B, upper, unitriangular, transpose, uc, ucol, up):  # type: ignore[no-untyped-def]
+        return torch.empty_like(B, dtype=values.dtype if B.dtype in AUTOCAST_DTYPES else B.dtype)
+
+    # --- autograd of the operators (what AOTAutograd traces under torch.compile) --------------
+    def _setup_mm(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.transpose = inputs[8]
+        ctx.save_for_backward(*inputs[:8])
+
+    def _backward_mm(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, values, X = ctx.saved_tensors
+        dv = dX = None
+        if ctx.needs_input_grad[6]:
+            Xc = conj(X)
+            dv = _op_sampled(*idx, Xc, G) if ctx.transpose else _op_sampled(*idx, G, Xc)
+        if ctx.needs_input_grad[7]:
+            dX = _op_mm(*idx, conj(values), G, not ctx.transpose)
+        return None, None, None, None, None, None, dv, dX, None
+
+    _op_mm.register_autograd(_backward_mm, setup_context=_setup_mm)
+
+    def _setup_sampled(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.save_for_backward(*inputs)
+
+    def _backward_sampled(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, U, V = ctx.saved_tensors
+        dU = _op_mm(*idx, g, conj(V), False) if ctx.needs_input_grad[6] else None
+        dV = _op_mm(*idx, g, conj(U), True) if ctx.needs_input_grad[7] else None
+        return None, None, None, None, None, None, dU, dV
+
+    _op_sampled.register_autograd(_backward_sampled, setup_context=_setup_sampled)
+
+    def _setup_trisolve(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        ctx.flags = inputs[8:11]
+        ctx.unit = inputs[11:14]
+        ctx.save_for_backward(*inputs[:7], output)
+
+    def _backward_trisolve(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
+        *idx, values, X = ctx.saved_tensors
+        upper, unit, transpose = ctx.flags
+        # op(S)⁻ᴴ G: the solve with conj(S) and the other transpose flag
+        Gb = _op_trisolve(*idx, conj(values), G, upper, unit, not transpose, *ctx.unit)
+        dv = None
+        if ctx.needs_input_grad[6]:
+            Xc = conj(X)
+            prod = _op_sampled(*idx, Xc, Gb) if transpose else _op_sampled(*idx, Gb, Xc)
+            dv = -prod * triangle_mask(idx[5], idx[1], upper)
+        dB = Gb if ctx.needs_input_grad[7] else None
+        return (None,) * 6 + (dv, dB) + (None,) * 6
+
+    _op_trisolve.register_autograd(_backward_trisolve, setup_context=_setup_trisolve)
+
+    # --- vmap rules: one block-diagonal problem ------------------------------------------------
+    if HAS_REGISTER_VMAP:
+
+        @_op_mm.register_vmap
+        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, rows, values, X, transpose):  # type: ignore[no-untyped-def]
+            _check_unbatched_indices("tsgu::csr_mm", in_dims)
+            b = info.batch_size
+            v = _batched(values, in_dims[6], b).reshape(-1)
+            Xb = _batched(X, in_dims[7], b)
+            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
+            Y = _op_mm(*idx, v, Xb.reshape(-1, Xb.shape[-1]), transpose)
+            return Y.reshape(b, -1, Y.shape[-1]), 0
+
+        @_op_sampled.register_vmap
+        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, rows, U, V):  # type: ignore[no-untyped-def]
+            _check_unbatched_indices("tsgu::csr_sampled", in_dims)
+            b = info.batch_size
+            Ub, Vb = _batched(U, in_dims[6], b), _batched(V, in_dims[7], b)
+            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
+            s = _op_sampled(*idx, Ub.reshape(-1, Ub.shape[-1]), Vb.reshape(-1, Vb.shape[-1]))
+            return s.reshape(b, -1), 0
+
+        @_op_trisolve.register_vmap
+        def _(  # type: ignore[no-untyped-def]
+            info,
+            in_dims,
+            crow,
+            col,
+            crow_t,
+            col_t,
+            perm_t,
+            rows,
+            values,
+            B,
+            upper,
+            unitriangular,
+            transpose,
+            uc,
+            ucol,
+            up,
+        ):  # type: ignore[no-untyped-def]
+            _check_unbatched_indices("tsgu::csr_trisolve", in_dims)
+            b = info.batch_size
+            v = _batched(values, in_dims[6], b).reshape(-1)
+            Bb = _batched(B, in_dims[7], b)
+            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
+            # the block problem without the stored-ones layout (it is per pattern, not per block)
+            X = _op_trisolve(
+                *idx, v, Bb.reshape(-1, Bb.shape[-1]), upper, unitriangular, transpose, None, None, None
+            )
+            return X.reshape(b, -1, X.shape[-1]), 0
+
+    mm_op: Any = _op_mm
+    sampled_op: Any = _op_sampled
+    trisolve_op: Any = _op_trisolve
+else:  # pragma: no cover - torch < 2.4: eager kernels only (no compile support)
+    mm_op, sampled_op, trisolve_op = mm_impl, sampled_impl, trisolve_impl
+
+
+def _untransformed() -> bool:
+    """Whether no ``torch.func`` transform is active: the Functions then call the eager kernels
+    directly (a custom operator's first call imports ``torch._dynamo``, about 70 MB, and adds
+    dispatcher overhead); under a transform they call the operators, whose vmap rules apply."""
+    level = getattr(torch._C._functorch, "maybe_current_level", None)
+    return level is not None and level() is None
+
+
+def transforms_active() -> bool:
+    """Whether a ``torch.func`` transform (vmap, grad, jvp, ...) is being applied."""
+    return not _untransformed()
+
+
+def plain_sparse() -> Any:
+    """Context for the code that reads a sparse operand (validation, index analysis, values):
+    with a ``torch.func`` transform active, functorch is disabled inside, since its layers cannot
+    handle sparse tensors (even ``A.dense_dim()`` of a fixed sparse ``A`` fails under ``grad``).
+    The dense operands stay visible with their logical (per-example) shapes."""
+    return torch._C._DisableFuncTorch() if transforms_active() else contextlib.nullcontext()
+
+
+def is_wrapped(t: Tensor) -> bool:
+    """Whether ``t`` is a functorch-wrapped tensor (a transform's batched or tracking tensor)."""
+    check = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(check(t)) if check is not None and transforms_active() else False
+
+
+def _compiling() -> bool:
+    """:func:`is_compiling`, answered without importing ``torch._dynamo`` when it is not loaded
+    (nothing can be compiling then; importing it costs about 70 MB)."""
+    return "torch._dynamo" in sys.modules and is_compiling()
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd Functions for eager code and torch.func (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap)
+# ``pattern`` is any object with ``kernel_indices`` (a SparsePattern): not a pytree, so torch.func
+# passes it through its transforms untouched.
+class MatmulFn(Function):
+    """``Y = S(values) @ X`` (``S(values)ᵀ @ X`` when ``transpose``).
+
+    ``apply(pattern, values, X, transpose)``.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(pattern: Any, values: Tensor, X: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
+        fn: Any = mm_impl if _untransformed() else mm_op
+        return fn(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pattern, values, X, transpose = inputs
+        ctx.pattern, ctx.transpose = pattern, transpose
+        ctx.save_for_backward(values, X)
+        ctx.save_for_forward(values, X)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        pattern, transpose = ctx.pattern, ctx.transpose
+        dv = dX = None
+        if ctx.needs_input_grad[1]:
+            Xc = conj(X)
+            dv = SampledFn.apply(pattern, Xc, G) if transpose else SampledFn.apply(pattern, G, Xc)
+        if ctx.needs_input_grad[2]:
+            dX = MatmulFn.apply(pattern, conj(values), G, not transpose)
+        return None, dv, dX, None
+
+    @staticmethod
+    def jvp(ctx: Any, _p: None, t_values: Tensor | None, t_X: Tensor | None, _t: None) -> Tensor:
+        values, X = ctx.saved_tensors
+        out = None
+        if t_values is not None:
+            out = MatmulFn.apply(ctx.pattern, t_values, X, ctx.transpose)
+        if t_X is not None:
+            term = MatmulFn.apply(ctx.pattern, values, t_X, ctx.transpose)
+            out = term if out is None else out + term
+        return out  # type: ignore[return-value]
+
+
+class SampledFn(Function):
+    """``s[k] = U[row_k] · V[col_k]`` (canonical order); ``apply(pattern, U, V)``."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(pattern: Any, U: Tensor, V: Tensor) -> Tensor:  # type: ignore[override]
+        fn: Any = sampled_impl if _untransformed() else sampled_op
+        return fn(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pattern, U, V = inputs
+        ctx.pattern = pattern
+        ctx.save_for_backward(U, V)
+        ctx.save_for_forward(U, V)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        U, V = ctx.saved_tensors
+        dU = MatmulFn.apply(ctx.pattern, g, conj(V), False) if ctx.needs_input_grad[1] else None
+        dV = MatmulFn.apply(ctx.pattern, g, conj(U), True) if ctx.needs_input_grad[2] else None
+        return None, dU, dV
+
+    @staticmethod
+    def jvp(ctx: Any, _p: None, t_U: Tensor | None, t_V: Tensor | None) -> Tensor:
+        U, V = ctx.saved_tensors
+        out = None
+        if t_U is not None:
+            out = SampledFn.apply(ctx.pattern, t_U, V)
+        if t_V is not None:
+            term = SampledFn.apply(ctx.pattern, U, t_V)
+            out = term if out is None else out + term
+        return out  # type: ignore[return-value]
+
+
+def _unit_layout(pattern: Any, upper: bool, unitriangular: bool) -> tuple[Any, Any, Any]:
+    if not unitriangular:
+        return (None, None, None)
+    layout = pattern.unit_diagonal_layout(upper)
+    return (None, None, None) if layout is None else layout
+
+
+def _mask(pattern: Any, upper: bool) -> Tensor:
+    idx = pattern.kernel_indices
+    return triangle_mask(idx[5], idx[1], upper)
+
+
+class TriSolveFn(Function):
+    """``X = op(S(values))⁻¹ B``; ``apply(pattern, values, B, upper, unitriangular, transpose)``.
+
+    Entries outside the triangle the solve reads get a zero gradient.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        pattern: Any, values: Tensor, B: Tensor, upper: bool, unitriangular: bool, transpose: bool
+    ) -> Tensor:
+        fn: Any = trisolve_impl if _untransformed() else trisolve_op
+        unit = _unit_layout(pattern, upper, unitriangular)
+        return fn(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        pattern, values, _B, upper, unitriangular, transpose = inputs
+        ctx.pattern, ctx.flags = pattern, (upper, unitriangular, transpose)
+        ctx.save_for_backward(values, output)
+        ctx.save_for_forward(values, output)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        pattern = ctx.pattern
+        upper, unit, transpose = ctx.flags
+        Gb = TriSolveFn.apply(pattern, conj(values), G, upper, unit, not transpose)  # op(S)⁻ᴴ G
+        dv = None
+        if ctx.needs_input_grad[1]:
+            Xc = conj(X)
+            prod = SampledFn.apply(pattern, Xc, Gb) if transpose else SampledFn.apply(pattern, Gb, Xc)
+            dv = -prod * _mask(pattern, upper)
+        dB = Gb if ctx.needs_input_grad[2] else None
+        return None, dv, dB, None, None, None
+
+    @staticmethod
+    def jvp(
+        ctx: Any, _p: None, t_values: Tensor | None, t_B: Tensor | None, _u: None, _d: None, _t: None
+    ) -> Tensor:
+        # d(op(S)⁻¹ B) = op(S)⁻¹ (dB − op(dS) X), dS restricted to the triangle the solve reads.
+        values, X = ctx.saved_tensors
+        pattern = ctx.pattern
+        upper, unit, transpose = ctx.flags
+        rhs = None
+        if t_values is not None:
+            rhs = -MatmulFn.apply(pattern, t_values * _mask(pattern, upper), X, transpose)
+        if t_B is not None:
+            rhs = t_B if rhs is None else rhs + t_B
+        return TriSolveFn.apply(pattern, values, rhs, upper, unit, transpose)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------
+# entry points: the operators themselves when compiling, the Functions otherwise, and the bare
+# kernel when nothing can differentiate the call (a Function with ``setup_context`` binds its
+# arguments with ``inspect.signature`` on every call: tens of microseconds of a forward pass)
+def _plain(a: Tensor, b: Tensor) -> bool:
+    """Whether no derivative of this call can be asked for: no grad needed, no transform, no
+    forward-mode dual level open."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return False
+    if getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0:
+        return False
+    return _untransformed()
+
+
+def mm(pattern: Any, values: Tensor, X: Tensor, transpose: bool = False) -> Tensor:
+    """``S(values) @ X`` (or ``S(values)ᵀ @ X``) for a 2-D ``X``; differentiable in both."""
+    if HAS_CUSTOM_OP and _compiling():
+        return mm_op(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
+    if _plain(values, X):
+        idx: Indices = pattern.kernel_indices
+        return mm_impl(*idx, values, X, transpose)
+    return MatmulFn.apply(pattern, values, X, transpose)  # type: ignore[no-any-return]
+
+
+def sampled(pattern: Any, U: Tensor, V: Tensor) -> Tensor:
+    """``U[row_k] · V[col_k]`` at every entry (canonical order); differentiable in both."""
+    if HAS_CUSTOM_OP and _compiling():
+        return sampled_op(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
+    if _plain(U, V):
+        idx: Indices = pattern.kernel_indices
+        return sampled_impl(*idx, U, V)
+    return SampledFn.apply(pattern, U, V)  # type: ignore[no-any-return]
+
+
+def trisolve(
+    pattern: Any, values: Tensor, B: Tensor, *, upper: bool, unitriangular: bool, transpose: bool
+) -> Tensor:
+    """``op(S(values))⁻¹ B`` for a triangular pattern and a 2-D ``B``; differentiable in both."""
+    if HAS_CUSTOM_OP and _compiling():
+        unit = _unit_layout(pattern, upper, unitriangular)
+        return trisolve_op(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
+    if _plain(values, B):
+        idx: Indices = pattern.kernel_indices
+        unit = _unit_layout(pattern, upper, unitriangular)
+        return trisolve_impl(*idx, values, B, upper, unitriangular, transpose, *unit)
+    return TriSolveFn.apply(pattern, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------
+# the implicit derivative of a black-box linear solve on the values
+#: ``kernel(A, values, B, transposed) -> X``: ``A`` is what the caller passed as ``source``
+#: (the detached sparse matrix, or ``None``), ``values`` the stored values in the pattern's
+#: original order (detached), ``B`` a right-hand side shaped like the caller's.
+Kernel = Callable[[Any, Tensor, Tensor, bool], Tensor]
+
+
+class Source:
+    """Holds the sparse matrix a black-box kernel receives, out of sight of ``torch.func``
+    (which would try to wrap a sparse tensor input and fail)."""
+
+    def __init__(self, A: Tensor | None) -> None:
+        self.A = A
+
+
+class SolveFn(Function):
+    """``X = op(A)⁻¹ B`` as a function of ``A``'s values (original order) through a black-box kernel.
+
+    ``apply(values, B, source, pattern, kernel, transposed, mask)``; ``op`` is ``A`` or ``Aᵀ``.
+    Backward: ``dB = op(A)⁻ᴴ G`` by the same Function with the flag flipped (so derivatives of any
+    order exist) and ``dv = −sampled(dB, X̄)`` (``−sampled(X̄, dB)`` when transposed), zero where
+    ``mask`` is false.  ``jvp`` and a vmap rule (one solve per batch item: the kernel is a black
+    box) make it usable by ``torch.func``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        values: Tensor,
+        B: Tensor,
+        source: Source,
+        pattern: Any,
+        kernel: Kernel,
+        transposed: bool,
+        mask: Tensor | None,
+    ) -> Tensor:
+        with torch.no_grad():
+            return kernel(source.A, values.detach(), B.detach(), transposed)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        values, _B, source, pattern, kernel, transposed, mask = inputs
+        ctx.source, ctx.pattern, ctx.kernel, ctx.transposed, ctx.mask = (
+            source,
+            pattern,
+            kernel,
+            transposed,
+            mask,
+        )
+        ctx.save_for_backward(values, output)
+        ctx.save_for_forward(values, output)
+
+    @staticmethod
+    def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        values, X = ctx.saved_tensors
+        # op(A)⁻ᴴ G = conj(op(A)⁻ᵀ conj(G)): conj is a no-op for real dtypes
+        Gb = conj(
+            SolveFn.apply(values, conj(G), ctx.source, ctx.pattern, ctx.kernel, not ctx.transposed, ctx.mask)
+        )
+        dv = None
+        if ctx.needs_input_grad[0]:
+            dv = solve_grad_values(ctx.pattern, Gb, X, ctx.transposed, ctx.mask)
+        dB = Gb if ctx.needs_input_grad[1] else None
+        return dv, dB, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, t_values: Tensor | None, t_B: Tensor | None, *_: Any) -> Tensor:
+        # dX = op(A)⁻¹ (dB − op(dA) X)
+        values, X = ctx.saved_tensors
+        pattern = ctx.pattern
+        rhs = None
+        if t_values is not None:
+            t = t_values if ctx.mask is None else t_values * ctx.mask
+            Y = mm(pattern, pattern._sorted(t), pattern.flat_rhs(X), ctx.transposed)
+            rhs = -pattern.unflat(Y, X, pattern.n)
+        if t_B is not None:
+            rhs = t_B if rhs is None else rhs + t_B
+        return SolveFn.apply(values, rhs, ctx.source, pattern, ctx.kernel, ctx.transposed, ctx.mask)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def vmap(
+        info: Any,
+        in_dims: tuple[Any, ...],
+        values: Tensor,
+        B: Tensor,
+        source: Source,
+        pattern: Any,
+        kernel: Kernel,
+        transposed: bool,
+        mask: Tensor | None,
+    ) -> tuple[Tensor, int]:
+        b = info.batch_size
+        if in_dims[0] is not None and source.A is not None:
+            raise ValueError(
+                "vmap over the values of a black-box solve that receives the sparse matrix: pass the "
+                "values to the kernel instead (SparseParameter.solve does)"
+            )
+        vs, Bs = _batched(values, in_dims[0], b), _batched(B, in_dims[1], b)
+        out = [SolveFn.apply(vs[i], Bs[i], source, pattern, kernel, transposed, mask) for i in range(b)]
+        return torch.stack(out), 0
+
+
+def solve_grad_values(
+    pattern: Any, Gb: Tensor, X: Tensor, transposed: bool, mask: Tensor | None = None
+) -> Tensor:
+    """``dA`` of a linear solve at the stored entries (values in the pattern's original order).
+
+    ``Gb`` is the gradient of the right-hand side (the transposed solve of the upstream gradient)
+    and ``X`` the solution, both shaped like the right-hand side.  ``mask`` (bool, per entry)
+    zeroes entries that the forward solve did not read.
+    """
+    U, V = pattern.flat_rhs(Gb), conj(pattern.flat_rhs(X))
+    s = sampled(pattern, V, U) if transposed else sampled(pattern, U, V)
+    values = -pattern._unsort(s)
+    if mask is not None:
+        values = values * mask
+    return values
+
+
+def eager_under_compile(fn: Callable[P, R]) -> Callable[P, R]:
+    """Decorator: inside ``torch.compile`` the call runs eagerly, as one opaque call (a graph break).
+
+    What ``torch.compiler.disable`` does, except that the wrapper is made on the first call made
+    while ``torch._dynamo`` is loaded: decorating with ``torch.compiler.disable`` itself imports
+    ``torch._dynamo`` (seconds and about 70 MB) into every program that imports the decorated
+    function, compiled or not.  For functions that hand sparse tensors to code dynamo cannot trace.
+
+    Examples
+    --------
+    >>> from tsgu_ops.internal import eager_under_compile
+    >>> @eager_under_compile
+    ... def twice(x):
+    ...     return 2 * x
+    >>> twice(3)
+    6
+    """
+    disabled: list[Callable[P, R]] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return wrapper
