@@ -49,13 +49,7 @@ def _transported(pattern: SparsePattern) -> bool:
 
 def _transport_indices(pattern: SparsePattern) -> torch.Tensor:
     """3-D COO indices ``(batch, row, col)`` of a batched CSR pattern, in its storage order."""
-    cache = pattern.__dict__.get("_transport_idx")
-    if cache is None:
-        rows, cols = pattern.rows, pattern.cols
-        b = torch.div(rows, pattern.n, rounding_mode="floor")
-        cache = torch.stack([b, rows - b * pattern.n, cols - b * pattern.m])
-        pattern.__dict__["_transport_idx"] = cache
-    return cache  # type: ignore[no-any-return]
+    return pattern.transport_indices
 
 
 def _as_transport(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
@@ -65,11 +59,6 @@ def _as_transport(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     )
 
 
-#: ``pattern -> multiplicity`` of the coordinate of every stored entry (original order, float64),
-#: for patterns with duplicate coordinates; held weakly by pattern.
-_multiplicity: weakref.WeakKeyDictionary[SparsePattern, torch.Tensor] = weakref.WeakKeyDictionary()
-
-
 def _split(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     """Per-entry derivatives → the values of a gradient tensor on the pattern's index list.
 
@@ -77,13 +66,9 @@ def _split(pattern: SparsePattern, values: torch.Tensor) -> torch.Tensor:
     so that the gradient, summed over duplicates as PyTorch reads a sparse tensor, is ``∂L/∂A``.
     The identity for a pattern without duplicates; differentiable (a product with a constant).
     """
-    if pattern.canon is None:
-        return values
-    counts = _multiplicity.get(pattern)
+    counts = pattern.multiplicity
     if counts is None:
-        counts = torch.bincount(pattern.canon, minlength=pattern.n_canonical)
-        counts = counts.index_select(0, pattern.canon).to(torch.float64)
-        _multiplicity[pattern] = counts
+        return values
     return values / counts.to(dtype=values.real.dtype)  # exact small integers: correctly rounded
 
 

@@ -242,6 +242,16 @@ class SparsePattern:
         return int(self.sorted_cols.numel())
 
     @cached_property
+    def multiplicity(self) -> torch.Tensor | None:
+        """float64, per stored entry (original order): how many entries share its coordinate
+        (``None`` without duplicates).  The gradient boundary splits a coordinate's gradient over
+        its copies by it (``tsgu_ops._gradients``)."""
+        if self.canon is None:
+            return None
+        counts = torch.bincount(self.canon, minlength=self.n_canonical)
+        return counts.index_select(0, self.canon).to(torch.float64)
+
+    @cached_property
     def inverse_perm(self) -> torch.Tensor | None:
         """``inverse_perm[k]``: the canonical position of original entry ``k`` (``None``: identity)."""
         if self.canon is not None:
