@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tsgu_cholesky import NotPositiveDefiniteError, sparse_cholesky
 
 from tsgu_distributions import SparseMultivariateNormal
+from tsgu_distributions import sparse_multivariate_normal as smn
 from tsgu_ops.testing import (
     assert_sparse_grad_matches,
     assert_unchanged,
@@ -304,7 +305,8 @@ def test_precision_tril_ldlt_variance_and_gradients_match_dense(case, data):
     torch.testing.assert_close(D.grad.double(), Dr.grad, **tol(S.dtype))
 
 
-def test_precision_tril_with_a_stored_diagonal_in_the_ldlt_form_ignores_it_as_sampling_does():
+def test_precision_tril_with_a_stored_diagonal_in_the_ldlt_form_ignores_it_as_sampling_does(monkeypatch):
+    monkeypatch.setattr(smn, "_WARNED_STORED_DIAGONAL", set())  # the warning is shown once per session
     n = 4
     Ld = torch.tril(torch.full((n, n), 0.3, dtype=F64))  # stores a diagonal of 0.3
     D = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=F64)
