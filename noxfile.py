@@ -68,7 +68,7 @@ INTERNAL = {
     "tsgu-indexed": [],
     "tsgu-krylov": ["tsgu-ops"],
     "tsgu-bridges": ["tsgu-ops"],
-    "tsgu-distributions": ["tsgu-ops"],
+    "tsgu-distributions": ["tsgu-ops", "tsgu-cholesky"],
     "tsgu-encoders": ["tsgu-ops"],
     "tsgu-cholesky": ["tsgu-ops"],
     "torchsparsegradutils": [p for p in PACKAGES if p != "torchsparsegradutils"],

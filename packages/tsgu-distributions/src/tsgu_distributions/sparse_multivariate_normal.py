@@ -11,6 +11,10 @@ given                       meaning                         sample ``x = μ + �
 ``precision_tril, diag.``   ``Ω = (I+L) D (I+L)ᵀ``          ``(I+L)⁻ᵀ (ε / √D)``
 ==========================  ==============================  ======================================
 
+A fifth form takes the sparse SPD precision itself, ``precision_matrix=Q`` (a Gaussian Markov
+random field): it is factorised once, exactly, by tsgu-cholesky (``Q[perm][:, perm] = L Lᵀ``;
+samples ``x = μ + Pᵀ L⁻ᵀ ε``, see :mod:`tsgu_distributions._precision`).
+
 (with ``diagonal``, ``L`` stores the strictly lower part; a stored diagonal is read as
 torchsparsegradutils 0.2.7 sampled it — added to the unit one for ``scale_tril``, ignored for
 ``precision_tril`` — with a one-time warning).  The log-density and the entropy follow
@@ -36,10 +40,12 @@ from typing import Any
 import torch
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
+from tsgu_cholesky import factor_inverse_diagonal
 
 from tsgu_ops import _checks
 
 from ._factor import Factor, strictly_lower, unit_plus
+from ._precision import Precision
 
 __all__ = ["SparseMultivariateNormal", "SparseMultivariateNormalNative", "_batch_sparse_mv"]
 
@@ -143,6 +149,19 @@ class SparseMultivariateNormal(Distribution):
         factor is not coalesced, and its gradient has its own index list.
     precision_tril : Tensor, optional
         Sparse lower-triangular factor of the precision (exactly one of the two is given).
+    precision_matrix : Tensor, optional (keyword only)
+        Instead of a factor: the sparse symmetric positive definite precision ``Q`` itself (a
+        Gaussian Markov random field), COO or CSR, int32/int64 indices, ``(n, n)`` or
+        ``(B, n, n)`` (a batch of one broadcasts); an uncoalesced COO ``Q`` is the sum of its
+        duplicates.  It is factorised once, exactly (tsgu-cholesky, ``Q[perm][:, perm] = L Lᵀ``):
+        ``log_prob`` is ``−½ (x−μ)ᵀ Q (x−μ) + ½ log det Q − (n/2) log 2π`` (one sparse product and
+        the factor's log-determinant), ``entropy`` uses ``log det Q``, ``variance`` is
+        ``diag(Q⁻¹)`` by selected inversion, and samples are ``μ + Pᵀ L⁻ᵀ ε``.  Gradients reach
+        ``Q``'s values sparsely (its layout, pattern and index dtype) through ``log_prob``,
+        ``entropy`` and ``variance``; ``rsample`` is differentiable with respect to ``loc`` only
+        (a backward pass that reaches ``Q`` through a sample raises a ``RuntimeError``).
+        ``Q``'s symmetry and positive definiteness are always checked (by the factorisation);
+        not combined with ``diagonal``.
     validate_args : bool, optional
         As in ``torch.distributions``: ``None`` follows
         :meth:`~torch.distributions.Distribution.set_default_validate_args` (on unless Python runs
@@ -175,6 +194,21 @@ class SparseMultivariateNormal(Distribution):
     >>> x = torch.tensor([0.3, -1.0], dtype=torch.float64)
     >>> bool(torch.isclose(d.log_prob(x), ref.log_prob(x)))
     True
+
+    A GMRF from its sparse precision (here a path graph's Laplacian plus the identity):
+
+    >>> Qd = torch.tensor([[2.0, -1.0, 0.0], [-1.0, 3.0, -1.0], [0.0, -1.0, 2.0]], dtype=torch.float64)
+    >>> Q = Qd.to_sparse_csr().requires_grad_()
+    >>> g = SparseMultivariateNormal(torch.zeros(3, dtype=torch.float64), precision_matrix=Q)
+    >>> ref = torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64), precision_matrix=Qd)
+    >>> y = torch.tensor([0.5, -0.2, 1.0], dtype=torch.float64)
+    >>> bool(torch.isclose(g.log_prob(y), ref.log_prob(y)))
+    True
+    >>> torch.allclose(g.variance, ref.variance)
+    True
+    >>> g.log_prob(y).backward()
+    >>> Q.grad.layout
+    torch.sparse_csr
     """
 
     support = constraints.real_vector
@@ -196,12 +230,23 @@ class SparseMultivariateNormal(Distribution):
         scale_tril: torch.Tensor | None = None,
         precision_tril: torch.Tensor | None = None,
         validate_args: bool | None = None,
+        *,
+        precision_matrix: torch.Tensor | None = None,
     ) -> None:
+        self._gmrf: Precision | None = None
         if not isinstance(loc, torch.Tensor):
             raise TypeError(f"loc must be a torch.Tensor, got {type(loc).__name__}")
         if loc.dim() < 1:
             raise ValueError("loc must be at least one-dimensional.")
         _check_values("loc", loc)
+        if precision_matrix is not None:
+            if scale_tril is not None or precision_tril is not None or diagonal is not None:
+                raise ValueError(
+                    "Exactly one of scale_tril, precision_tril or precision_matrix may be specified "
+                    "(and diagonal only with scale_tril or precision_tril)."
+                )
+            self._init_precision_matrix(loc, precision_matrix, validate_args)
+            return
         if (scale_tril is None) == (precision_tril is None):
             raise ValueError("Exactly one of scale_tril or precision_tril may be specified.")
         event_shape = loc.shape[-1:]
@@ -250,6 +295,31 @@ class SparseMultivariateNormal(Distribution):
         if self._validate_args:
             given.check(name)
 
+    def _init_precision_matrix(self, loc: torch.Tensor, Q: Any, validate_args: bool | None) -> None:
+        """The GMRF form: a sparse SPD precision ``Q``, factorised once here (tsgu-cholesky)."""
+        name = "precision_matrix"
+        Q = _check_tril(name, Q)  # the structural checks of a sparse square (batched) matrix
+        n = loc.shape[-1]
+        if Q.shape[-1] != n:
+            raise ValueError(f"{name} must be ({n}, {n}) to match loc's last dimension, got {tuple(Q.shape)}")
+        if Q.dtype != loc.dtype:
+            raise TypeError(
+                f"loc and {name} must have the same dtype, got loc: {loc.dtype}, {name}: {Q.dtype}"
+            )
+        if Q.device != loc.device:
+            raise ValueError(
+                f"loc and {name} must be on the same device, got loc: {loc.device}, {name}: {Q.device}"
+            )
+        shapes = [loc.shape[:-1], Q.shape[:-2]]
+        try:
+            batch_shape = torch.broadcast_shapes(*shapes)
+        except RuntimeError as exc:
+            raise ValueError(f"loc and {name} batch shapes do not broadcast: {shapes}") from exc
+        self._loc, self._diagonal, self._tril, self._factor = loc, None, None, None  # type: ignore[assignment]
+        self._is_precision = True
+        self._gmrf = Precision(Q)  # symmetry and positive definiteness are checked here, always
+        super().__init__(batch_shape, loc.shape[-1:], validate_args=validate_args)
+
     # -- parameters -------------------------------------------------------------------------------
     @property
     def loc(self) -> torch.Tensor:
@@ -283,13 +353,20 @@ class SparseMultivariateNormal(Distribution):
 
     @lazy_property
     def variance(self) -> torch.Tensor:  # type: ignore[override]
-        """Exact marginal variances for covariance forms (``O(nnz)``); precision forms need an inverse."""
-        if self._is_precision:
-            raise NotImplementedError(
-                "variance of a precision-parameterised SparseMultivariateNormal needs the diagonal of "
-                "the inverse precision, which has no sparse O(nnz) formula; use covariance_matrix for small n"
-            )
+        """Exact marginal variances ``diag(Σ)``.
+
+        Covariance forms: ``O(nnz)`` from the factor.  Precision forms: ``diag(Ω⁻¹)`` by selected
+        inversion (Takahashi's recurrences, :func:`tsgu_cholesky.factor_inverse_diagonal`) on the
+        given factor, whose pattern is first closed under elimination (cost and memory of the
+        order of the filled factor; none added for a factor made by a Cholesky factorisation);
+        ``precision_matrix``: on its Cholesky factor.  Differentiable once.
+        """
+        shape = self.batch_shape + self.event_shape
+        if self._gmrf is not None:  # diag(Q⁻¹) by selected inversion on Q's factor
+            return self._gmrf.inverse_diagonal().expand(shape)
         f = self._factor
+        if self._is_precision:  # selected inversion on the given factor (no factorisation)
+            return factor_inverse_diagonal(f.L, self._diagonal).expand(shape)
         if self._diagonal is None:
             var = f.row_sum_sq()
         else:  # Σ_ii = Σ_j M_ij² D_j with M = I + L (L's stored diagonal, if any, is in M)
@@ -319,6 +396,12 @@ class SparseMultivariateNormal(Distribution):
     @lazy_property
     def covariance_matrix(self) -> torch.Tensor:
         """Dense covariance (with a warning; ``O(n²)`` memory)."""
+        if self._gmrf is not None:
+            warnings.warn(
+                "covariance_matrix is a dense n × n inverse: use only for small n", UserWarning, stacklevel=2
+            )
+            cov = self._gmrf.covariance()
+            return cov.expand(self.batch_shape + self.event_shape + self.event_shape)
         M, D = self._dense_factor_products()
         S = (M * D.unsqueeze(-2)) @ M.mT
         if self._is_precision:
@@ -327,7 +410,9 @@ class SparseMultivariateNormal(Distribution):
 
     @lazy_property
     def precision_matrix(self) -> torch.Tensor:
-        """Dense precision (with a warning; ``O(n²)`` memory)."""
+        """Dense precision (with a warning; ``O(n²)`` memory); ``precision_matrix=Q`` given: ``Q`` itself."""
+        if self._gmrf is not None:
+            return self._gmrf.Q
         M, D = self._dense_factor_products()
         P = (M * D.unsqueeze(-2)) @ M.mT
         if not self._is_precision:
@@ -337,6 +422,8 @@ class SparseMultivariateNormal(Distribution):
     # -- log-determinant, sampling, density -------------------------------------------------------
     def _half_log_det_cov(self) -> torch.Tensor:
         """``½ log det Σ``, shaped like the batch."""
+        if self._gmrf is not None:  # ½ log det Σ = −½ log det Q
+            return (-0.5 * self._gmrf.logdet()).expand(self.batch_shape)
         f, D = self._factor, self._diagonal
         parts = [] if f.unit else [f.diagonal().abs().log().sum(-1)]  # log |det M|, M = L or I + L
         if D is not None:
@@ -351,6 +438,8 @@ class SparseMultivariateNormal(Distribution):
         return self._loc + self._transform(eps)
 
     def _transform(self, eps: torch.Tensor) -> torch.Tensor:
+        if self._gmrf is not None:  # Pᵀ L⁻ᵀ ε with Q[perm][:, perm] = L Lᵀ
+            return self._gmrf.sample(eps)
         f, D = self._factor, self._diagonal
         if not self._is_precision:
             return f.mv(eps if D is None else eps * D.sqrt())
@@ -363,6 +452,9 @@ class SparseMultivariateNormal(Distribution):
         diff = value - self._loc
         shape = torch.broadcast_shapes(diff.shape, self.batch_shape + self.event_shape)
         diff = diff.expand(shape)
+        if self._gmrf is not None:  # (x−μ)ᵀ Q (x−μ) by one sparse product
+            n = self.event_shape[0]
+            return -0.5 * (self._gmrf.quadratic(diff) + n * _LOG_2PI) - self._half_log_det_cov()
         f, D = self._factor, self._diagonal
         z = f.mv_t(diff) if self._is_precision else f.solve(diff)
         if D is None:
@@ -385,6 +477,7 @@ class SparseMultivariateNormal(Distribution):
         diagonal = None if self._diagonal is None else self._diagonal.expand(batch_shape + self.event_shape)
         new._loc, new._diagonal, new._tril, new._factor = loc, diagonal, self._tril, self._factor
         new._is_precision = self._is_precision
+        new._gmrf = self._gmrf
         super(SparseMultivariateNormal, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
