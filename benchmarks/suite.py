@@ -23,8 +23,8 @@ CASE_MODULES: list[tuple[str, str]] = [
     ("benchmarks.cases_training", "training_cases"),  # SparseParameter training step
     ("benchmarks.cases_factor", "factor_cases"),  # SuperLU orderings on real matrices
     ("benchmarks.cases_cholesky", "cholesky_cases"),  # exact logdet, selected inverse
-    ("benchmarks.cases_precond", "precond_cases"),
-    ("benchmarks.cases_gmrf", "gmrf_cases"),  # GMRF log_prob + backward beside dense MultivariateNormal  # preconditioners and AMG beside SciPy, PyAMG, torch-sla
+    ("benchmarks.cases_precond", "precond_cases"),  # preconditioners and AMG beside SciPy, PyAMG, torch-sla
+    ("benchmarks.cases_gmrf", "gmrf_cases"),  # GMRF log_prob + backward beside dense MultivariateNormal
 ]
 
 # The cases that ``--matrix FILE.mtx`` runs on the file instead of their built-in problem.
