@@ -17,6 +17,7 @@ import torch
 from tsgu_ops.internal import (
     COMPLEX_DTYPES,
     FLOAT_DTYPES,
+    autocast_fp32,
     check_sparse_indices,
     require_not_meta,
     require_same_dtype,
@@ -53,6 +54,7 @@ def _closure(op: Any, vector: bool) -> Any:
     raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
 
 
+@autocast_fp32
 def lsmr(
     A: Any,
     b: torch.Tensor,
