@@ -65,7 +65,7 @@ def test_single_column_matches_block_loop_float64(name, convection):
     torch.testing.assert_close(x1, x2[:, 0], rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(x2[:, 0], x2[:, 1])
     torch.testing.assert_close(i1.relative_residual, i2.relative_residual[:1], rtol=1e-6, atol=1e-15)
-    if i1.reason == "converged":
+    if i1.reason in ("converged", "converged_atol"):  # atol: the floor decided
         expected = torch.linalg.solve(A.to_dense(), b)
         target = max(1e-10 * float(b.norm()), kw.get("atol", 0.0))
         assert float((b - A @ x1).norm()) <= target

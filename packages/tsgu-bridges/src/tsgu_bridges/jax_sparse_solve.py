@@ -5,8 +5,11 @@ index columns), ``B`` by DLPack; the result comes back as a tensor of ``A``'s dt
 differentiated with tsgu-ops' implicit solve.
 
 * Default solvers: ``jax.scipy.sparse.linalg.bicgstab`` (``tol`` 1e-10 in float64, 1e-6 in float32
-  unless given), mapped over the columns of a block right-hand side with ``jax.vmap`` (each column
-  its own Krylov space; 0.2.7 solved the block as one long vector), and on ``Aᵀ`` for the transpose.
+  unless given, no absolute floor unless ``atol`` is given), mapped over the columns of a block
+  right-hand side with ``jax.vmap`` (each column its own Krylov space; 0.2.7 solved the block as
+  one long vector), and on ``Aᵀ`` for the transpose.  Each column is solved for a unit
+  right-hand side and scaled back, so the accuracy does not depend on the units of ``B`` or of
+  the loss.
 * A user ``solve(A_jax, B_jax, **kwargs)`` returns ``x`` or ``(x, info)``; ``transpose_solve``
   follows the project's convention: it receives ``A`` itself and returns ``A⁻ᵀ G`` (0.2.7 handed it
   ``Aᵀ`` and, by default, transposed twice, so non-symmetric gradients were wrong).
@@ -32,6 +35,7 @@ from torch.autograd.function import Function
 from tsgu_ops.internal import (
     Kernel,
     SparsePattern,
+    autocast_fp32,
     check_solve_inputs,
     rhs_kernel_backward,
     rhs_kernel_forward,
@@ -51,10 +55,21 @@ def _device_for(t: torch.Tensor) -> Any:
 
 
 def _default_solver(A: Any, B: Any, **kwargs: Any) -> Any:
-    def one(b: Any) -> Any:
-        return jax.scipy.sparse.linalg.bicgstab(A, b, **kwargs)[0]
+    # Each column is solved for a unit right-hand side and scaled back (an atol and an x0 in the
+    # same units), so that the accuracy does not depend on the units of B or of the loss.
+    atol = kwargs.pop("atol", 0.0)
+    x0 = kwargs.pop("x0", None)
 
-    return jax.vmap(one, in_axes=1, out_axes=1)(B)
+    def one(b: Any, x: Any) -> Any:
+        norm = jnp.linalg.norm(b)
+        s = jnp.where((norm > 0) & jnp.isfinite(norm), norm, jnp.ones_like(norm))
+        guess = None if x is None else x / s
+        return jax.scipy.sparse.linalg.bicgstab(A, b / s, x0=guess, atol=atol / s, **kwargs)[0] * s
+
+    if x0 is None:
+        return jax.vmap(lambda b: one(b, None), in_axes=1, out_axes=1)(B)
+    x0 = jnp.reshape(jnp.asarray(x0), B.shape)
+    return jax.vmap(one, in_axes=(1, 1), out_axes=1)(B, x0)
 
 
 class _JaxKernel:
@@ -132,6 +147,7 @@ class SparseSolveJ4T(Function):
         return (*rhs_kernel_backward(ctx, G), None, None, None)
 
 
+@autocast_fp32
 def sparse_solve_j4t(
     A: torch.Tensor, B: torch.Tensor, solve: Any = None, transpose_solve: Any = None, **kwargs: Any
 ) -> torch.Tensor:

@@ -22,6 +22,7 @@ import torch
 from scipy import stats
 
 from tsgu_ops import _checks
+from tsgu_ops.internal import autocast_fp32
 
 __all__ = ["cov_nagao_test", "mean_hotelling_t2_test"]
 
@@ -77,6 +78,7 @@ def _batch_shape(fn: str, shapes: dict[str, torch.Size]) -> torch.Size:
         raise ValueError(f"{fn}: the batch shapes do not broadcast ({got})") from exc
 
 
+@autocast_fp32
 def mean_hotelling_t2_test(
     sample_mean: torch.Tensor,
     true_mean: torch.Tensor,
@@ -125,6 +127,7 @@ def mean_hotelling_t2_test(
     return t2 <= threshold, t2, threshold
 
 
+@autocast_fp32
 def cov_nagao_test(
     emp_cov: torch.Tensor, ref_cov: torch.Tensor, n: int, confidence_level: float = 0.95
 ) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -43,6 +43,7 @@ from torch.distributions.utils import lazy_property
 from tsgu_cholesky import factor_inverse_diagonal
 
 from tsgu_ops import _checks
+from tsgu_ops.internal import autocast_fp32
 
 from ._factor import Factor, strictly_lower, unit_plus
 from ._precision import Precision
@@ -223,6 +224,7 @@ class SparseMultivariateNormal(Distribution):
             out["diagonal"] = constraints.independent(constraints.positive, 1)
         return out
 
+    @autocast_fp32
     def __init__(
         self,
         loc: torch.Tensor,
@@ -352,6 +354,7 @@ class SparseMultivariateNormal(Distribution):
         return self.mean
 
     @lazy_property
+    @autocast_fp32
     def variance(self) -> torch.Tensor:  # type: ignore[override]
         """Exact marginal variances ``diag(Σ)``.
 
@@ -394,6 +397,7 @@ class SparseMultivariateNormal(Distribution):
         return M, D
 
     @lazy_property
+    @autocast_fp32
     def covariance_matrix(self) -> torch.Tensor:
         """Dense covariance (with a warning; ``O(n²)`` memory)."""
         if self._gmrf is not None:
@@ -409,6 +413,7 @@ class SparseMultivariateNormal(Distribution):
         return S.expand(self.batch_shape + self.event_shape + self.event_shape)
 
     @lazy_property
+    @autocast_fp32
     def precision_matrix(self) -> torch.Tensor:
         """Dense precision (with a warning; ``O(n²)`` memory); ``precision_matrix=Q`` given: ``Q`` itself."""
         if self._gmrf is not None:
@@ -432,6 +437,7 @@ class SparseMultivariateNormal(Distribution):
         h = -h if self._is_precision else h
         return h.expand(self.batch_shape)
 
+    @autocast_fp32
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self._loc.dtype, device=self._loc.device)
@@ -445,6 +451,7 @@ class SparseMultivariateNormal(Distribution):
             return f.mv(eps if D is None else eps * D.sqrt())
         return f.solve(eps if D is None else eps / D.sqrt(), transpose=True)
 
+    @autocast_fp32
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         _check_value(value, self._loc, self.batch_shape)
         if self._validate_args:
@@ -464,6 +471,7 @@ class SparseMultivariateNormal(Distribution):
         n = self.event_shape[0]
         return -0.5 * (maha + n * _LOG_2PI) - self._half_log_det_cov()
 
+    @autocast_fp32
     def entropy(self) -> torch.Tensor:
         n = self.event_shape[0]
         return 0.5 * n * (1.0 + _LOG_2PI) + self._half_log_det_cov()
@@ -502,6 +510,7 @@ class SparseMultivariateNormalNative(Distribution):
     support = constraints.real_vector
     has_rsample = True
 
+    @autocast_fp32
     def __init__(
         self, loc: torch.Tensor, scale_tril: torch.Tensor, validate_args: bool | None = None
     ) -> None:
@@ -551,6 +560,7 @@ class SparseMultivariateNormalNative(Distribution):
         return self.loc
 
     @property
+    @autocast_fp32
     def covariance_matrix(self) -> torch.Tensor:
         warnings.warn(
             "covariance_matrix densifies the sparse factor: use only for small n", UserWarning, stacklevel=2
@@ -559,16 +569,19 @@ class SparseMultivariateNormalNative(Distribution):
         return L @ L.T
 
     @property
+    @autocast_fp32
     def variance(self) -> torch.Tensor:
         warnings.warn("variance is a dense vector of the row sums of L²", UserWarning, stacklevel=2)
         return self._factor.row_sum_sq()
 
+    @autocast_fp32
     def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         eps = torch.randn(shape, dtype=self.loc.dtype, device=self.loc.device)
         X = eps.reshape(-1, shape[-1]).T
         return self.loc + torch.sparse.mm(self.scale_tril, X).T.reshape(shape)
 
+    @autocast_fp32
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         _check_value(value, self.loc, self.batch_shape)
         if self._validate_args:

@@ -47,13 +47,18 @@ class SolveInfo:
         ``‖b − A x‖ / ‖b‖`` per right-hand side, recomputed from the returned solution (for
         least squares: the stopping test's value).
     tolerance : float
-        The relative tolerance that was asked for.
+        The relative tolerance that decided: ``rtol``, or, where an absolute floor ``atol`` was
+        looser than ``rtol·‖b‖`` for a right-hand side that it let pass, the largest such
+        ``atol / ‖b‖`` (then ``reason`` is ``"converged_atol"``).  Units never change it unless
+        ``atol`` is given.
     breakdown : Tensor
         Bool, ``(*batch, k)``: right-hand sides whose recurrence broke down (a zero denominator);
         they were frozen at their last iterate.
     reason : str
-        ``"converged"``, ``"max_iter"``, ``"breakdown"`` or ``"non_finite"`` (the worst that
-        happened to any right-hand side, in the order non_finite, breakdown, max_iter).
+        ``"converged"``, ``"converged_atol"`` (converged, but for at least one right-hand side only
+        by the absolute floor ``atol``, not by ``rtol``), ``"max_iter"``, ``"breakdown"`` or
+        ``"non_finite"`` (the worst that happened to any right-hand side, in the order
+        non_finite, breakdown, max_iter).
     non_finite : Tensor
         Bool, ``(*batch, k)``: right-hand sides that met a NaN or an infinity (in the operator, the
         right-hand side, the preconditioner or an iterate that overflowed); their solution is NaN
@@ -173,22 +178,39 @@ def rhs_block(rhs: torch.Tensor, op: Any) -> tuple[torch.Tensor, bool]:
     """The right-hand side as a block ``(*batch, n, k)`` and whether it was a (batch of) vector(s).
 
     ``(n,)`` is one vector.  For a batched operator ``(*batch, n, n)``, a right-hand side
-    ``(*batch, n)`` is one vector per batch item (a 2-D right-hand side otherwise means ``(n, k)``).
+    ``(*batch, n)`` is one vector per batch item (a 2-D right-hand side otherwise means ``(n, k)``),
+    and the block is broadcast against the operator's batch shape (as ``torch.matmul`` does, and
+    0.2.7's CG and MINRES did: ``A`` ``(3, n, n)`` with ``b`` ``(n, k)`` solves 3 systems).
     """
     if rhs.dim() == 1:
-        return rhs.unsqueeze(-1), True
+        B, vector = rhs.unsqueeze(-1), True
+    else:
+        B, vector = rhs, False
     batch = operator_batch(op)
     if batch is not None:
         shape, n = batch
-        if rhs.dim() == len(shape) + 1 and tuple(rhs.shape) == (*shape, n):
-            return rhs.unsqueeze(-1), True
-    return rhs, False
+        if not vector and rhs.dim() == len(shape) + 1 and tuple(rhs.shape) == (*shape, n):
+            B, vector = rhs.unsqueeze(-1), True
+        try:
+            full = torch.broadcast_shapes(shape, B.shape[:-2])
+        except RuntimeError:
+            raise ValueError(
+                f"rhs of shape {tuple(rhs.shape)} does not broadcast against the operator's batch "
+                f"shape {shape}"
+            ) from None
+        if tuple(full) != tuple(B.shape[:-2]):
+            B = B.expand(*full, *B.shape[-2:]).contiguous()
+    return B, vector
 
 
 def check_x0(
     x0: Any, rhs: torch.Tensor, block: torch.Tensor, name: str = "initial_guess"
 ) -> torch.Tensor | None:
-    """The initial guess as a block like ``block`` (``(n, 1)`` accepted for a vector rhs)."""
+    """The initial guess as a block like ``block`` (``(n, 1)`` accepted for a vector rhs).
+
+    A guess shaped like ``rhs`` follows ``rhs`` through :func:`rhs_block` (made a block and
+    broadcast against a batched operator).
+    """
     if x0 is None:
         return None
     if not isinstance(x0, torch.Tensor):
@@ -196,7 +218,10 @@ def check_x0(
     if x0.dtype != rhs.dtype or x0.device != rhs.device:
         raise ValueError(f"{name} must share rhs device and dtype")
     if x0.shape == rhs.shape:
-        return x0.reshape(block.shape)
+        if x0.numel() == block.numel():
+            return x0.reshape(block.shape)
+        pre = tuple(rhs.shape) if tuple(rhs.shape[-2:]) == tuple(block.shape[-2:]) else (*rhs.shape, 1)
+        return torch.broadcast_to(x0.reshape(pre), block.shape)
     if x0.shape == block.shape:
         return x0
     raise ValueError(f"{name} must have shape {tuple(rhs.shape)}, got {tuple(x0.shape)}")
@@ -246,6 +271,7 @@ def finish(
     breakdown: torch.Tensor,
     on_failure: str,
     non_finite: torch.Tensor | None = None,
+    atol_default: str | None = None,
 ) -> Outcome:
     """Build the report and signal non-convergence as asked (warning by default).
 
@@ -253,6 +279,12 @@ def finish(
     ``atol`` alone).  A column that met a NaN or an infinity (``non_finite`` from the solver's loop,
     or found here in ``B``, ``X`` or the residual) never passes for a solution: its ``X`` becomes
     NaN, whatever the loop left there, and it is reported.
+
+    A column that passed only because of ``atol`` (its residual is above ``rtol·‖b‖``) makes the
+    reported tolerance the largest such ``atol / ‖b‖`` and the reason ``"converged_atol"``.  When
+    that ``atol`` is a default the caller did not choose (``atol_default`` names it, e.g.
+    0.2.7's ``BICGSTABSettings.abstol``), a :class:`ConvergenceWarning` says so (not with
+    ``on_failure="ignore"``; never an error: the documented criterion was met).
     """
     bad = column_non_finite(X) | column_non_finite(B) | ~torch.isfinite(abs_res)
     if non_finite is not None:
@@ -261,12 +293,16 @@ def finish(
     X = torch.where(bad.unsqueeze(-2), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
     rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
     converged = ~bad & (abs_res <= torch.clamp(rtol * b_norm, min=atol))
+    by_atol = converged & (abs_res > rtol * b_norm) & (b_norm > 0)
+    tolerance = rtol
+    if atol > 0 and bool(by_atol.any()):
+        tolerance = max(rtol, float((atol / b_norm[by_atol]).max()))
     breakdown = breakdown & ~bad
     n_bad, n_nonfinite, n_broken = torch.stack([(~converged).sum(), bad.sum(), breakdown.sum()]).tolist()
     if n_nonfinite:
         reason = "non_finite"
     elif n_bad == 0:
-        reason = "converged"
+        reason = "converged" if tolerance == rtol else "converged_atol"
     else:
         reason = "breakdown" if n_broken else "max_iter"
     info = SolveInfo(
@@ -274,7 +310,7 @@ def finish(
         matvecs=matvecs,
         converged=converged.detach(),
         relative_residual=rel.detach(),
-        tolerance=rtol,
+        tolerance=tolerance,
         breakdown=breakdown.detach(),
         reason=reason,
         non_finite=bad.detach(),
@@ -294,6 +330,16 @@ def finish(
         if n_nonfinite:
             parts.append(non_finite_message(solver, n_nonfinite, converged.numel()))
         signal(" ".join(parts), on_failure)
+    if atol_default is not None and tolerance != rtol and on_failure != "ignore":
+        n_atol = int(by_atol.sum())
+        warnings.warn(
+            f"{solver}: the absolute tolerance atol={atol:g} ({atol_default}), not rtol={rtol:g}, "
+            f"ended the solve of {n_atol} of {converged.numel()} right-hand sides, at a true relative "
+            f"residual up to {float(rel[by_atol].max()):.3e}: the accuracy depends on the scale of b. "
+            "Pass atol=0 for a solve to rtol whatever the units.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
     return Outcome(X, info)
 
 

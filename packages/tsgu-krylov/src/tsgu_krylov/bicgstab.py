@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tsgu_ops.internal import autocast_fp32
+
 from ._common import (
     alias,
     apply_checked,
@@ -66,6 +68,10 @@ class BICGSTABSettings(NamedTuple):
     logger: logging.Logger = _logger
 
 
+_DEFAULT_ABSTOL = BICGSTABSettings().abstol
+
+
+@autocast_fp32
 def bicgstab(
     matmul_closure: Any,
     rhs: torch.Tensor,
@@ -103,6 +109,11 @@ def bicgstab(
     rtol, tol, atol : float
         Override ``settings.reltol`` / ``settings.abstol``.  A column has converged when
         ``‖b − A x‖ ≤ max(rtol·‖b‖, atol)`` with its own ``‖b‖`` (``atol`` alone for a zero column).
+        The default ``abstol=1e-8`` (0.2.7's) is an absolute floor: when it, not ``rtol``, ends the
+        solve of a column (a small ``‖b‖``), a :class:`~tsgu_krylov.ConvergenceWarning` says so and
+        the info's ``reason`` is ``"converged_atol"`` with ``tolerance`` the relative tolerance that
+        decided.  Pass ``atol=0`` for a solve whose accuracy does not depend on the units of ``b``
+        (:func:`~tsgu_krylov.sparse_generic_solve` does, unless given a floor).
     max_iter, maxiter : int
         Cap on iterations (at most two operator applications each), on top of ``matvec_max``.
     return_info : bool
@@ -155,6 +166,14 @@ def bicgstab(
         M = _column_tolerant(M, precon, vector and rhs.dim() == 1)
     rtol = alias("rtol", rtol, tol=tol)
     rtol = check_tolerance("rtol", settings.reltol if rtol is None else rtol)
+    # 0.2.7's absolute floor (abstol=1e-8) is kept for a direct call, but reported (a warning and
+    # info.reason "converged_atol") when it, not rtol, ends a solve: it makes the answer depend on
+    # the units of b.  sparse_generic_solve passes atol=0 unless the caller gave a floor.
+    atol_default = (
+        "the 0.2.7 default of BICGSTABSettings.abstol"
+        if atol is None and settings.abstol == _DEFAULT_ABSTOL
+        else None
+    )
     atol = check_tolerance("atol", settings.abstol if atol is None else atol)
     max_iter = alias("max_iter", max_iter, maxiter=maxiter)
     if max_iter is not None and int(max_iter) < 0:
@@ -291,6 +310,7 @@ def bicgstab(
         breakdown=breakdown,
         on_failure=on_failure,
         non_finite=non_finite,
+        atol_default=atol_default,
     )
     X = from_block(outcome.X, vector)
     X = not_differentiable(

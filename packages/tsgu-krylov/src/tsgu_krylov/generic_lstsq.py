@@ -23,6 +23,7 @@ from torch.autograd.function import Function, once_differentiable
 from tsgu_ops.internal import (
     FLOAT_DTYPES,
     SparsePattern,
+    autocast_fp32,
     check_sparse_indices,
     deliver,
     require_not_meta,
@@ -129,6 +130,7 @@ class SparseGenericLstsq(Function):
         return dA, dB, None, None
 
 
+@autocast_fp32
 def sparse_generic_lstsq(
     A: torch.Tensor, B: torch.Tensor, lstsq: Any = None, transpose_lstsq: Any = None
 ) -> torch.Tensor:

@@ -32,6 +32,7 @@ from tsgu_ops.internal import (
     FLOAT_DTYPES,
     Kernel,
     SparsePattern,
+    autocast_fp32,
     check_solve_inputs,
     check_sparse_indices,
     eager_under_compile,
@@ -43,7 +44,7 @@ from tsgu_ops.internal import (
 )
 
 from ._operator import SparseOperator
-from .bicgstab import bicgstab
+from .bicgstab import BICGSTABSettings, bicgstab
 from .gmres import gmres
 from .linear_cg import linear_cg
 from .minres import minres
@@ -60,6 +61,33 @@ BUILTIN: dict[str, Callable[..., Any]] = {
 }
 _BUILTIN_FUNCS = {id(f) for f in BUILTIN.values()}
 _TOL_KEYS = ("tol", "rtol", "tolerance", "settings")
+_DEFAULT_ABSTOL = BICGSTABSettings().abstol
+
+
+def default_rtol(dtype: torch.dtype) -> float:
+    """The generic solve's documented relative tolerance: 1e-10 in float64, 1e-6 in float32."""
+    return 1e-10 if dtype == torch.float64 else 1e-6
+
+
+def builtin_defaults(fn: Any, named: bool, kwargs: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """Keywords a built-in solver gets on top of the caller's, in both directions.
+
+    * A solver chosen by name (or by default) solves to :func:`default_rtol` unless a tolerance
+      (``tol``, ``rtol``, ``tolerance`` or ``settings``) is given; a solver passed as a function
+      (``solve=linear_cg``, the 0.2.7 call) keeps its own defaults (0.2.7's).
+    * No absolute floor unless the caller gives one: BiCGSTAB's 0.2.7 default ``abstol=1e-8``
+      ended the forward solve of a small ``B`` and, in the backward pass, the adjoint solve of a
+      small loss (a gradient 80 % wrong at a loss scaled by 1e-9), so it gets ``atol=0`` unless
+      ``atol=`` or a ``settings`` with another ``abstol`` is passed.
+    """
+    extra: dict[str, Any] = {}
+    if named and not any(k in kwargs for k in _TOL_KEYS):
+        extra["rtol"] = default_rtol(dtype)
+    if fn is bicgstab and "atol" not in kwargs:
+        settings = kwargs.get("settings")
+        if getattr(settings, "abstol", _DEFAULT_ABSTOL) == _DEFAULT_ABSTOL:
+            extra["atol"] = 0.0
+    return extra
 
 
 def transposed_sparse(A: torch.Tensor, pattern: SparsePattern | None = None) -> torch.Tensor:
@@ -110,8 +138,10 @@ class _Kernel:
         kwargs: dict[str, Any],
         vector: bool,
         pattern: SparsePattern | None = None,
+        defaults: dict[bool, dict[str, Any]] | None = None,
     ):
         self.solve, self.transpose_solve, self.kwargs, self.vector = solve, transpose_solve, kwargs, vector
+        self.defaults = defaults or {}  # per direction: what builtin_defaults added
         self._pc: Any = None
         self._pc_built = False
         self._At: torch.Tensor | None = None
@@ -157,6 +187,7 @@ class _Kernel:
         fn = self.transpose_solve if transposed else self.solve
         kwargs = dict(self.kwargs)
         if _is_builtin(fn):
+            kwargs.update(self.defaults.get(transposed, {}))
             if "preconditioner" in kwargs:
                 kwargs["preconditioner"] = self._preconditioner(A, transposed)
             kwargs.pop("return_info", None)
@@ -176,6 +207,7 @@ def _make_kernel(
     vector: bool,
     pattern: SparsePattern | None = None,
 ) -> Kernel:
+    named = (isinstance(solve, str), isinstance(transpose_solve, str))
     solve = _resolve(solve, "solve")
     transpose_solve = _resolve(transpose_solve, "transpose_solve")
     kwargs = dict(kwargs)
@@ -186,15 +218,19 @@ def _make_kernel(
         if structure is None:
             pattern = pattern if pattern is not None else SparsePattern(A)
             structure = "symmetric" if pattern.symmetric(pattern.values(A.detach())) else "general"
+        # the default must give accurate gradients, not 0.2.7's loose MINRES tolerance
         solve = {"spd": linear_cg, "symmetric": minres, "general": gmres}[structure]
-        if not any(k in kwargs for k in _TOL_KEYS):
-            # the default must give accurate gradients, not 0.2.7's loose MINRES tolerance
-            kwargs["rtol"] = 1e-10 if A.dtype == torch.float64 else 1e-6
+        named = (True, True)
     if solve is None:
-        solve = transpose_solve
+        solve, named = transpose_solve, (named[1], named[1])
     if transpose_solve is None:
-        transpose_solve = solve
-    return _Kernel(solve, transpose_solve, kwargs, vector, pattern)
+        transpose_solve, named = solve, (named[0], named[0])
+    defaults = {
+        t: builtin_defaults(fn, nm, kwargs, A.dtype)
+        for t, fn, nm in ((False, solve, named[0]), (True, transpose_solve, named[1]))
+        if _is_builtin(fn)
+    }
+    return _Kernel(solve, transpose_solve, kwargs, vector, pattern, defaults)
 
 
 class SparseGenericSolve(Function):
@@ -218,6 +254,7 @@ class SparseGenericSolve(Function):
 
 # Dynamo cannot trace sparse tensors through the solver loops (it fails inside torch, not with a graph
 # break): inside torch.compile the solve runs eagerly, as one opaque call, and autograd is unchanged.
+@autocast_fp32
 @eager_under_compile
 def sparse_generic_solve(
     A: torch.Tensor,
@@ -237,8 +274,13 @@ def sparse_generic_solve(
     solve : callable or str, optional
         ``solve(A, B, **kwargs) -> X``; a name (``"cg"``, ``"minres"``, ``"bicgstab"``,
         ``"gmres"``) or one of this package's solvers.  ``None``: chosen from ``A`` (MINRES if
-        symmetric, GMRES otherwise, CG with ``structure="spd"``), with ``rtol`` 1e-10 in float64
-        (1e-6 in float32) unless a tolerance is given.
+        symmetric, GMRES otherwise, CG with ``structure="spd"``).  A solver chosen by name or by
+        default solves to ``rtol`` 1e-10 in float64 (1e-6 in float32) unless a tolerance
+        (``tol``, ``rtol``, ``tolerance``, ``settings``) is given; a solver passed as a function
+        (``solve=linear_cg``, as in 0.2.7) keeps its own defaults (``linear_cg``: 1e-5,
+        ``bicgstab``: 1e-6).  No absolute tolerance applies unless one is given (``atol=``, or a
+        ``BICGSTABSettings`` with a non-default ``abstol``): forward and backward solves reach
+        the same relative accuracy whatever the scale of ``B`` and of the loss.
     transpose_solve : callable or str, optional
         ``transpose_solve(A, G, **kwargs) -> A⁻ᵀ G`` (it receives ``A``, not ``Aᵀ``).  Default: the
         forward solver applied to ``Aᵀ``.

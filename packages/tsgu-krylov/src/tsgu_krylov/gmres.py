@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from tsgu_ops.internal import autocast_fp32
+
 from ._common import (
     alias,
     apply_checked,
@@ -47,6 +49,7 @@ from .preconditioners import Preconditioner
 __all__ = ["gmres"]
 
 
+@autocast_fp32
 def gmres(
     matmul_closure: Any,
     rhs: torch.Tensor,
@@ -79,9 +82,10 @@ def gmres(
     preconditioner : Tensor or callable
         Applies ``M⁻¹`` (right preconditioning: the residual that is tested is the true one).
     rtol, tol : float
-        Relative residual tolerance (aliases; default 1e-5).
+        Relative residual tolerance (aliases; default 1e-5, SciPy's;
+        :func:`~tsgu_krylov.sparse_generic_solve` uses 1e-10 in float64, 1e-6 in float32).
     atol : float
-        Absolute residual tolerance.
+        Absolute residual tolerance (default 0: the accuracy does not depend on the units of ``b``).
     restart : int
         Arnoldi steps per cycle (the basis holds ``restart + 1`` blocks).
     max_iter, maxiter : int

@@ -22,6 +22,8 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from tsgu_ops.internal import autocast_fp32
+
 from ._common import (
     alias,
     apply_checked,
@@ -59,10 +61,13 @@ class CGInfo:
     """Report of a :func:`linear_cg` call (``return_info=True``).
 
     Tensor fields have shape ``(*batch, k)`` (length 1 for a vector right-hand side) and are detached.
-    ``reason`` is ``"converged"`` (every true residual met the tolerance), ``"mean_converged"`` /
-    ``"recursive_converged"`` (the loop's test passed but a true residual did not),
-    ``"stopped_updating"`` (no iteration was needed), ``"max_iter"`` or ``"non_finite"`` (a
-    column met a NaN or an infinity; ``non_finite`` says which, and their solution is NaN).
+    ``reason`` is ``"converged"`` (every true residual met the tolerance), ``"converged_atol"``
+    (likewise, but for some column only by the absolute floor ``atol``; ``tolerance`` is then the
+    relative tolerance that decided, ``atol / ‖b‖``), ``"mean_converged"`` /
+    ``"recursive_converged"`` (the loop's test passed but a true residual did not, even after the
+    solve was continued from it), ``"stopped_updating"`` (no iteration was needed), ``"max_iter"``
+    or ``"non_finite"`` (a column met a NaN or an infinity; ``non_finite`` says which, and their
+    solution is NaN).
     """
 
     iterations: int
@@ -72,7 +77,13 @@ class CGInfo:
     true_relative_residual: torch.Tensor
     tolerance: float
     reason: Literal[
-        "converged", "recursive_converged", "mean_converged", "stopped_updating", "max_iter", "non_finite"
+        "converged",
+        "converged_atol",
+        "recursive_converged",
+        "mean_converged",
+        "stopped_updating",
+        "max_iter",
+        "non_finite",
     ]
     non_finite: torch.Tensor | None = None
 
@@ -84,6 +95,7 @@ def _finite_nonneg(name: str, value: Any) -> float:
     return value
 
 
+@autocast_fp32
 def linear_cg(
     matmul_closure: Any,
     rhs: torch.Tensor,
@@ -108,6 +120,7 @@ def linear_cg(
     check_every: int | None = None,
     on_failure: str = "warn",
     loop: str = "auto",
+    _restarts: int = 2,
 ) -> Any:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` by preconditioned conjugate gradients.
 
@@ -126,8 +139,12 @@ def linear_cg(
         Relative residual tolerance (aliases; default ``settings.cg_tolerance``).
     atol : float
         Absolute residual tolerance: a column has converged when ``‖r‖ ≤ max(rtol·‖b‖, atol)``.
+        Default 0: the accuracy does not depend on the units of ``b``.
     eps : float
-        Smallest acceptable ``pᵀAp`` and ``rᵀz`` (default: the dtype's ``tiny``).
+        Smallest acceptable ``pᵀAp`` and ``rᵀz`` (default: the dtype's ``tiny``).  With the default,
+        ``rᵀz`` below it means the residual vanished (the column is frozen, converged); a
+        ``rᵀz`` below an ``eps`` given here, for a column that has not converged, raises the 0.2.7
+        breakdown error.
     stop_updating_after : float
         A column freezes once its relative residual is below this (default: the tolerance).
     max_iter, maxiter : int
@@ -156,8 +173,12 @@ def linear_cg(
         iterations; same iterate, iteration count and report as the host loops (a breakdown is
         detected at the checks).  ``"host"``: the block loop (and, for one right-hand side on the
         CPU, its scalar copy).  ``"auto"`` (default): the device loop on accelerators, the host
-        loops on the CPU.  Lanczos tridiagonalisation (``n_tridiag``) and
-        ``convergence_reduction="mean"`` always run the block loop.
+        loops on the CPU.  Lanczos tridiagonalisation (``n_tridiag``),
+        ``convergence_reduction="mean"`` and a user-given ``eps`` always run the block loop.
+    _restarts : int
+        Private: how many times a solve whose recursive residual met the tolerance while its
+        recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
+        continued from the true residual before that is reported.
 
     Returns
     -------
@@ -207,6 +228,7 @@ def linear_cg(
     )
     tolerance = _finite_nonneg("tolerance", tolerance)
     atol = _finite_nonneg("atol", atol)
+    user_eps = eps
     if eps is None:
         eps = torch.finfo(rhs.dtype).tiny
     if not math.isfinite(float(eps)) or float(eps) <= 0:
@@ -227,7 +249,7 @@ def linear_cg(
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
     device_loop = (loop == "device" or (loop == "auto" and rhs.device.type != "cpu")) and (
-        n_tridiag == 0 and convergence_reduction == "all"
+        n_tridiag == 0 and convergence_reduction == "all" and user_eps is None
     )
     if device_loop and check_every is None:
         check_every = DEVICE_CHECK_EVERY
@@ -272,6 +294,11 @@ def linear_cg(
         raise RuntimeError(
             "CG breakdown: preconditioned residual inner product must be finite and at least eps"
         )
+    if user_eps is not None and bool((active & (rz < eps)).any()):
+        # a floor the caller chose (0.2.7): an active column below it is a breakdown, not a freeze
+        raise RuntimeError(
+            "CG breakdown: residual inner product must be finite and at least eps for active right-hand sides"
+        )
     active &= rz >= eps  # ‖r‖² below eps (no preconditioner): the residual is zero already
     P = Z.clone()
     matvecs = 1
@@ -298,12 +325,27 @@ def linear_cg(
     # One right-hand side on the CPU: the same loop on Python scalars (reading them costs nothing
     # there), a third of the kernel calls of the masked block loop below.
     single = n_tridiag == 0 and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
+    single = single and user_eps is None  # a user eps raises on rᵀz < eps: the block loop's test
     if not skip and device_loop:
         # a column that is still updated after meeting the loop's tolerance would move between
         # checks: then the device loop looks every iteration
         every = 1 if stop_updating_after < tolerance else check_every
         state = device_cg(
-            A, M, X, R, P, rz, res, active, freeze_at, stop_tol, float(eps), n_iter, min_iter, every
+            A,
+            M,
+            X,
+            R,
+            P,
+            rz,
+            res,
+            active,
+            freeze_at,
+            stop_tol,
+            float(eps),
+            n_iter,
+            min_iter,
+            every,
+            every == 1,
         )
         X, res, active, loop_passed, iterations = state[0], state[1], state[2], state[3], state[4]
         matvecs += state[5]
@@ -337,7 +379,15 @@ def linear_cg(
         )
         non_finite |= state[6]
     elif not skip:
+        below_eps = None  # with a user eps: active columns whose rᵀz fell below it
         for it in range(n_iter):
+            if below_eps is not None and bool(below_eps.any()):
+                # 0.2.7 tests rᵀz against a user eps when it is next needed (this iteration's α):
+                # a breakdown then, not a freeze (a last iteration's rᵀz is never tested)
+                raise RuntimeError(
+                    "CG breakdown: residual inner product must be finite and at least eps for active "
+                    "right-hand sides"
+                )
             AP = A(P)
             matvecs += 1
             pAp = col_dot(P, AP)
@@ -358,6 +408,8 @@ def linear_cg(
             non_finite |= overflow
             bad = still & ~overflow & (rz_new < 0)  # an indefinite preconditioner
             broken_rz |= bad
+            if user_eps is not None:
+                below_eps = still & ~bad & ~overflow & (rz_new < eps)
             # 0 ≤ rᵀz < eps: the residual vanished (exact convergence in at most n steps); the
             # column is frozen at its solution, which is success, not a breakdown
             still = still & ~bad & ~overflow & (rz_new >= eps)
@@ -398,6 +450,42 @@ def linear_cg(
     X = X * scale
     true_rel, true_abs = true_relative_residual(A, X, B, b_norm)
     matvecs += 1
+    missed = ~non_finite & ~(true_abs <= torch.clamp(tolerance * b_norm, min=atol))
+    if (
+        _restarts > 0
+        and loop_passed
+        and n_tridiag == 0
+        and convergence_reduction == "all"
+        and iterations < n_iter
+        and bool(missed.any())
+    ):
+        # The recursive residual met the tolerance but the recomputed one did not (roundoff in
+        # the recurrence, seen at tight tolerances): continue from the true residual, with the
+        # iterations left, instead of reporting a solve that one more step would finish.
+        X, more = linear_cg(
+            matmul_closure,
+            B,
+            tolerance=tolerance,
+            eps=user_eps,
+            stop_updating_after=stop_updating_after,
+            max_iter=n_iter - iterations,
+            initial_guess=X,
+            preconditioner=preconditioner,
+            settings=settings._replace(terminate_cg_by_size=False),
+            return_info=True,
+            atol=atol,
+            check_every=check_every,
+            on_failure="ignore",
+            loop=loop,
+            _restarts=_restarts - 1,
+        )
+        iterations += more.iterations
+        matvecs += more.matvecs
+        res = more.recursive_relative_residual
+        true_rel = more.true_relative_residual
+        true_abs = true_rel * torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+        if more.non_finite is not None:
+            non_finite = non_finite | more.non_finite
     outcome = finish(
         "CG",
         X=X,
@@ -416,8 +504,8 @@ def linear_cg(
     X, converged, true_rel = outcome.X, outcome.info.converged, outcome.info.relative_residual
     if outcome.info.reason == "non_finite":
         reason = "non_finite"
-    elif outcome.info.reason == "converged":
-        reason = "converged"
+    elif outcome.info.reason in ("converged", "converged_atol"):
+        reason = outcome.info.reason  # "converged_atol": the absolute tolerance decided
     elif loop_passed:
         reason = "mean_converged" if convergence_reduction == "mean" else "recursive_converged"
     elif iterations == 0:
@@ -439,7 +527,7 @@ def linear_cg(
                 converged=converged.detach(),
                 recursive_relative_residual=res.detach(),
                 true_relative_residual=true_rel.detach(),
-                tolerance=tolerance,
+                tolerance=outcome.info.tolerance,
                 reason=reason,  # type: ignore[arg-type]
                 non_finite=outcome.info.non_finite,
             )

@@ -17,6 +17,7 @@ import torch
 from tsgu_ops.internal import (
     COMPLEX_DTYPES,
     FLOAT_DTYPES,
+    autocast_fp32,
     check_sparse_indices,
     require_not_meta,
     require_same_dtype,
@@ -53,6 +54,7 @@ def _closure(op: Any, vector: bool) -> Any:
     raise RuntimeError("matmul_closure must be a tensor, or a callable object!")
 
 
+@autocast_fp32
 def lsmr(
     A: Any,
     b: torch.Tensor,
@@ -183,7 +185,7 @@ def lsmr(
         Hv, Hbar = V.clone(), torch.zeros_like(V)
         betadd, betad, rhodold, tautildeold, thetatilde, zeta, d = beta, zero, one, zero, zero, zero, zero
         normA2 = alpha * alpha
-        maxrbar, minrbar = zero, torch.full_like(beta, 1e100)
+        maxrbar, minrbar = zero, torch.full_like(beta, torch.finfo(real).max)  # 1e100: float32 overflow
         normb = beta
         ctol = 1.0 / conlim if conlim > 0 else 0.0
         active = ((alpha * beta) != 0) & ~non_finite
@@ -237,7 +239,8 @@ def lsmr(
             maxrbar = torch.maximum(maxrbar, rhobarold)
             if itn > 1:
                 minrbar = torch.minimum(minrbar, rhobarold)
-            condA = torch.maximum(maxrbar, rhotemp) / torch.minimum(minrbar, rhotemp).clamp_min(1e-300)
+            tiny = torch.finfo(real).tiny
+            condA = torch.maximum(maxrbar, rhotemp) / torch.minimum(minrbar, rhotemp).clamp_min(tiny)
             normar = zetabar.abs()
             normx = col_norm(X).to(real)
             # stopping rules

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from tsgu_ops.internal import autocast_fp32
+
 from ._common import (
     alias,
     apply_checked,
@@ -62,6 +64,7 @@ class MINRESSettings(NamedTuple):
 _DEFAULT_TOLERANCE = MINRESSettings().minres_tolerance
 
 
+@autocast_fp32
 def minres(
     matmul_closure: Any,
     rhs: torch.Tensor,
@@ -80,6 +83,7 @@ def minres(
     return_info: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    _restarts: int = 2,
 ) -> Any:
     """Solve ``(value·A + σ I) x = b`` for symmetric ``A`` by MINRES.
 
@@ -107,7 +111,7 @@ def minres(
         Default: ``settings.minres_tolerance`` if it was changed from 0.2.7's 1e-4, else 1e-10 in
         float64 and 1e-6 in float32 (see :class:`MINRESSettings`).
     atol : float
-        Absolute residual tolerance.
+        Absolute residual tolerance (default 0: the accuracy does not depend on the units of ``b``).
     x0 : Tensor
         Initial guess shaped like ``rhs`` (applied to every shift).
     return_info : bool
@@ -116,6 +120,10 @@ def minres(
         Iterations between host-side convergence checks (default: every iteration on the CPU,
         where looking costs nothing, every 8 on an accelerator).
     on_failure : {"warn", "raise", "ignore"}
+    _restarts : int
+        Private: how many times a solve whose residual estimate met the tolerance while its
+        recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
+        continued from the true residual (without 1-D ``shifts``) before that is reported.
 
     Returns
     -------
@@ -252,6 +260,40 @@ def minres(
         print(f"Running MINRES on a {tuple(rhs.shape)} RHS for {iterations} iterations (rtol={rtol}).")
     rel, abs_res = true_relative_residual(op, X, B, b_norm)
     matvecs += 1
+    missed = ~non_finite & ~(abs_res <= torch.clamp(rtol * b_norm, min=atol))
+    if (
+        _restarts > 0
+        and (shifts is None or shifts.dim() == 0)
+        and iterations < max_iter
+        and bool(missed.any())
+        and not bool((active & missed).any())  # every column stopped on its estimate
+    ):
+        # The residual estimate φ̄ met the tolerance but the recomputed residual did not
+        # (roundoff in the recurrence, at tight tolerances): continue from the true residual
+        # with the iterations left, instead of reporting a solve that a few more steps finish.
+        X, more = minres(
+            matmul_closure,
+            B,
+            eps=eps,
+            shifts=shifts,
+            value=value,
+            max_iter=max_iter - iterations,
+            preconditioner=preconditioner,
+            settings=settings,
+            x0=X,
+            rtol=rtol,
+            atol=atol,
+            return_info=True,
+            check_every=check_every,
+            on_failure="ignore",
+            _restarts=_restarts - 1,
+        )
+        iterations += more.iterations
+        matvecs += more.matvecs
+        rel = more.relative_residual
+        abs_res = rel * torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
+        if more.non_finite is not None:
+            non_finite = non_finite | more.non_finite
     outcome = finish(
         "MINRES",
         X=X,
