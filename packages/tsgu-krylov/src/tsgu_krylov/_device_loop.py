@@ -82,7 +82,7 @@ def device_cg(
     zero = torch.zeros((), dtype=X.dtype, device=X.device)
     # one comparison per iteration decides whether a column goes on: without a preconditioner
     # ‖r‖ > freeze_at and rᵀr ≥ eps is rᵀr > max(freeze_at², the number just below eps)
-    thr2 = torch.clamp(freeze_at * freeze_at, min=math.nextafter(eps, 0.0)) if M is None else None
+    thr2 = torch.clamp(freeze_at * freeze_at, min=math.nextafter(eps, 0.0))
     act = active
     history: list[torch.Tensor] = []  # act after every iteration: when each column froze
     loop_passed = False
