@@ -43,6 +43,7 @@ from ._common import (
     safe_div,
     true_relative_residual,
 )
+from ._device_bicgstab import BICGSTAB_CHECK_EVERY, device_bicgstab
 from ._operator import MatVec, col_dot, col_norm, from_block
 
 __all__ = ["BICGSTABSettings", "bicgstab"]
@@ -88,6 +89,7 @@ def bicgstab(
     return_info: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    loop: str = "auto",
 ) -> Any:
     """Solve ``A x = b`` for a general square ``A`` by BiCGSTAB.
 
@@ -122,6 +124,13 @@ def bicgstab(
         Iterations between host-side convergence checks (default: every iteration on the CPU,
         where looking costs nothing, every 8 on an accelerator).
     on_failure : {"warn", "raise", "ignore"}
+    loop : {"auto", "device", "host"}
+        ``"device"``: the device loop (:mod:`tsgu_krylov._device_bicgstab`): scalars stay on the
+        device, about 20 kernel calls per iteration, one host sync every ``check_every``
+        iterations (default 8); same iterate, iteration and matvec counts and report as the host
+        loop with ``check_every=1``.  ``"host"``: the block loop (and, for one right-hand side on
+        the CPU, its scalar copy).  ``"auto"`` (default): the device loop on accelerators, the
+        host loops on the CPU.
 
     Returns
     -------
@@ -179,6 +188,11 @@ def bicgstab(
     if max_iter is not None and int(max_iter) < 0:
         raise ValueError(f"max_iter must be nonnegative, got {max_iter}")
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    device_loop = loop == "device" or (loop == "auto" and rhs.device.type != "cpu")
+    if device_loop and check_every is None:
+        check_every = BICGSTAB_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
     initial_guess = alias("initial_guess", initial_guess, x0=x0)
     X0 = check_x0(initial_guess, rhs, B)
@@ -221,7 +235,13 @@ def bicgstab(
     breakdown = torch.zeros_like(active)
     iterations = 0
     checked_M = False
-    single = B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu" and check_every == 1
+    if device_loop:
+        X, res, broke, bad, iterations, extra = device_bicgstab(
+            A, M, X, R, threshold, res, active, max_steps, budget, check_every
+        )
+        breakdown, non_finite, matvecs = breakdown | broke, non_finite | bad, matvecs + extra
+    single = not device_loop and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
+    single = single and check_every == 1
     if single:
         # one right-hand side on the CPU: the same loop on Python scalars (no masks)
         X, res_f, flags, iterations, matvecs = _single_column_bicgstab(
@@ -230,7 +250,7 @@ def bicgstab(
         active = torch.zeros_like(active)
         breakdown, non_finite = breakdown | flags[0], non_finite | flags[1]
         res = torch.full_like(b_norm, res_f)
-    while not single and (max_steps is None or iterations < max_steps):
+    while not single and not device_loop and (max_steps is None or iterations < max_steps):
         if iterations % check_every == 0 and not bool(active.any()):
             break
         if matvecs + 2 > budget:  # room for one application and the final check

@@ -329,7 +329,8 @@ def linear_cg(
     if not skip and device_loop:
         # a column that is still updated after meeting the loop's tolerance would move between
         # checks: then the device loop looks every iteration
-        every = 1 if stop_updating_after < tolerance else check_every
+        test_tolerance = stop_updating_after < tolerance
+        every = 1 if test_tolerance else check_every
         state = device_cg(
             A,
             M,
@@ -345,7 +346,7 @@ def linear_cg(
             n_iter,
             min_iter,
             every,
-            every == 1,
+            test_tolerance,
         )
         X, res, active, loop_passed, iterations = state[0], state[1], state[2], state[3], state[4]
         matvecs += state[5]
