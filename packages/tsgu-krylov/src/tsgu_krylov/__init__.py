@@ -7,7 +7,7 @@ Solvers (pure PyTorch, CPU and CUDA, blocks of right-hand sides and batches in o
 :func:`sparse_generic_lstsq`.
 """
 
-from ._common import ConvergenceError, ConvergenceWarning, SolveInfo
+from ._common import ConvergenceError, ConvergenceWarning, SolveInfo, SolveReason
 from ._version import __version__
 from .bicgstab import BICGSTABSettings, bicgstab
 from .generic_lstsq import SparseGenericLstsq, sparse_generic_lstsq
@@ -31,6 +31,7 @@ __all__ = [
     "MINRESSettings",
     "Preconditioner",
     "SolveInfo",
+    "SolveReason",
     "SparseGenericLstsq",
     "SparseGenericSolve",
     "__version__",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 import warnings
 from dataclasses import dataclass
@@ -31,6 +32,47 @@ class ConvergenceError(RuntimeError):
     """Raised instead of :class:`ConvergenceWarning` when ``on_failure="raise"``."""
 
 
+class SolveReason(str, enum.Enum):
+    """Why a solve stopped: the ``reason`` of every :class:`SolveInfo`.
+
+    A ``str`` enum: ``info.reason == "converged"`` holds as before, and each member carries a
+    sentence for people (:attr:`message`).  Members are ordered from best to worst outcome.
+    """
+
+    CONVERGED = "converged"
+    CONVERGED_ATOL = "converged_atol"
+    STOPPED_UPDATING = "stopped_updating"
+    RECURSIVE_CONVERGED = "recursive_converged"
+    MEAN_CONVERGED = "mean_converged"
+    MAX_ITER = "max_iter"
+    BREAKDOWN = "breakdown"
+    NON_FINITE = "non_finite"
+
+    @property
+    def message(self) -> str:
+        """What the reason means, in a sentence."""
+        return _REASON_MESSAGES[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_REASON_MESSAGES = {
+    SolveReason.CONVERGED: "every right-hand side met its relative tolerance (true residual)",
+    SolveReason.CONVERGED_ATOL: (
+        "every right-hand side converged, at least one only by the absolute tolerance atol, not rtol"
+    ),
+    SolveReason.STOPPED_UPDATING: "no iteration was needed: every residual was already below its threshold",
+    SolveReason.RECURSIVE_CONVERGED: (
+        "the recurrence's residual met the tolerance but a recomputed true residual did not"
+    ),
+    SolveReason.MEAN_CONVERGED: "the mean residual met the tolerance but a true residual did not",
+    SolveReason.MAX_ITER: "the iteration budget ran out before every right-hand side converged",
+    SolveReason.BREAKDOWN: "the recurrence broke down (a zero denominator) for a right-hand side",
+    SolveReason.NON_FINITE: "a right-hand side met a NaN or an infinity; its solution is NaN",
+}
+
+
 @dataclass(frozen=True)
 class SolveInfo:
     """What a Krylov solve did (returned with ``return_info=True``).
@@ -54,7 +96,8 @@ class SolveInfo:
     breakdown : Tensor
         Bool, ``(*batch, k)``: right-hand sides whose recurrence broke down (a zero denominator);
         they were frozen at their last iterate.
-    reason : str
+    reason : SolveReason
+        A ``str`` enum (compares equal to its value; ``reason.message`` explains it):
         ``"converged"``, ``"converged_atol"`` (converged, but for at least one right-hand side only
         by the absolute floor ``atol``, not by ``rtol``), ``"max_iter"``, ``"breakdown"`` or
         ``"non_finite"`` (the worst that happened to any right-hand side, in the order
@@ -71,8 +114,11 @@ class SolveInfo:
     relative_residual: torch.Tensor
     tolerance: float
     breakdown: torch.Tensor
-    reason: str
+    reason: SolveReason
     non_finite: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", SolveReason(self.reason))
 
 
 def check_on_failure(on_failure: Any) -> None:
@@ -312,7 +358,7 @@ def finish(
         relative_residual=rel.detach(),
         tolerance=tolerance,
         breakdown=breakdown.detach(),
-        reason=reason,
+        reason=SolveReason(reason),
         non_finite=bad.detach(),
     )
     if n_bad:

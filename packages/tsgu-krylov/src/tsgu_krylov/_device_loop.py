@@ -134,10 +134,15 @@ def device_cg(
     res_out = rz_new.clamp(min=0).sqrt() if M is None else res
     res_out = torch.where(started, res_out, res)
     iterations = it
-    if loop_passed and not test_tolerance and history:
-        # the block loop stops at the iteration where the last column froze; the iterations run
-        # after it until this check moved nothing
+    if loop_passed and history:
         still = torch.stack(history).sum(0)  # iterations after which each column was active
         last = int(torch.where(started, still + 1, torch.zeros_like(still)).max())
-        iterations = min(max(last, min_iter), it)
+        if last == 0 and min_iter == 0:
+            # no column was active at the start: the host loop skips the iterations altogether
+            # (and its caller does not count it as the loop's test passing)
+            return X, res_out, act, False, 0, 0, non_finite
+        if not test_tolerance:
+            # the block loop stops at the iteration where the last column froze; the iterations
+            # run after it until this check moved nothing
+            iterations = min(max(last, min_iter), it)
     return X, res_out, act, loop_passed, iterations, iterations, non_finite

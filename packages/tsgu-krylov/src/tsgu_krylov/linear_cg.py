@@ -18,13 +18,15 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from tsgu_ops.internal import autocast_fp32
 
 from ._common import (
+    SolveInfo,
+    SolveReason,
     alias,
     apply_checked,
     check_on_failure,
@@ -56,9 +58,10 @@ class LinearCGSettings(NamedTuple):
     verbose_linalg: bool = False
 
 
-@dataclass(frozen=True)
-class CGInfo:
-    """Report of a :func:`linear_cg` call (``return_info=True``).
+@dataclass(frozen=True, init=False)
+class CGInfo(SolveInfo):
+    """Report of a :func:`linear_cg` call (``return_info=True``): a :class:`SolveInfo` with CG's
+    fields.
 
     Tensor fields have shape ``(*batch, k)`` (length 1 for a vector right-hand side) and are detached.
     ``reason`` is ``"converged"`` (every true residual met the tolerance), ``"converged_atol"``
@@ -67,25 +70,41 @@ class CGInfo:
     ``"recursive_converged"`` (the loop's test passed but a true residual did not, even after the
     solve was continued from it), ``"stopped_updating"`` (no iteration was needed), ``"max_iter"``
     or ``"non_finite"`` (a column met a NaN or an infinity; ``non_finite`` says which, and their
-    solution is NaN).
+    solution is NaN).  ``true_relative_residual`` is :attr:`SolveInfo.relative_residual` (the same
+    tensor) and ``recursive_relative_residual`` the loop's own residual; ``breakdown`` is all
+    ``False`` (a CG breakdown raises).
     """
 
-    iterations: int
-    matvecs: int
-    converged: torch.Tensor
-    recursive_relative_residual: torch.Tensor
-    true_relative_residual: torch.Tensor
-    tolerance: float
-    reason: Literal[
-        "converged",
-        "converged_atol",
-        "recursive_converged",
-        "mean_converged",
-        "stopped_updating",
-        "max_iter",
-        "non_finite",
-    ]
-    non_finite: torch.Tensor | None = None
+    recursive_relative_residual: torch.Tensor | None = None
+
+    def __init__(
+        self,
+        iterations: int,
+        matvecs: int,
+        converged: torch.Tensor,
+        recursive_relative_residual: torch.Tensor,
+        true_relative_residual: torch.Tensor,
+        tolerance: float,
+        reason: str,
+        non_finite: torch.Tensor | None = None,
+        breakdown: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(
+            iterations=iterations,
+            matvecs=matvecs,
+            converged=converged,
+            relative_residual=true_relative_residual,
+            tolerance=tolerance,
+            breakdown=torch.zeros_like(converged) if breakdown is None else breakdown,
+            reason=SolveReason(reason),
+            non_finite=non_finite,
+        )
+        object.__setattr__(self, "recursive_relative_residual", recursive_relative_residual)
+
+    @property
+    def true_relative_residual(self) -> torch.Tensor:
+        """``‖b − A x‖ / ‖b‖`` per column, recomputed from the returned solution."""
+        return self.relative_residual
 
 
 def _finite_nonneg(name: str, value: Any) -> float:

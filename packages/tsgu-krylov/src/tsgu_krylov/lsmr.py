@@ -25,6 +25,8 @@ from tsgu_ops.internal import (
 )
 
 from ._common import (
+    SolveInfo,
+    SolveReason,
     check_on_failure,
     givens,
     non_finite_message,
@@ -69,7 +71,8 @@ def lsmr(
     check_nonzero: bool = True,
     *,
     on_failure: str = "warn",
-) -> tuple[torch.Tensor, int]:
+    return_info: bool = False,
+) -> Any:
     """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
 
     Parameters
@@ -96,10 +99,16 @@ def lsmr(
         overflowed) causes: a :class:`~tsgu_krylov.ConvergenceWarning`, a
         :class:`~tsgu_krylov.ConvergenceError`, or nothing.  Its solution is NaN in every case.
 
+    return_info : bool
+        Also return a :class:`~tsgu_krylov.SolveInfo` (as the other solvers do): ``converged``
+        per column (one of the paper's stopping tests passed), ``relative_residual`` the estimate
+        ``‖b − A x‖ / ‖b‖`` of the stopping test, ``tolerance`` ``btol``, ``matvecs`` counting
+        products with ``A`` and ``Aᴴ``.
+
     Returns
     -------
-    (Tensor, int)
-        ``x`` of shape ``(n,)`` or ``(n, k)`` and the number of iterations run.
+    (Tensor, int) or (Tensor, int, SolveInfo)
+        ``x`` of shape ``(n,)`` or ``(n, k)`` and the number of iterations run (and the report).
 
     Raises
     ------
@@ -175,9 +184,13 @@ def lsmr(
         V = V / torch.where(alpha > 0, alpha, 1.0).unsqueeze(0)
         # a NaN/Inf in A, b or x0: the column is marked and is NaN at the end
         non_finite = ~(torch.isfinite(alpha) & torch.isfinite(beta))
+        matvecs = 2 if x0 is not None else 1
         if maxiter == 0 or (check_nonzero and bool(((alpha * beta) == 0).all())):
             X = _nan_columns(X, non_finite, on_failure, k)
-            return (X.squeeze(-1) if vector else X), 0
+            solved = (alpha * beta) == 0  # b = 0 or Aᴴb = 0 (0 is the least-squares solution)
+            info = _info(0, matvecs, X, beta, col_norm(B).to(real), solved, non_finite, btol)
+            X = X.squeeze(-1) if vector else X
+            return (X, 0, info) if return_info else (X, 0)
         zero = torch.zeros_like(beta)
         one = torch.ones_like(beta)
         zetabar, alphabar = alpha * beta, alpha
@@ -191,8 +204,11 @@ def lsmr(
         active = ((alpha * beta) != 0) & ~non_finite
         itn = 0
         last = torch.zeros(k, dtype=torch.int64, device=B.device)
+        stopped = ~active & ~non_finite  # b = 0 or Aᴴb = 0 for this column: x = 0 solves it
+        normr = beta
         while itn < maxiter:
             itn += 1
+            matvecs += 2
             U = Aop(V) - alpha.to(B.dtype).unsqueeze(0) * U
             beta = col_norm(U).to(real)
             U = U / torch.where(beta > 0, beta, 1.0).unsqueeze(0)
@@ -263,12 +279,49 @@ def lsmr(
             last = torch.where(active, torch.full_like(last, itn), last)
             overflow = active & ~(torch.isfinite(normr) & torch.isfinite(normx) & torch.isfinite(alpha))
             non_finite |= overflow
+            stopped |= active & stop & ~overflow
             active = active & ~stop & ~overflow
             if itn % every == 0 and not bool(active.any()):
                 break
     X = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k)
+    iterations = int(last.max()) if k else 0
+    report = _info(iterations, matvecs, X, normr, normb, stopped, non_finite, btol) if return_info else None
     X = X.squeeze(-1) if vector else X
-    return not_differentiable("lsmr", X, A, b, Armat, x0), int(last.max()) if k else 0
+    X = not_differentiable("lsmr", X, A, b, Armat, x0)
+    return (X, iterations, report) if return_info else (X, iterations)
+
+
+def _info(
+    iterations: int,
+    matvecs: int,
+    X: torch.Tensor,
+    normr: torch.Tensor,
+    normb: torch.Tensor,
+    stopped: torch.Tensor,
+    non_finite: torch.Tensor,
+    btol: float,
+) -> SolveInfo:
+    """The :class:`SolveInfo` of an LSMR solve (the columns of ``X`` are its right-hand sides)."""
+    bad = non_finite | ~torch.isfinite(X).all(0)
+    rel = normr / torch.where(normb > 0, normb, torch.ones_like(normb))
+    rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
+    converged = stopped & ~bad
+    if bool(bad.any()):
+        reason = SolveReason.NON_FINITE
+    elif bool(converged.all()):
+        reason = SolveReason.CONVERGED
+    else:
+        reason = SolveReason.MAX_ITER
+    return SolveInfo(
+        iterations=iterations,
+        matvecs=matvecs,
+        converged=converged.detach(),
+        relative_residual=rel.detach(),
+        tolerance=btol,
+        breakdown=torch.zeros_like(converged),
+        reason=reason,
+        non_finite=bad.detach(),
+    )
 
 
 def _nan_columns(X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int) -> torch.Tensor:
