@@ -42,7 +42,7 @@ from torch.autograd.function import Function
 
 from tsgu_ops.internal import (
     Kernel,
-    SparsePattern,
+    SolverPair,
     autocast_fp32,
     check_solve_inputs,
     rhs_kernel_backward,
@@ -183,28 +183,20 @@ def _superlu_options(symmetric: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {"permc_spec": "COLAMD"}
 
 
-class _BackendKernel:
-    """Solver pair → tsgu-ops kernel; the backend matrix and the LU factors live for one call."""
+class _BackendKernel(SolverPair):
+    """The solver pair of the SciPy/CuPy bridge (:class:`~tsgu_ops.internal.SolverPair`): the
+    backend matrix per direction and the LU factors live for one call (forward and backward)."""
 
     def __init__(self, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]):
-        self.solve, self.transpose_solve, self.kwargs = solve, transpose_solve, kwargs
-        self._mats: dict[bool, Any] = {}
+        super().__init__(solve, transpose_solve, kwargs)
         self._lu: Any = None
-        self._pattern: SparsePattern | None = None
 
-    def _index(self, A: torch.Tensor) -> SparsePattern:
-        if self._pattern is None:  # built once, shared by both directions and the ordering choice
-            self._pattern = SparsePattern(A)
-        return self._pattern
-
-    def _matrix(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
-        if transposed not in self._mats:
-            pattern = self._index(A)
-            S = (pattern.csr_t if transposed else pattern.csr)(values)
-            xp, xsp = _get_array_modules(A)
-            parts = [_torch_to_backend(t, xp) for t in (S.values(), S.col_indices(), S.crow_indices())]
-            self._mats[transposed] = xsp.csr_matrix(tuple(parts), shape=tuple(S.shape))
-        return self._mats[transposed]
+    def build(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
+        pattern = self.pattern_of(A)
+        S = (pattern.csr_t if transposed else pattern.csr)(values)
+        xp, xsp = _get_array_modules(A)
+        parts = [_torch_to_backend(t, xp) for t in (S.values(), S.col_indices(), S.crow_indices())]
+        return xsp.csr_matrix(tuple(parts), shape=tuple(S.shape))
 
     def _factor(self, A: torch.Tensor, M: Any, options: dict[str, Any]) -> Any:
         _, xsp = _get_array_modules(A)
@@ -217,9 +209,9 @@ class _BackendKernel:
         trans = "T" if transposed else "N"
         if self._lu is not None:
             return self._lu.solve(Bb, trans=trans)
-        M = self._matrix(A, values, False)
+        M = self.matrix(A, values, False)
         if A.device.type == "cpu":
-            options = _superlu_options(self._index(A).symmetric(), self.kwargs)
+            options = _superlu_options(self.pattern_of(A).symmetric(), self.kwargs)
         else:  # cupyx's splu: the caller's keywords only, as before
             options = {key: self.kwargs[key] for key in _SPLU_KEYWORDS if key in self.kwargs}
         X = self._factor(A, M, options).solve(Bb, trans=trans)
@@ -229,7 +221,7 @@ class _BackendKernel:
             # backward error of this first solve and, if the factor is not trustworthy, falls
             # back to SciPy's default (COLAMD, partial pivoting).
             xp, _ = _get_array_modules(A)
-            r, b, scale = relative_residuals(self._matrix(A, values, transposed), X, Bb, xp)
+            r, b, scale = relative_residuals(self.matrix(A, values, transposed), X, Bb, xp)
             omega = float((r / (scale + b + float(torch.finfo(A.dtype).tiny))).max()) if len(r) else 0.0
             if not omega <= float(torch.finfo(A.dtype).eps) ** 0.5:
                 X = self._factor(A, M, {"permc_spec": "COLAMD"}).solve(Bb, trans=trans)
@@ -238,8 +230,7 @@ class _BackendKernel:
     def __call__(
         self, A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool
     ) -> torch.Tensor:
-        fn = self.transpose_solve if transposed else self.solve
-        own = transposed and self.transpose_solve is self.solve  # no separate transpose solver
+        fn, on_transpose = self.pick(transposed)
         pattern_rows = B.shape[-2] * (B.shape[0] if B.dim() == 3 else 1)
         Bf = B.reshape(pattern_rows, B.shape[-1])
         nan = nonfinite_result(values, B)
@@ -251,7 +242,7 @@ class _BackendKernel:
             X = self._direct(A, values, Bb, transposed)
         elif isinstance(fn, str):
             backend_fn = getattr(xsp.linalg, fn)
-            M = self._matrix(A, values, transposed)  # a named transpose solver works on Aᵀ
+            M = self.matrix(A, values, transposed)  # a named transpose solver works on Aᵀ
             X, info = _scale_free_solve(backend_fn, M, Bb[:, 0], self.kwargs, xp)
             # The solver's own stopping test is not the answer's accuracy (SciPy's MINRES stops on
             # an estimate that, in float32, is far below the true residual): measure it.
@@ -259,7 +250,7 @@ class _BackendKernel:
             r, b, scale = relative_residuals(M, X, Bb[:, 0], xp)
             check_residual(fn, r, b, scale, A.dtype, rtol, atol, info)
         else:
-            M = self._matrix(A, values, own)  # a lone user solve is handed Aᵀ for the transpose
+            M = self.matrix(A, values, on_transpose)  # a lone user solve is handed Aᵀ
             X = fn(M, Bb, **self.kwargs)
             if isinstance(X, tuple):
                 X = X[0]

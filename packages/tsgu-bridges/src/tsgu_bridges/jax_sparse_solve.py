@@ -34,7 +34,7 @@ from torch.autograd.function import Function
 
 from tsgu_ops.internal import (
     Kernel,
-    SparsePattern,
+    SolverPair,
     autocast_fp32,
     check_solve_inputs,
     rhs_kernel_backward,
@@ -72,31 +72,25 @@ def _default_solver(A: Any, B: Any, **kwargs: Any) -> Any:
     return jax.vmap(one, in_axes=(1, 1), out_axes=1)(B, x0)
 
 
-class _JaxKernel:
-    def __init__(self, solve: Any, transpose_solve: Any, kwargs: dict[str, Any]):
-        self.solve, self.transpose_solve, self.kwargs = solve, transpose_solve, kwargs
-        self._mats: dict[bool, Any] = {}
-        self._pattern: SparsePattern | None = None
+class _JaxKernel(SolverPair):
+    """The solver pair of the JAX bridge (:class:`~tsgu_ops.internal.SolverPair`): a BCOO matrix
+    of ``A`` or ``Aᵀ`` per direction, on the JAX device of ``A``."""
 
-    def _matrix(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
-        if transposed not in self._mats:
-            if self._pattern is None:  # one index structure for both directions
-                self._pattern = SparsePattern(A)
-            p = self._pattern
-            rows, cols = p.sorted_rows, p.sorted_cols.to(torch.int64)
-            if transposed:
-                rows, cols = cols, rows
-            idx = torch.stack([rows, cols], dim=1)
-            dev = _device_for(A)
-            data = jax.device_put(t2j(p._sorted(values)), dev)
-            self._mats[transposed] = jsparse.BCOO((data, jax.device_put(t2j(idx), dev)), shape=(p.N, p.N))
-        return self._mats[transposed]
+    def build(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
+        p = self.pattern_of(A)
+        rows, cols = p.sorted_rows, p.sorted_cols.to(torch.int64)
+        if transposed:
+            rows, cols = cols, rows
+        idx = torch.stack([rows, cols], dim=1)
+        dev = _device_for(A)
+        data = jax.device_put(t2j(p._sorted(values)), dev)
+        return jsparse.BCOO((data, jax.device_put(t2j(idx), dev)), shape=(p.N, p.N))
 
     def __call__(
         self, A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool
     ) -> torch.Tensor:
-        user_t = transposed and self.transpose_solve is not None
-        fn = (self.transpose_solve if user_t else self.solve) or _default_solver
+        fn, on_transpose = self.pick(transposed)
+        fn = fn or _default_solver  # the default solver is handed Aᵀ for the transpose
         kwargs = dict(self.kwargs)
         if fn is _default_solver and "tol" not in kwargs:
             kwargs["tol"] = 1e-10 if A.dtype == torch.float64 else 1e-6
@@ -106,7 +100,7 @@ class _JaxKernel:
         if nan is not None:  # JAX's BiCGSTAB returned zeros for a NaN matrix
             return nan
         with _x64_scope(A.dtype == torch.float64):
-            M = self._matrix(A, values, transposed and not user_t)
+            M = self.matrix(A, values, on_transpose)
             Bj = jax.device_put(t2j(Bf), _device_for(A))
             X = fn(M, Bj, **kwargs)
             if isinstance(X, tuple):
@@ -115,8 +109,7 @@ class _JaxKernel:
             Xt = j2t(X).to(device=B.device, dtype=A.dtype).clone()
         if fn is _default_solver:
             # BiCGSTAB's stopping test is on its recurrence; measure the answer's true residual
-            p = self._pattern
-            assert p is not None
+            p = self.pattern_of(A)
             r_, c_ = p.sorted_rows, p.sorted_cols.to(torch.int64)
             if transposed:
                 r_, c_ = c_, r_

@@ -31,6 +31,7 @@ from torch.autograd.function import Function
 from tsgu_ops.internal import (
     FLOAT_DTYPES,
     Kernel,
+    SolverPair,
     SparsePattern,
     autocast_fp32,
     check_solve_inputs,
@@ -128,8 +129,11 @@ def _resolve(fn: Any, name: str) -> Any:
     raise TypeError(f"{name} must be a callable or a solver name, got {type(fn).__name__}")
 
 
-class _Kernel:
-    """Solver pair → tsgu-ops kernel, remembering per-call work (preconditioner, ``Aᵀ``)."""
+class _Kernel(SolverPair):
+    """The solver pair of the generic solve (:class:`~tsgu_ops.internal.SolverPair`): a built-in
+    solver gets the operator of ``A`` or ``Aᵀ`` (a :class:`SparseOperator`, built once per
+    direction), a user callable gets ``A`` (``Aᵀ`` for a lone ``solve`` in the transposed
+    direction); the preconditioner is built once and transposed for the backward."""
 
     def __init__(
         self,
@@ -140,20 +144,15 @@ class _Kernel:
         pattern: SparsePattern | None = None,
         defaults: dict[bool, dict[str, Any]] | None = None,
     ):
-        self.solve, self.transpose_solve, self.kwargs, self.vector = solve, transpose_solve, kwargs, vector
+        super().__init__(solve, transpose_solve, kwargs, pattern)
+        self.vector = vector
         self.defaults = defaults or {}  # per direction: what builtin_defaults added
         self._pc: Any = None
         self._pc_built = False
         self._At: torch.Tensor | None = None
-        self._pattern = pattern  # one index structure for the symmetry test and both directions
-        self._ops: dict[bool, SparseOperator] = {}
 
-    def _operator(self, A: torch.Tensor, transposed: bool) -> SparseOperator:
-        if transposed not in self._ops:
-            if self._pattern is None:
-                self._pattern = SparsePattern(A)
-            self._ops[transposed] = SparseOperator(A, transpose=transposed, pattern=self._pattern)
-        return self._ops[transposed]
+    def build(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> SparseOperator:
+        return SparseOperator(A, transpose=transposed, pattern=self.pattern_of(A))
 
     def _preconditioner(self, A: torch.Tensor, transposed: bool) -> Any:
         spec = self.kwargs.get("preconditioner")
@@ -184,17 +183,17 @@ class _Kernel:
     def __call__(
         self, A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool
     ) -> torch.Tensor:
-        fn = self.transpose_solve if transposed else self.solve
+        fn, on_transpose = self.pick(transposed)
         kwargs = dict(self.kwargs)
-        if _is_builtin(fn):
+        if _is_builtin(fn):  # a built-in solver solves op X = B: hand it the operator of Aᵀ
             kwargs.update(self.defaults.get(transposed, {}))
             if "preconditioner" in kwargs:
                 kwargs["preconditioner"] = self._preconditioner(A, transposed)
             kwargs.pop("return_info", None)
-            return self._call(fn, self._operator(A, transposed), B, kwargs, builtin=True)
-        if fn is self.solve and transposed:  # a lone user solve: give it Aᵀ itself
+            return self._call(fn, self.matrix(A, values, transposed), B, kwargs, builtin=True)
+        if on_transpose:  # a lone user solve: give it Aᵀ itself
             if self._At is None:
-                self._At = transposed_sparse(A, self._pattern)
+                self._At = transposed_sparse(A, self.pattern_of(A))
             return self._call(fn, self._At, B, kwargs)
         return self._call(fn, A, B, kwargs)
 

@@ -72,6 +72,64 @@ def solve_sparse(
     return SolveOnValues.apply(values, B, A.detach(), pattern, kernel, transposed, mask)
 
 
+class SolverPair:
+    """A ``(solve, transpose_solve)`` pair as the kernel of an implicit solve: the one adapter of the
+    project (tsgu-krylov's generic solve and every bridge subclass it).
+
+    It holds what the two directions of one call share: the caller's keywords, one
+    :class:`SparsePattern` of ``A`` (built at most once, or the caller's), and a backend matrix per
+    direction (:meth:`matrix`, built at most once each by :meth:`build`).  And it holds the one rule
+    of the project for the transposed direction (:meth:`pick`): a given ``transpose_solve`` is
+    called with ``A`` itself; without one, ``solve`` is called with ``Aᵀ``.  A subclass implements
+    :meth:`build` (the backend's matrix from the pattern's CSR order) and ``__call__(A, values, B,
+    transposed) -> X`` (the :data:`Kernel` protocol).
+    """
+
+    def __init__(
+        self,
+        solve: Any,
+        transpose_solve: Any,
+        kwargs: dict[str, Any] | None = None,
+        pattern: SparsePattern | None = None,
+    ) -> None:
+        self.solve, self.transpose_solve = solve, transpose_solve
+        self.kwargs = dict(kwargs or {})
+        self._pattern = pattern
+        self._mats: dict[bool, Any] = {}
+
+    def pattern_of(self, A: torch.Tensor) -> SparsePattern:
+        """``A``'s index structure, shared by both directions of this call."""
+        if self._pattern is None:
+            self._pattern = SparsePattern(A)
+        return self._pattern
+
+    def pick(self, transposed: bool) -> tuple[Any, bool]:
+        """``(solver, on_transpose)``: which solver runs a direction and whether it must be handed
+        ``Aᵀ`` (only a lone ``solve`` in the transposed direction)."""
+        if not transposed:
+            return self.solve, False
+        if self.transpose_solve is not None and self.transpose_solve is not self.solve:
+            return self.transpose_solve, False
+        return self.solve, True
+
+    def matrix(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
+        """The backend matrix of ``A`` (``transposed``: of ``Aᵀ``), built once per call."""
+        if transposed not in self._mats:
+            self._mats[transposed] = self.build(A, values, transposed)
+        return self._mats[transposed]
+
+    def build(self, A: torch.Tensor, values: torch.Tensor, transposed: bool) -> Any:
+        """The backend's matrix of ``A`` or ``Aᵀ`` from ``A``'s values (in :meth:`pattern_of`'s
+        original order); default: a CSR tensor of the flattened (block-diagonal) matrix."""
+        pattern = self.pattern_of(A)
+        return pattern.csr_t(values) if transposed else pattern.csr(values)
+
+    def __call__(
+        self, A: torch.Tensor, values: torch.Tensor, B: torch.Tensor, transposed: bool
+    ) -> torch.Tensor:  # pragma: no cover - subclasses implement it
+        raise NotImplementedError
+
+
 def user_kernel(solve: SolveFn, transpose_solve: SolveFn) -> Kernel:
     """A kernel calling ``solve(A, B)`` / ``transpose_solve(A, B)`` and checking what they return."""
 

@@ -48,6 +48,7 @@ from ._kernels import eager_under_compile
 from .implicit import (
     Kernel,
     SolveOnValues,
+    SolverPair,
     check_solve_inputs,
     check_square_sparse,
     kernel_backward,
@@ -81,6 +82,7 @@ __all__ = [
     "PatternMatmul",
     "SampledProduct",
     "SolveOnValues",
+    "SolverPair",
     "SparsePattern",
     "SparseToValues",
     "ValuesToSparse",
