@@ -17,6 +17,15 @@ from . import _checks
 from .pattern import SparsePattern, compress_rows, csr_row_indices, quiet
 from .sampled import ValuesToSparse, differentiable_values, sparse_grad
 
+__all__ = [
+    "convert_coo_to_csr",
+    "convert_coo_to_csr_indices_values",
+    "sparse_block_diag",
+    "sparse_block_diag_split",
+    "sparse_eye",
+    "stack_csr",
+]
+
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """A CSR tensor; differentiable in ``values`` through the sparse-preserving constructor."""
