@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from . import _checks
+from ._gradients import ValuesToSparse, differentiable_values, sparse_grad
 from .pattern import SparsePattern, compress_rows, csr_row_indices, quiet
-from .sampled import ValuesToSparse, differentiable_values, sparse_grad
 
 __all__ = [
     "convert_coo_to_csr",
