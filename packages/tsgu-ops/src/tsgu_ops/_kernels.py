@@ -21,8 +21,10 @@ value vectors and operands on one pattern runs as one block-diagonal problem, bu
 arithmetic).  ``torch.library`` autograd has no forward mode, so eager code and ``torch.func``
 reach the same kernels through the autograd Functions :class:`MatmulFn`, :class:`SampledFn` and
 :class:`TriSolveFn` (``setup_context``, ``jvp``, a generated vmap rule); code being compiled calls
-the operators.  :func:`mm`, :func:`sampled` and :func:`trisolve` choose.  :class:`SolveFn` is the
-implicit derivative of a black-box linear solve on the same values.
+the operators.  Each backward formula is written once (``_mm_grads``, ``_sampled_grads``,
+``_trisolve_grads``) and run on the operators or on the Functions.  :func:`mm`, :func:`sampled`
+and :func:`trisolve` choose.  :class:`SolveFn` is the implicit derivative of a black-box linear
+solve on the same values.
 
 Complex values: every formula uses the conjugate (Wirtinger) gradients of PyTorch's autograd;
 the kernels themselves are bilinear and conjugate nothing.  Autocast is disabled inside every
