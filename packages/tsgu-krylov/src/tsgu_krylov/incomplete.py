@@ -63,6 +63,28 @@ def _check_max_residual(max_residual: Any) -> float:
     return float(max_residual)
 
 
+def _stored_updates(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    N: int,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    target: torch.Tensor,
+    divided: torch.Tensor,
+    divisors: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidate pairs ``(s1, s2)`` whose target coordinate (key ``row * N + col``) is stored,
+    with its position ``t``, and each entry's divisor: ``divisors`` for the entries ``divided``,
+    ``nnz`` (no division) for the others."""
+    nnz = rows.numel()
+    keys = rows * N + cols
+    pos = torch.searchsorted(keys, target).clamp_max(max(nnz - 1, 0))
+    hit = keys[pos] == target
+    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
+    div[divided] = divisors
+    return s1[hit], s2[hit], pos[hit], div
+
+
 def _ilu_pairs(
     rows: torch.Tensor, cols: torch.Tensor, N: int, diag_pos: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,20 +94,13 @@ def _ilu_pairs(
     ``(k, j)`` stored: pairs ``(s1, s2, t)`` of positions.  A strictly lower entry is then divided
     by ``u_jj`` (``div``; ``nnz`` means no division).
     """
-    nnz = rows.numel()
     crow = compress_rows(rows, N).to(torch.int64)
     lower = torch.nonzero(cols < rows).squeeze(-1)
     k = cols[lower]
     starts = diag_pos[k] + 1  # row k's strictly upper entries follow its diagonal
     group, s2 = _expand(starts, crow[k + 1] - starts)
     s1 = lower[group]
-    want = rows[s1] * N + cols[s2]
-    keys = rows * N + cols
-    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
-    hit = keys[pos] == want
-    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
-    div[lower] = diag_pos[k]
-    return s1[hit], s2[hit], pos[hit], div
+    return _stored_updates(rows, cols, N, s1, s2, rows[s1] * N + cols[s2], lower, diag_pos[k])
 
 
 def _ic_pairs(
@@ -96,7 +111,6 @@ def _ic_pairs(
     Entry ``(i, j)``, ``j ≤ i``, receives ``−l_ik l_jk`` for every ``k < j`` with ``(i, k)`` and
     ``(j, k)`` stored: for each column ``k``, every pair of its strictly lower entries.
     """
-    nnz = rows.numel()
     strict = torch.nonzero(cols < rows).squeeze(-1)
     by_col = strict[torch.argsort(cols[strict], stable=True)]  # column-major, rows ascending
     ccol = compress_rows(cols[by_col], N).to(torch.int64)
@@ -105,13 +119,7 @@ def _ic_pairs(
     group, partner = _expand(ccol[k], rank + 1)  # rows ≤ its own in the same column
     s1 = by_col[group]
     s2 = by_col[partner]
-    want = rows[s1] * N + rows[s2]
-    keys = rows * N + cols
-    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
-    hit = keys[pos] == want
-    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
-    div[strict] = diag_pos[cols[strict]]
-    return s1[hit], s2[hit], pos[hit], div
+    return _stored_updates(rows, cols, N, s1, s2, rows[s1] * N + rows[s2], strict, diag_pos[cols[strict]])
 
 
 def _diagonal_slots(rows: torch.Tensor, cols: torch.Tensor, N: int, what: str) -> torch.Tensor:
@@ -397,13 +405,9 @@ class IC0(_Incomplete):
     A : Tensor
         Symmetric positive-definite sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)``; only its
         lower triangle is read.
-    method : {"exact", "sweeps"}
-        ``"exact"`` (default): the sequential algorithm's factor, computed level by level.
-        ``"sweeps"``: ``sweeps`` Chow–Patel fixed-point sweeps, checked (see the module docstring).
-    sweeps : int, optional
-        Number of sweeps for ``method="sweeps"`` (default 5); not allowed with ``"exact"``.
-    max_residual : float
-        ``method="sweeps"`` only: the largest accepted relative fixed-point residual.
+    method, sweeps, max_residual
+        As for :class:`ILU0`: the sequential algorithm's factor, computed level by level
+        (``"exact"``, the default), or ``sweeps`` checked Chow–Patel fixed-point sweeps.
 
     Attributes
     ----------
