@@ -26,9 +26,7 @@ from tsgu_ops import (
 from tsgu_ops.testing import (
     COMPLEX_DTYPES,
     assert_sparse_grad_matches,
-    assert_unchanged,
     build_case,
-    clone_input,
     sparse_matrices,
     stored_entries,
 )
@@ -45,21 +43,14 @@ def _crandn(*shape: int, dtype: torch.dtype = torch.complex128, seed: int = 0) -
 
 @settings(max_examples=10)
 @given(case=sparse_matrices(value_dtypes=COMPLEX_DTYPES), p=st.integers(1, 3), seed=st.integers(0, 99))
-def test_sparse_mm_complex_matches_dense_autograd(case, p, seed):
+def test_sparse_mm_complex_matches_dense_autograd(case, p, seed, assert_mm_matches_dense_autograd):
     A = case.sparse.requires_grad_()
     B = _crandn(*A.shape[:-2], A.shape[-1], p, dtype=A.dtype, seed=seed).requires_grad_()
-    A0, B0 = clone_input(A), clone_input(B)
-    C = sparse_mm(A, B)
-    D = case.dense.clone().requires_grad_()
-    Cd = D @ B
-    torch.testing.assert_close(C, Cd, **_tol(A.dtype))
-    G = _crandn(*C.shape, dtype=A.dtype, seed=seed + 1)
-    gA, gB = torch.autograd.grad(C, (A, B), G)
-    gD, gBd = torch.autograd.grad(Cd, (D, B), G)
-    assert_sparse_grad_matches(A, gA, gD, **_tol(A.dtype))
-    torch.testing.assert_close(gB, gBd, **_tol(A.dtype))
-    assert_unchanged(A0, A)
-    assert_unchanged(B0, B)
+
+    def upstream(shape):
+        return _crandn(*shape, dtype=A.dtype, seed=seed + 1)
+
+    assert_mm_matches_dense_autograd(case, B, upstream)
 
 
 @pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
@@ -179,18 +170,20 @@ def test_sampled_product_complex_gradcheck_and_gradgradcheck():
     assert torch.autograd.gradgradcheck(f, (U, V), fast_mode=True)
 
 
+def _dense_solve(A, B):
+    return torch.linalg.solve(A.to_dense(), B)
+
+
+def _dense_transpose_solve(A, B):  # the project's convention: receives A, returns A⁻ᵀ B
+    return torch.linalg.solve(A.to_dense().mT, B)
+
+
 def test_implicit_solve_complex_matches_dense_autograd():
     case = build_case(2, (4, 4), 0.5, torch.sparse_csr, torch.int64, torch.complex128, "dominant")
     A = case.sparse.requires_grad_()
     B = _crandn(4, 2, seed=8).requires_grad_()
 
-    def solve(A, B):
-        return torch.linalg.solve(A.to_dense(), B)
-
-    def tsolve(A, B):  # the project's convention: receives A, returns A⁻ᵀ B
-        return torch.linalg.solve(A.to_dense().mT, B)
-
-    X = implicit_solve(A, B, solve, tsolve)
+    X = implicit_solve(A, B, _dense_solve, _dense_transpose_solve)
     D = case.dense.clone().requires_grad_()
     Xd = torch.linalg.solve(D, B)
     torch.testing.assert_close(X, Xd)
@@ -219,13 +212,7 @@ def test_implicit_solve_autograd_function_complex():
     A = case.sparse.requires_grad_()
     B = _crandn(4, 2, seed=10).requires_grad_()
 
-    def solve(A, B):
-        return torch.linalg.solve(A.to_dense(), B)
-
-    def tsolve(A, B):
-        return torch.linalg.solve(A.to_dense().mT, B)
-
-    X = ImplicitSolve.apply(A, B, solve, tsolve)
+    X = ImplicitSolve.apply(A, B, _dense_solve, _dense_transpose_solve)
     D = case.dense.clone().requires_grad_()
     G = _crandn(4, 2, seed=11)
     gA, gB = torch.autograd.grad(X, (A, B), G)

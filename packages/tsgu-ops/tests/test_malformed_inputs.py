@@ -100,26 +100,25 @@ def _call_rejects(fn: Callable[..., Any], args: list[Any], index: int, corrupt: 
 square = sparse_matrices(square=True, value_dtypes=(torch.float64,), allow_empty=False, min_size=2)
 
 
-@settings(deadline=None, max_examples=60)
-@given(case=square, which=st.sampled_from([0, 1]), data=st.data())
-def test_sparse_mm_rejects_malformed_input(case, which, data):
+def _a_b_call_rejects(fn, case, which, data):
+    """``fn(A, B)`` with ``A`` (``which == 0``) or ``B`` (``which == 1``) corrupted."""
     A = case.sparse
     B = torch.ones(*A.shape[:-1], 2, dtype=A.dtype)
     table = CORRUPT_SPARSE if which == 0 else CORRUPT_DENSE
     name = data.draw(st.sampled_from(sorted(table)))
-    _call_rejects(tsgu_ops.sparse_mm, [A, B], which, table[name])
+    _call_rejects(fn, [A, B], which, table[name])
+
+
+@settings(deadline=None, max_examples=60)
+@given(case=square, which=st.sampled_from([0, 1]), data=st.data())
+def test_sparse_mm_rejects_malformed_input(case, which, data):
+    _a_b_call_rejects(tsgu_ops.sparse_mm, case, which, data)
 
 
 @settings(deadline=None, max_examples=60)
 @given(case=square, which=st.sampled_from([0, 1]), data=st.data())
 def test_sparse_triangular_solve_rejects_malformed_input(case, which, data):
-    A = case.sparse
-    B = torch.ones(*A.shape[:-1], 2, dtype=A.dtype)
-    table = CORRUPT_SPARSE if which == 0 else CORRUPT_DENSE
-    name = data.draw(st.sampled_from(sorted(table)))
-    _call_rejects(
-        lambda A, B: tsgu_ops.sparse_triangular_solve(A, B, upper=False), [A, B], which, table[name]
-    )
+    _a_b_call_rejects(lambda A, B: tsgu_ops.sparse_triangular_solve(A, B, upper=False), case, which, data)
 
 
 @settings(deadline=None, max_examples=60)
@@ -139,15 +138,10 @@ def test_sampled_product_rejects_malformed_input(case, which, data):
 @settings(deadline=None, max_examples=60)
 @given(case=square, which=st.sampled_from([0, 1]), data=st.data())
 def test_implicit_solve_rejects_malformed_input(case, which, data):
-    A = case.sparse
-    B = torch.ones(*A.shape[:-1], 2, dtype=A.dtype)
-    table = CORRUPT_SPARSE if which == 0 else CORRUPT_DENSE
-    name = data.draw(st.sampled_from(sorted(table)))
-
     def solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
         return B
 
-    _call_rejects(lambda A, B: tsgu_ops.implicit_solve(A, B, solve, solve), [A, B], which, table[name])
+    _a_b_call_rejects(lambda A, B: tsgu_ops.implicit_solve(A, B, solve, solve), case, which, data)
 
 
 @settings(deadline=None, max_examples=40)

@@ -35,27 +35,16 @@ def _check_4d(volume_shape: Any) -> None:
 class PairwiseVoxelEncoder(PairwiseEncoder):
     """Deprecated: :class:`PairwiseEncoder` restricted to ``(C, H, D, W)`` volumes."""
 
-    def __init__(
-        self,
-        radius: float,
-        volume_shape: Sequence[int],
-        diag: bool = False,
-        upper: bool | None = None,
-        channel_voxel_relation: str = "indep",
-        layout: torch.layout = torch.sparse_coo,
-        indices_dtype: torch.dtype = torch.int64,
-        device: torch.device | str | None = torch.device("cpu"),
-    ) -> None:
+    def _check_volume_shape(self, volume_shape: Any) -> tuple[int, ...]:
+        # called first by PairwiseEncoder.__init__, so instantiating warns before anything else
         warnings.warn(
             "PairwiseVoxelEncoder is deprecated and will be removed in a future version. Use "
             "PairwiseEncoder instead, which supports any number of spatial dimensions.",
             DeprecationWarning,
-            stacklevel=3,
+            stacklevel=4,  # the frame it named when __init__ warned itself (one above the instantiation)
         )
         _check_4d(volume_shape)
-        super().__init__(
-            radius, volume_shape, diag, upper, channel_voxel_relation, layout, indices_dtype, device
-        )
+        return super()._check_volume_shape(volume_shape)
 
 
 def calc_pairwise_coo_indices(

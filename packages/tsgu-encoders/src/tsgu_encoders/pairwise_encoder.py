@@ -127,7 +127,7 @@ class PairwiseEncoder(nn.Module):
         device: torch.device | str | None = torch.device("cpu"),
     ) -> None:
         super().__init__()
-        shape = check_volume_shape(volume_shape, _SHAPE_MSG)
+        shape = self._check_volume_shape(volume_shape)
         if indices_dtype not in (torch.int32, torch.int64):
             raise ValueError("`indices_dtype` must be torch.int64 or torch.int32 for torch.sparse_coo")
         radius = check_radius(radius)
@@ -152,6 +152,10 @@ class PairwiseEncoder(nn.Module):
         self._patterns: dict[int | None, SparsePattern] = {}
 
     # ------------------------------------------------------------------------------------------
+    def _check_volume_shape(self, volume_shape: Any) -> tuple[int, ...]:
+        """``volume_shape`` as a tuple of ints, validated first thing (a subclass may narrow it)."""
+        return check_volume_shape(volume_shape, _SHAPE_MSG)
+
     def _build(self, device: torch.device) -> None:
         """Entries in row-major order, their offsets, and where their values are."""
         shape, V = self.volume_shape, self.volume_numel

@@ -80,50 +80,33 @@ def _validate(a: Any, b: Any, name: str, index: Any, expected_len: int) -> None:
 
 
 class _NativeGroupedMM(Function):
-    """``out_i = a_i b[r(i)]`` by PyTorch's grouped product ``torch._grouped_mm`` (``offs``: segment ends).
+    """PyTorch's grouped product ``torch._grouped_mm`` per segment (``offs``: segment ends).
 
-    Both gradients are grouped products again — ``dA = G b[r]ᵀ`` with this Function and
-    ``db[r] = a_rᵀ G_r`` with :class:`_NativeGroupedWeight` — so neither materialises ``b[idx]``, and
-    each backward is itself differentiable (any order).
+    ``apply(a, b, offs, False)``: ``out_i = a_i b[r(i)]``; ``apply(a, b, offs, True)``: the weight
+    form ``W[r] = a_rᵀ b_r`` (the rows of each segment contracted).  The gradients are grouped
+    products again — of ``out``: ``dA = G b[r]ᵀ``, ``db[r] = a_rᵀ G_r`` (the weight form); of ``W``:
+    ``dA_r = b_r G_rᵀ``, ``db_r = a_r G_r`` — so none materialises ``b[idx]``, and each backward is
+    itself differentiable (any order).
     """
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor, weight: bool) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(a, b, offs)
-        return _native_grouped_mm()(a, b, offs=offs)
+        ctx.weight = weight
+        return _native_grouped_mm()(a.t() if weight else a, b, offs=offs)
 
     @staticmethod
-    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         a, b, offs = ctx.saved_tensors
         G = G.contiguous()
+        left, right = (b, G) if ctx.weight else (G, b)
         da = (
-            _NativeGroupedMM.apply(G, b.transpose(1, 2).contiguous(), offs)
+            _NativeGroupedMM.apply(left, right.transpose(1, 2).contiguous(), offs, False)
             if ctx.needs_input_grad[0]
             else None
         )
-        db = _NativeGroupedWeight.apply(a, G, offs) if ctx.needs_input_grad[1] else None
-        return da, db, None
-
-
-class _NativeGroupedWeight(Function):
-    """``W[r] = a_rᵀ G_r`` (a grouped product over the rows of each segment)."""
-
-    @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, G: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(a, G, offs)
-        return _native_grouped_mm()(a.t(), G, offs=offs)
-
-    @staticmethod
-    def backward(ctx: Any, H: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
-        a, G, offs = ctx.saved_tensors
-        H = H.contiguous()
-        da = (
-            _NativeGroupedMM.apply(G, H.transpose(1, 2).contiguous(), offs)
-            if ctx.needs_input_grad[0]
-            else None
-        )
-        dG = _NativeGroupedMM.apply(a, H, offs) if ctx.needs_input_grad[1] else None
-        return da, dG, None
+        db = _NativeGroupedMM.apply(a, G, offs, not ctx.weight) if ctx.needs_input_grad[1] else None
+        return da, db, None, None
 
 
 def _native_grouped_mm() -> Any:
@@ -153,7 +136,7 @@ def _grouped_mm(a: torch.Tensor, b: torch.Tensor, seglen: torch.Tensor) -> torch
     if _native_grouped_applies(a, b):
         offs = torch.cumsum(seglen, 0).to(torch.int32)
         try:
-            return _NativeGroupedMM.apply(a.contiguous(), b.contiguous(), offs)  # type: ignore[no-any-return]
+            return _NativeGroupedMM.apply(a.contiguous(), b.contiguous(), offs, False)  # type: ignore[no-any-return]
         except (RuntimeError, NotImplementedError):  # a build or device without the kernel
             pass
     return _tiled_mm(a, b, seglen)

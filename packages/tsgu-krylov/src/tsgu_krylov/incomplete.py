@@ -63,6 +63,28 @@ def _check_max_residual(max_residual: Any) -> float:
     return float(max_residual)
 
 
+def _stored_updates(
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    N: int,
+    s1: torch.Tensor,
+    s2: torch.Tensor,
+    target: torch.Tensor,
+    divided: torch.Tensor,
+    divisors: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The candidate pairs ``(s1, s2)`` whose target coordinate (key ``row * N + col``) is stored,
+    with its position ``t``, and each entry's divisor: ``divisors`` for the entries ``divided``,
+    ``nnz`` (no division) for the others."""
+    nnz = rows.numel()
+    keys = rows * N + cols
+    pos = torch.searchsorted(keys, target).clamp_max(max(nnz - 1, 0))
+    hit = keys[pos] == target
+    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
+    div[divided] = divisors
+    return s1[hit], s2[hit], pos[hit], div
+
+
 def _ilu_pairs(
     rows: torch.Tensor, cols: torch.Tensor, N: int, diag_pos: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -72,20 +94,13 @@ def _ilu_pairs(
     ``(k, j)`` stored: pairs ``(s1, s2, t)`` of positions.  A strictly lower entry is then divided
     by ``u_jj`` (``div``; ``nnz`` means no division).
     """
-    nnz = rows.numel()
     crow = compress_rows(rows, N).to(torch.int64)
     lower = torch.nonzero(cols < rows).squeeze(-1)
     k = cols[lower]
     starts = diag_pos[k] + 1  # row k's strictly upper entries follow its diagonal
     group, s2 = _expand(starts, crow[k + 1] - starts)
     s1 = lower[group]
-    want = rows[s1] * N + cols[s2]
-    keys = rows * N + cols
-    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
-    hit = keys[pos] == want
-    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
-    div[lower] = diag_pos[k]
-    return s1[hit], s2[hit], pos[hit], div
+    return _stored_updates(rows, cols, N, s1, s2, rows[s1] * N + cols[s2], lower, diag_pos[k])
 
 
 def _ic_pairs(
@@ -96,7 +111,6 @@ def _ic_pairs(
     Entry ``(i, j)``, ``j ≤ i``, receives ``−l_ik l_jk`` for every ``k < j`` with ``(i, k)`` and
     ``(j, k)`` stored: for each column ``k``, every pair of its strictly lower entries.
     """
-    nnz = rows.numel()
     strict = torch.nonzero(cols < rows).squeeze(-1)
     by_col = strict[torch.argsort(cols[strict], stable=True)]  # column-major, rows ascending
     ccol = compress_rows(cols[by_col], N).to(torch.int64)
@@ -105,13 +119,7 @@ def _ic_pairs(
     group, partner = _expand(ccol[k], rank + 1)  # rows ≤ its own in the same column
     s1 = by_col[group]
     s2 = by_col[partner]
-    want = rows[s1] * N + rows[s2]
-    keys = rows * N + cols
-    pos = torch.searchsorted(keys, want).clamp_max(max(nnz - 1, 0))
-    hit = keys[pos] == want
-    div = torch.full((nnz,), nnz, dtype=torch.int64, device=rows.device)
-    div[strict] = diag_pos[cols[strict]]
-    return s1[hit], s2[hit], pos[hit], div
+    return _stored_updates(rows, cols, N, s1, s2, rows[s1] * N + rows[s2], strict, diag_pos[cols[strict]])
 
 
 def _diagonal_slots(rows: torch.Tensor, cols: torch.Tensor, N: int, what: str) -> torch.Tensor:
@@ -240,7 +248,56 @@ class _IcSymbolic:
         self.crow, self.col = L.crow_indices(), L.col_indices()
 
 
-class ILU0(Preconditioner):
+class _Incomplete(Preconditioner):
+    """What ILU0 and IC0 share: the argument checks, the entries of ``A`` the factorisation reads,
+    and their factor values, computed by levels (exact) or by checked sweeps."""
+
+    _what: str  # the factorisation's name in messages
+    _key: str  # its cache key
+    _symbolic: Any  # its pattern-only part (a class; made once per pattern)
+    _cholesky: bool  # L Lᵀ from the lower triangle, positive pivots (IC(0)); else L U, nonzero pivots
+
+    def __init__(
+        self, A: torch.Tensor, method: str = "exact", sweeps: int | None = None, max_residual: float = 1.0
+    ):
+        pattern, a = _pattern_of(A)
+        super().__init__(pattern)
+        n_sweeps = _check_method(method, sweeps)
+        limit = _check_max_residual(max_residual)
+        N = pattern.N
+        rows, cols, a = _canonical(pattern, a)
+        if self._cholesky:  # only the lower triangle is read
+            keep = cols <= rows
+            rows, cols, a = rows[keep], cols[keep], a[keep]
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"{self._what}: A has non-finite (inf or NaN) values")
+        sym = cached(self._key, rows, cols, lambda: self._symbolic(rows, cols, N))
+        if n_sweeps is None:
+            f, pivots = sym.schedule.run(a)
+            s1, s2, t = sym.schedule.s1, sym.schedule.s2, sym.schedule.t
+            size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[sym.diag_pos]
+            _check_pivots(pattern, pivots[sym.diag_pos], size, self._what, positive=self._cholesky)
+            _check_finite(pattern, rows, f, self._what)
+        else:
+            f, prod = self._sweeps(rows, cols, a, sym.diag_pos, n_sweeps)
+            _check_finite(pattern, rows, f, self._what)
+            resid = float(torch.linalg.vector_norm(prod - a) / torch.linalg.vector_norm(a))
+            _check_sweeps(pattern, resid, limit, n_sweeps, self._what)
+        self._build(rows, cols, f, sym)
+        self.method, self.sweeps = method, n_sweeps
+
+    def _sweeps(
+        self, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, diag_pos: torch.Tensor, sweeps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
+        """Chow–Patel sweeps: the factor values and the factors' product on the pattern."""
+        raise NotImplementedError
+
+    def _build(self, rows: torch.Tensor, cols: torch.Tensor, f: torch.Tensor, sym: Any) -> None:
+        """The factor matrices, from the factor values ``f`` at the entries read."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class ILU0(_Incomplete):
     """Incomplete LU factorisation on ``A``'s own pattern: ``M = L U`` (``L`` unit lower).
 
     Parameters
@@ -281,26 +338,10 @@ class ILU0(Preconditioner):
     ValueError: ILU(0) breakdown at row 1: zero pivot 0; ...
     """
 
-    def __init__(
-        self, A: torch.Tensor, method: str = "exact", sweeps: int | None = None, max_residual: float = 1.0
-    ):
-        pattern, a = _pattern_of(A)
-        super().__init__(pattern)
-        n_sweeps = _check_method(method, sweeps)
-        limit = _check_max_residual(max_residual)
-        N = pattern.N
-        rows, cols, a = _canonical(pattern, a)
-        if not bool(torch.isfinite(a).all()):
-            raise ValueError("ILU(0): A has non-finite (inf or NaN) values")
-        sym = cached("ilu0", rows, cols, lambda: _IluSymbolic(rows, cols, N))
-        if n_sweeps is None:
-            f, _ = sym.schedule.run(a)
-            s1, s2, t = sym.schedule.s1, sym.schedule.s2, sym.schedule.t
-            size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[sym.diag_pos]
-            _check_pivots(pattern, f[sym.diag_pos], size, "ILU(0)", positive=False)
-        else:
-            f = self._sweeps(pattern, rows, cols, a, N, sym.diag_pos, n_sweeps, limit)
-        _check_finite(pattern, rows, f, "ILU(0)")
+    _what, _key, _symbolic, _cholesky = "ILU(0)", "ilu0", _IluSymbolic, False
+
+    def _build(self, rows: torch.Tensor, cols: torch.Tensor, f: torch.Tensor, sym: Any) -> None:
+        N = self.pattern.N
         self._rows, self._cols, self._f, self._sym = rows, cols, f, sym
         fl = f[sym.lower]
         fl[sym.l_diag] = 1.0  # the unit diagonal is stored: the CSR solve is far slower without it
@@ -314,20 +355,12 @@ class ILU0(Preconditioner):
             )
         )
         self._tri = TriangularFactors((self.L, False), (ut, True))
-        self.method, self.sweeps = method, n_sweeps
 
-    @staticmethod
     def _sweeps(
-        pattern: SparsePattern,
-        rows: torch.Tensor,
-        cols: torch.Tensor,
-        a: torch.Tensor,
-        N: int,
-        diag_pos: torch.Tensor,
-        sweeps: int,
-        limit: float,
-    ) -> torch.Tensor:
+        self, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, diag_pos: torch.Tensor, sweeps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chow–Patel sweeps from ``L = strict lower of A / diag``, ``U = upper of A``."""
+        pattern, N = self.pattern, self.pattern.N
         lower = cols < rows
         keys = rows * N + cols
         lr, lc = rows[lower], cols[lower]
@@ -351,12 +384,8 @@ class ILU0(Preconditioner):
             _check_pivots(pattern, u[u_diag_slot], size, f"ILU(0) sweep {sweep + 1}", False, _SWEEPS_DIVERGED)
         f = torch.empty_like(a)
         f[lower], f[~lower] = l, u
-        _check_finite(pattern, rows, f, "ILU(0)")
         full_l = _csr(rows_l, cols_l, torch.cat([l, ones])[order], N)
-        prod = _sampled_spgemm(full_l, _csr(ur, uc, u, N), keys, N)
-        resid = float(torch.linalg.vector_norm(prod - a) / torch.linalg.vector_norm(a))
-        _check_sweeps(pattern, resid, limit, sweeps, "ILU(0)")
-        return f
+        return f, _sampled_spgemm(full_l, _csr(ur, uc, u, N), keys, N)
 
     @property
     def U(self) -> torch.Tensor:
@@ -368,7 +397,7 @@ class ILU0(Preconditioner):
         return self._tri.solve(R, self.transposed)
 
 
-class IC0(Preconditioner):
+class IC0(_Incomplete):
     """Incomplete Cholesky on the lower triangle of ``A``'s pattern: ``M = L Lᵀ`` (SPD ``A``).
 
     Parameters
@@ -376,13 +405,9 @@ class IC0(Preconditioner):
     A : Tensor
         Symmetric positive-definite sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)``; only its
         lower triangle is read.
-    method : {"exact", "sweeps"}
-        ``"exact"`` (default): the sequential algorithm's factor, computed level by level.
-        ``"sweeps"``: ``sweeps`` Chow–Patel fixed-point sweeps, checked (see the module docstring).
-    sweeps : int, optional
-        Number of sweeps for ``method="sweeps"`` (default 5); not allowed with ``"exact"``.
-    max_residual : float
-        ``method="sweeps"`` only: the largest accepted relative fixed-point residual.
+    method, sweeps, max_residual
+        As for :class:`ILU0`: the sequential algorithm's factor, computed level by level
+        (``"exact"``, the default), or ``sweeps`` checked Chow–Patel fixed-point sweeps.
 
     Attributes
     ----------
@@ -412,45 +437,18 @@ class IC0(Preconditioner):
 
     symmetric = True
 
-    def __init__(
-        self, A: torch.Tensor, method: str = "exact", sweeps: int | None = None, max_residual: float = 1.0
-    ):
-        pattern, a = _pattern_of(A)
-        super().__init__(pattern)
-        n_sweeps = _check_method(method, sweeps)
-        limit = _check_max_residual(max_residual)
-        N = pattern.N
-        rows, cols, a = _canonical(pattern, a)
-        keep = cols <= rows
-        rows, cols, a = rows[keep], cols[keep], a[keep]
-        if not bool(torch.isfinite(a).all()):
-            raise ValueError("IC(0): A has non-finite (inf or NaN) values")
-        sym = cached("ic0", rows, cols, lambda: _IcSymbolic(rows, cols, N))
-        diag_pos = sym.diag_pos
-        if n_sweeps is None:
-            f, before = sym.schedule.run(a)
-            s1, s2, t = sym.schedule.s1, sym.schedule.s2, sym.schedule.t
-            size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[diag_pos]
-            _check_pivots(pattern, before[diag_pos], size, "IC(0)", positive=True)
-        else:
-            f = self._sweeps(pattern, rows, cols, a, N, diag_pos, n_sweeps, limit)
-        _check_finite(pattern, rows, f, "IC(0)")
+    _what, _key, _symbolic, _cholesky = "IC(0)", "ic0", _IcSymbolic, True
+
+    def _build(self, rows: torch.Tensor, cols: torch.Tensor, f: torch.Tensor, sym: Any) -> None:
+        N = self.pattern.N
         self.L = quiet(lambda: torch.sparse_csr_tensor(sym.crow, sym.col, f, (N, N), check_invariants=False))
         self._tri = TriangularFactors((self.L, False), (self.L, True))
-        self.method, self.sweeps = method, n_sweeps
 
-    @staticmethod
     def _sweeps(
-        pattern: SparsePattern,
-        rows: torch.Tensor,
-        cols: torch.Tensor,
-        a: torch.Tensor,
-        N: int,
-        diag_pos: torch.Tensor,
-        sweeps: int,
-        limit: float,
-    ) -> torch.Tensor:
+        self, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, diag_pos: torch.Tensor, sweeps: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chow–Patel sweeps from ``L = lower of A`` scaled by ``√diag``."""
+        pattern, N = self.pattern, self.pattern.N
         d = a[diag_pos]
         _check_pivots(pattern, d, d.abs(), "IC(0)", positive=True)
         strict = cols < rows
@@ -471,12 +469,9 @@ class IC0(Preconditioner):
             ldiag = new_diag
         f = torch.empty_like(a)
         f[strict], f[diag_pos] = lstrict, ldiag
-        _check_finite(pattern, rows, f, "IC(0)")
         t_all = lexsort_rows_cols(cols, rows, N)
-        prod = _sampled_spgemm(_csr(rows, cols, f, N), _csr(cols[t_all], rows[t_all], f[t_all], N), keys, N)
-        resid = float(torch.linalg.vector_norm(prod - a) / torch.linalg.vector_norm(a))
-        _check_sweeps(pattern, resid, limit, sweeps, "IC(0)")
-        return f
+        Lt = _csr(cols[t_all], rows[t_all], f[t_all], N)
+        return f, _sampled_spgemm(_csr(rows, cols, f, N), Lt, keys, N)
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         return self._tri.solve(R)  # L Lᵀ is symmetric: the transpose is the same

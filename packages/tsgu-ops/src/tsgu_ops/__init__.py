@@ -7,31 +7,15 @@ Public names: the operations (:func:`sparse_mm`, :func:`sparse_triangular_solve`
 Hypothesis strategies live in :mod:`tsgu_ops.testing` (extra ``tsgu-ops[testing]``).
 """
 
+from . import formats, random_sparse
 from ._checks import DtypeMismatchError
 from ._version import __version__
-from .formats import (
-    convert_coo_to_csr,
-    convert_coo_to_csr_indices_values,
-    sparse_block_diag,
-    sparse_block_diag_split,
-    sparse_eye,
-    stack_csr,
-)
+from .formats import *  # noqa: F403
 from .implicit import ImplicitSolve, implicit_solve
 from .logsumexp import sparse_bidir_logsumexp, sparse_logsumexp
 from .matmul import SparseMatMul, sparse_mm
 from .pattern import SparsePattern
-from .random_sparse import (
-    generate_random_sparse_coo_matrix,
-    generate_random_sparse_csr_matrix,
-    generate_random_sparse_strictly_triangular_coo_matrix,
-    generate_random_sparse_strictly_triangular_csr_matrix,
-    generate_random_sparse_triangular_coo_matrix,
-    generate_random_sparse_triangular_csr_matrix,
-    make_spd_sparse,
-    rand_sparse,
-    rand_sparse_tri,
-)
+from .random_sparse import *  # noqa: F403
 from .sampled import sampled_product, sparse_values, sparse_with_values
 from .triangular import SparseTriangularSolve, sparse_triangular_solve
 
@@ -42,27 +26,15 @@ __all__ = [
     "SparsePattern",
     "SparseTriangularSolve",
     "__version__",
-    "convert_coo_to_csr",
-    "convert_coo_to_csr_indices_values",
-    "generate_random_sparse_coo_matrix",
-    "generate_random_sparse_csr_matrix",
-    "generate_random_sparse_strictly_triangular_coo_matrix",
-    "generate_random_sparse_strictly_triangular_csr_matrix",
-    "generate_random_sparse_triangular_coo_matrix",
-    "generate_random_sparse_triangular_csr_matrix",
     "implicit_solve",
-    "make_spd_sparse",
-    "rand_sparse",
-    "rand_sparse_tri",
     "sampled_product",
     "sparse_bidir_logsumexp",
-    "sparse_block_diag",
-    "sparse_block_diag_split",
-    "sparse_eye",
     "sparse_logsumexp",
     "sparse_mm",
     "sparse_triangular_solve",
     "sparse_values",
     "sparse_with_values",
-    "stack_csr",
 ]
+# the format utilities and the random generators, as their modules list them
+__all__ += formats.__all__
+__all__ += random_sparse.__all__

@@ -21,8 +21,10 @@ value vectors and operands on one pattern runs as one block-diagonal problem, bu
 arithmetic).  ``torch.library`` autograd has no forward mode, so eager code and ``torch.func``
 reach the same kernels through the autograd Functions :class:`MatmulFn`, :class:`SampledFn` and
 :class:`TriSolveFn` (``setup_context``, ``jvp``, a generated vmap rule); code being compiled calls
-the operators.  :func:`mm`, :func:`sampled` and :func:`trisolve` choose.  :class:`SolveFn` is the
-implicit derivative of a black-box linear solve on the same values.
+the operators.  Each backward formula is written once (``_mm_grads``, ``_sampled_grads``,
+``_trisolve_grads``) and run on the operators or on the Functions.  :func:`mm`, :func:`sampled`
+and :func:`trisolve` choose.  :class:`SolveFn` is the implicit derivative of a black-box linear
+solve on the same values.
 
 Complex values: every formula uses the conjugate (Wirtinger) gradients of PyTorch's autograd;
 the kernels themselves are bilinear and conjugate nothing.  Autocast is disabled inside every
@@ -204,9 +206,9 @@ def trisolve_impl(
     upper: bool,
     unitriangular: bool,
     transpose: bool,
-    unit_crow: Tensor | None = None,
-    unit_col: Tensor | None = None,
-    unit_pos: Tensor | None = None,
+    unit_crow: Tensor | None,
+    unit_col: Tensor | None,
+    unit_pos: Tensor | None,
 ) -> Tensor:
     """``op(S(values))⁻¹ B`` for a 2-D ``B``; no autograd.
 
@@ -279,85 +281,128 @@ def _check_unbatched_indices(name: str, in_dims: Any, count: int = 6) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# the custom operators
-if HAS_CUSTOM_OP:
+# the derivatives, written once: ``k`` runs the kernels on one pattern, as the custom operators
+# (:class:`_Operators`, the operators' own autograd) or as the autograd Functions
+# (:class:`_Functions`, eager code and torch.func), so derivatives of any order exist either way
+def _mm_grads(
+    k: Any, values: Tensor, X: Tensor, G: Tensor, transpose: bool, need_values: bool, need_X: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Of ``Y = op(S(values)) X``: ``dv = sampled(G, X̄)`` (``sampled(X̄, G)`` when transposed)
+    and ``dX = op(S(v̄))ᵀ G``."""
+    dv = dX = None
+    if need_values:
+        Xc = conj(X)
+        dv = k.sampled(Xc, G) if transpose else k.sampled(G, Xc)
+    if need_X:
+        dX = k.mm(conj(values), G, not transpose)
+    return dv, dX
 
-    @torch.library.custom_op("tsgu::csr_mm", mutates_args=())
-    def _op_mm(
-        crow: Tensor,
-        col: Tensor,
-        crow_t: Tensor,
-        col_t: Tensor,
-        perm_t: Tensor,
-        rows: Tensor,
-        values: Tensor,
-        X: Tensor,
-        transpose: bool,
-    ) -> Tensor:
-        return mm_impl(crow, col, crow_t, col_t, perm_t, rows, values, X, transpose)
+
+def _sampled_grads(
+    k: Any, U: Tensor, V: Tensor, g: Tensor, need_U: bool, need_V: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Of ``s = sampled(U, V)``: ``dU = S(g) V̄`` and ``dV = S(g)ᵀ Ū``."""
+    dU = k.mm(g, conj(V), False) if need_U else None
+    dV = k.mm(g, conj(U), True) if need_V else None
+    return dU, dV
+
+
+def _trisolve_grads(
+    k: Any, values: Tensor, X: Tensor, G: Tensor, flags: Any, need_values: bool, need_B: bool
+) -> tuple[Tensor | None, Tensor | None]:
+    """Of ``X = op(S(values))⁻¹ B``: ``dB = Gb = op(S)⁻ᴴ G`` (the solve with ``conj(S)`` and the
+    other transpose flag) and ``dv = −sampled(Gb, X̄)`` (``−sampled(X̄, Gb)`` when transposed),
+    zero outside the triangle the solve reads."""
+    upper, unit, transpose = flags
+    Gb = k.trisolve(conj(values), G, upper, unit, not transpose)
+    dv = None
+    if need_values:
+        Xc = conj(X)
+        prod = k.sampled(Xc, Gb) if transpose else k.sampled(Gb, Xc)
+        dv = -prod * k.mask(upper)
+    return dv, Gb if need_B else None
+
+
+class _Operators:
+    """The kernels on kernel indices ``idx`` as the custom operators (``unit``: the stored-ones
+    layout that the triangular solve passes on, or ``None``s)."""
+
+    def __init__(self, idx: Any, unit: Any = (None, None, None)) -> None:
+        self.idx, self.unit = idx, unit
+
+    def mm(self, values: Tensor, X: Tensor, transpose: bool) -> Tensor:
+        return mm_op(*self.idx, values, X, transpose)  # type: ignore[no-any-return]
+
+    def sampled(self, U: Tensor, V: Tensor) -> Tensor:
+        return sampled_op(*self.idx, U, V)  # type: ignore[no-any-return]
+
+    def trisolve(self, values: Tensor, B: Tensor, upper: bool, unit: bool, transpose: bool) -> Tensor:
+        return trisolve_op(*self.idx, values, B, upper, unit, transpose, *self.unit)  # type: ignore[no-any-return]
+
+    def mask(self, upper: bool) -> Tensor:
+        return triangle_mask(self.idx[5], self.idx[1], upper)
+
+
+class _Functions:
+    """The kernels on a pattern as the autograd Functions :class:`MatmulFn`, :class:`SampledFn`
+    and :class:`TriSolveFn`."""
+
+    def __init__(self, pattern: Any) -> None:
+        self.pattern = pattern
+
+    def mm(self, values: Tensor, X: Tensor, transpose: bool) -> Tensor:
+        return MatmulFn.apply(self.pattern, values, X, transpose)  # type: ignore[no-any-return]
+
+    def sampled(self, U: Tensor, V: Tensor) -> Tensor:
+        return SampledFn.apply(self.pattern, U, V)  # type: ignore[no-any-return]
+
+    def trisolve(self, values: Tensor, B: Tensor, upper: bool, unit: bool, transpose: bool) -> Tensor:
+        return TriSolveFn.apply(self.pattern, values, B, upper, unit, transpose)  # type: ignore[no-any-return]
+
+    def mask(self, upper: bool) -> Tensor:
+        idx = self.pattern.kernel_indices
+        return triangle_mask(idx[5], idx[1], upper)
+
+
+def _blocks(name: str, info: Any, in_dims: Any, args: tuple[Any, ...]) -> tuple[int, Indices, Tensor, Tensor]:
+    """A vmap rule's one block-diagonal problem: the batch size, the kernel indices of the batch's
+    copies of the pattern along the diagonal, and the two dense operands (``args[6]``,
+    ``args[7]``) stacked to match (values end to end, matrix rows below each other)."""
+    _check_unbatched_indices(name, in_dims)
+    b = info.batch_size
+    first, second = (_batched(x, d, b).flatten(0, 1) for x, d in zip(args[6:8], in_dims[6:8]))
+    return b, block_indices(tuple(args[:6]), b), first, second  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------
+# the custom operators: the eager kernels registered as they are, with their fake kernels,
+# autograd (what AOTAutograd traces under torch.compile) and vmap rules
+if HAS_CUSTOM_OP:
+    _op_mm = torch.library.custom_op("tsgu::csr_mm", mm_impl, mutates_args=())
+    _op_sampled = torch.library.custom_op("tsgu::csr_sampled", sampled_impl, mutates_args=())
+    _op_trisolve = torch.library.custom_op("tsgu::csr_trisolve", trisolve_impl, mutates_args=())
 
     @_op_mm.register_fake
     def _(crow, col, crow_t, col_t, perm_t, rows, values, X, transpose):  # type: ignore[no-untyped-def]
         n = (crow_t if transpose else crow).shape[0] - 1
         return X.new_empty(n, X.shape[-1], dtype=values.dtype if X.dtype in AUTOCAST_DTYPES else X.dtype)
 
-    @torch.library.custom_op("tsgu::csr_sampled", mutates_args=())
-    def _op_sampled(
-        crow: Tensor,
-        col: Tensor,
-        crow_t: Tensor,
-        col_t: Tensor,
-        perm_t: Tensor,
-        rows: Tensor,
-        U: Tensor,
-        V: Tensor,
-    ) -> Tensor:
-        return sampled_impl(crow, col, crow_t, col_t, perm_t, rows, U, V)
-
     @_op_sampled.register_fake
     def _(crow, col, crow_t, col_t, perm_t, rows, U, V):  # type: ignore[no-untyped-def]
         return U.new_empty(col.shape[0], dtype=torch.promote_types(U.dtype, V.dtype))
-
-    @torch.library.custom_op("tsgu::csr_trisolve", mutates_args=())
-    def _op_trisolve(
-        crow: Tensor,
-        col: Tensor,
-        crow_t: Tensor,
-        col_t: Tensor,
-        perm_t: Tensor,
-        rows: Tensor,
-        values: Tensor,
-        B: Tensor,
-        upper: bool,
-        unitriangular: bool,
-        transpose: bool,
-        unit_crow: Tensor | None,
-        unit_col: Tensor | None,
-        unit_pos: Tensor | None,
-    ) -> Tensor:
-        return trisolve_impl(
-            crow, col, crow_t, col_t, perm_t, rows, values, B, upper, unitriangular, transpose,
-            unit_crow, unit_col, unit_pos,
-        )  # fmt: skip
 
     @_op_trisolve.register_fake
     def _(crow, col, crow_t, col_t, perm_t, rows, values, B, upper, unitriangular, transpose, uc, ucol, up):  # type: ignore[no-untyped-def]
         return torch.empty_like(B, dtype=values.dtype if B.dtype in AUTOCAST_DTYPES else B.dtype)
 
-    # --- autograd of the operators (what AOTAutograd traces under torch.compile) --------------
     def _setup_mm(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         ctx.transpose = inputs[8]
         ctx.save_for_backward(*inputs[:8])
 
     def _backward_mm(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
         *idx, values, X = ctx.saved_tensors
-        dv = dX = None
-        if ctx.needs_input_grad[6]:
-            Xc = conj(X)
-            dv = _op_sampled(*idx, Xc, G) if ctx.transpose else _op_sampled(*idx, G, Xc)
-        if ctx.needs_input_grad[7]:
-            dX = _op_mm(*idx, conj(values), G, not ctx.transpose)
-        return None, None, None, None, None, None, dv, dX, None
+        grads = _mm_grads(_Operators(idx), values, X, G, ctx.transpose, *ctx.needs_input_grad[6:8])
+        return (None,) * 6 + grads + (None,)
 
     _op_mm.register_autograd(_backward_mm, setup_context=_setup_mm)
 
@@ -366,9 +411,7 @@ if HAS_CUSTOM_OP:
 
     def _backward_sampled(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
         *idx, U, V = ctx.saved_tensors
-        dU = _op_mm(*idx, g, conj(V), False) if ctx.needs_input_grad[6] else None
-        dV = _op_mm(*idx, g, conj(U), True) if ctx.needs_input_grad[7] else None
-        return None, None, None, None, None, None, dU, dV
+        return (None,) * 6 + _sampled_grads(_Operators(idx), U, V, g, *ctx.needs_input_grad[6:8])
 
     _op_sampled.register_autograd(_backward_sampled, setup_context=_setup_sampled)
 
@@ -379,16 +422,9 @@ if HAS_CUSTOM_OP:
 
     def _backward_trisolve(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:
         *idx, values, X = ctx.saved_tensors
-        upper, unit, transpose = ctx.flags
-        # op(S)⁻ᴴ G: the solve with conj(S) and the other transpose flag
-        Gb = _op_trisolve(*idx, conj(values), G, upper, unit, not transpose, *ctx.unit)
-        dv = None
-        if ctx.needs_input_grad[6]:
-            Xc = conj(X)
-            prod = _op_sampled(*idx, Xc, Gb) if transpose else _op_sampled(*idx, Gb, Xc)
-            dv = -prod * triangle_mask(idx[5], idx[1], upper)
-        dB = Gb if ctx.needs_input_grad[7] else None
-        return (None,) * 6 + (dv, dB) + (None,) * 6
+        k = _Operators(idx, ctx.unit)
+        grads = _trisolve_grads(k, values, X, G, ctx.flags, *ctx.needs_input_grad[6:8])
+        return (None,) * 6 + grads + (None,) * 6
 
     _op_trisolve.register_autograd(_backward_trisolve, setup_context=_setup_trisolve)
 
@@ -396,52 +432,21 @@ if HAS_CUSTOM_OP:
     if HAS_REGISTER_VMAP:
 
         @_op_mm.register_vmap
-        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, rows, values, X, transpose):  # type: ignore[no-untyped-def]
-            _check_unbatched_indices("tsgu::csr_mm", in_dims)
-            b = info.batch_size
-            v = _batched(values, in_dims[6], b).reshape(-1)
-            Xb = _batched(X, in_dims[7], b)
-            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
-            Y = _op_mm(*idx, v, Xb.reshape(-1, Xb.shape[-1]), transpose)
+        def _(info, in_dims, *args):  # type: ignore[no-untyped-def]
+            b, idx, v, X = _blocks("tsgu::csr_mm", info, in_dims, args)
+            Y = _op_mm(*idx, v, X, args[8])
             return Y.reshape(b, -1, Y.shape[-1]), 0
 
         @_op_sampled.register_vmap
-        def _(info, in_dims, crow, col, crow_t, col_t, perm_t, rows, U, V):  # type: ignore[no-untyped-def]
-            _check_unbatched_indices("tsgu::csr_sampled", in_dims)
-            b = info.batch_size
-            Ub, Vb = _batched(U, in_dims[6], b), _batched(V, in_dims[7], b)
-            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
-            s = _op_sampled(*idx, Ub.reshape(-1, Ub.shape[-1]), Vb.reshape(-1, Vb.shape[-1]))
-            return s.reshape(b, -1), 0
+        def _(info, in_dims, *args):  # type: ignore[no-untyped-def]
+            b, idx, U, V = _blocks("tsgu::csr_sampled", info, in_dims, args)
+            return _op_sampled(*idx, U, V).reshape(b, -1), 0
 
         @_op_trisolve.register_vmap
-        def _(  # type: ignore[no-untyped-def]
-            info,
-            in_dims,
-            crow,
-            col,
-            crow_t,
-            col_t,
-            perm_t,
-            rows,
-            values,
-            B,
-            upper,
-            unitriangular,
-            transpose,
-            uc,
-            ucol,
-            up,
-        ):  # type: ignore[no-untyped-def]
-            _check_unbatched_indices("tsgu::csr_trisolve", in_dims)
-            b = info.batch_size
-            v = _batched(values, in_dims[6], b).reshape(-1)
-            Bb = _batched(B, in_dims[7], b)
-            idx = block_indices((crow, col, crow_t, col_t, perm_t, rows), b)
+        def _(info, in_dims, *args):  # type: ignore[no-untyped-def]
+            b, idx, v, B = _blocks("tsgu::csr_trisolve", info, in_dims, args)
             # the block problem without the stored-ones layout (it is per pattern, not per block)
-            X = _op_trisolve(
-                *idx, v, Bb.reshape(-1, Bb.shape[-1]), upper, unitriangular, transpose, None, None, None
-            )
+            X = _op_trisolve(*idx, v, B, *args[8:11], None, None, None)
             return X.reshape(b, -1, X.shape[-1]), 0
 
     mm_op: Any = _op_mm
@@ -488,6 +493,19 @@ def _compiling() -> bool:
 # autograd Functions for eager code and torch.func (grad, vjp, jvp, jacrev, jacfwd, hessian, vmap)
 # ``pattern`` is any object with ``kernel_indices`` (a SparsePattern): not a pytree, so torch.func
 # passes it through its transforms untouched.
+def _eager_or_op(impl: Any, op: Any) -> Any:
+    """What a Function's forward runs: the eager kernel, or under a ``torch.func`` transform the
+    operator (whose vmap rule applies)."""
+    return impl if _untransformed() else op
+
+
+def _keep(ctx: Any, pattern: Any, flags: tuple[Any, ...], a: Tensor, b: Tensor) -> None:
+    """What a Function's backward and jvp need: the pattern, its flags and two tensors."""
+    ctx.pattern, ctx.flags = pattern, flags
+    ctx.save_for_backward(a, b)
+    ctx.save_for_forward(a, b)
+
+
 class MatmulFn(Function):
     """``Y = S(values) @ X`` (``S(values)ᵀ @ X`` when ``transpose``).
 
@@ -498,36 +516,28 @@ class MatmulFn(Function):
 
     @staticmethod
     def forward(pattern: Any, values: Tensor, X: Tensor, transpose: bool) -> Tensor:  # type: ignore[override]
-        fn: Any = mm_impl if _untransformed() else mm_op
-        return fn(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
+        return _eager_or_op(mm_impl, mm_op)(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         pattern, values, X, transpose = inputs
-        ctx.pattern, ctx.transpose = pattern, transpose
-        ctx.save_for_backward(values, X)
-        ctx.save_for_forward(values, X)
+        _keep(ctx, pattern, (transpose,), values, X)
 
     @staticmethod
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         values, X = ctx.saved_tensors
-        pattern, transpose = ctx.pattern, ctx.transpose
-        dv = dX = None
-        if ctx.needs_input_grad[1]:
-            Xc = conj(X)
-            dv = SampledFn.apply(pattern, Xc, G) if transpose else SampledFn.apply(pattern, G, Xc)
-        if ctx.needs_input_grad[2]:
-            dX = MatmulFn.apply(pattern, conj(values), G, not transpose)
-        return None, dv, dX, None
+        k, (transpose,) = _Functions(ctx.pattern), ctx.flags
+        return (None, *_mm_grads(k, values, X, G, transpose, *ctx.needs_input_grad[1:3]), None)
 
     @staticmethod
     def jvp(ctx: Any, _p: None, t_values: Tensor | None, t_X: Tensor | None, _t: None) -> Tensor:
         values, X = ctx.saved_tensors
+        (transpose,) = ctx.flags
         out = None
         if t_values is not None:
-            out = MatmulFn.apply(ctx.pattern, t_values, X, ctx.transpose)
+            out = MatmulFn.apply(ctx.pattern, t_values, X, transpose)
         if t_X is not None:
-            term = MatmulFn.apply(ctx.pattern, values, t_X, ctx.transpose)
+            term = MatmulFn.apply(ctx.pattern, values, t_X, transpose)
             out = term if out is None else out + term
         return out  # type: ignore[return-value]
 
@@ -539,22 +549,17 @@ class SampledFn(Function):
 
     @staticmethod
     def forward(pattern: Any, U: Tensor, V: Tensor) -> Tensor:  # type: ignore[override]
-        fn: Any = sampled_impl if _untransformed() else sampled_op
-        return fn(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
+        return _eager_or_op(sampled_impl, sampled_op)(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         pattern, U, V = inputs
-        ctx.pattern = pattern
-        ctx.save_for_backward(U, V)
-        ctx.save_for_forward(U, V)
+        _keep(ctx, pattern, (), U, V)
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         U, V = ctx.saved_tensors
-        dU = MatmulFn.apply(ctx.pattern, g, conj(V), False) if ctx.needs_input_grad[1] else None
-        dV = MatmulFn.apply(ctx.pattern, g, conj(U), True) if ctx.needs_input_grad[2] else None
-        return None, dU, dV
+        return (None, *_sampled_grads(_Functions(ctx.pattern), U, V, g, *ctx.needs_input_grad[1:3]))
 
     @staticmethod
     def jvp(ctx: Any, _p: None, t_U: Tensor | None, t_V: Tensor | None) -> Tensor:
@@ -575,11 +580,6 @@ def _unit_layout(pattern: Any, upper: bool, unitriangular: bool) -> tuple[Any, A
     return (None, None, None) if layout is None else layout
 
 
-def _mask(pattern: Any, upper: bool) -> Tensor:
-    idx = pattern.kernel_indices
-    return triangle_mask(idx[5], idx[1], upper)
-
-
 class TriSolveFn(Function):
     """``X = op(S(values))⁻¹ B``; ``apply(pattern, values, B, upper, unitriangular, transpose)``.
 
@@ -592,30 +592,20 @@ class TriSolveFn(Function):
     def forward(  # type: ignore[override]
         pattern: Any, values: Tensor, B: Tensor, upper: bool, unitriangular: bool, transpose: bool
     ) -> Tensor:
-        fn: Any = trisolve_impl if _untransformed() else trisolve_op
         unit = _unit_layout(pattern, upper, unitriangular)
+        fn = _eager_or_op(trisolve_impl, trisolve_op)
         return fn(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         pattern, values, _B, upper, unitriangular, transpose = inputs
-        ctx.pattern, ctx.flags = pattern, (upper, unitriangular, transpose)
-        ctx.save_for_backward(values, output)
-        ctx.save_for_forward(values, output)
+        _keep(ctx, pattern, (upper, unitriangular, transpose), values, output)
 
     @staticmethod
     def backward(ctx: Any, G: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         values, X = ctx.saved_tensors
-        pattern = ctx.pattern
-        upper, unit, transpose = ctx.flags
-        Gb = TriSolveFn.apply(pattern, conj(values), G, upper, unit, not transpose)  # op(S)⁻ᴴ G
-        dv = None
-        if ctx.needs_input_grad[1]:
-            Xc = conj(X)
-            prod = SampledFn.apply(pattern, Xc, Gb) if transpose else SampledFn.apply(pattern, Gb, Xc)
-            dv = -prod * _mask(pattern, upper)
-        dB = Gb if ctx.needs_input_grad[2] else None
-        return None, dv, dB, None, None, None
+        grads = _trisolve_grads(_Functions(ctx.pattern), values, X, G, ctx.flags, *ctx.needs_input_grad[1:3])
+        return (None, *grads, None, None, None)
 
     @staticmethod
     def jvp(
@@ -627,7 +617,7 @@ class TriSolveFn(Function):
         upper, unit, transpose = ctx.flags
         rhs = None
         if t_values is not None:
-            rhs = -MatmulFn.apply(pattern, t_values * _mask(pattern, upper), X, transpose)
+            rhs = -MatmulFn.apply(pattern, t_values * _Functions(pattern).mask(upper), X, transpose)
         if t_B is not None:
             rhs = t_B if rhs is None else rhs + t_B
         return TriSolveFn.apply(pattern, values, rhs, upper, unit, transpose)  # type: ignore[no-any-return]
@@ -647,38 +637,35 @@ def _plain(a: Tensor, b: Tensor) -> bool:
     return _untransformed()
 
 
+def _route(
+    op: Any, impl: Any, fn: Any, pattern: Any, a: Tensor, b: Tensor, flags: tuple[bool, ...], unit: Any = ()
+) -> Tensor:
+    """``op``, ``impl`` or ``fn.apply`` on the pattern, the two operands and the flags (``unit``:
+    the stored-ones layout, passed to the kernels only; the Function finds it itself)."""
+    if HAS_CUSTOM_OP and _compiling():
+        return op(*pattern.kernel_indices, a, b, *flags, *unit)  # type: ignore[no-any-return]
+    if _plain(a, b):
+        idx: Indices = pattern.kernel_indices
+        return impl(*idx, a, b, *flags, *unit)  # type: ignore[no-any-return]
+    return fn.apply(pattern, a, b, *flags)  # type: ignore[no-any-return]
+
+
 def mm(pattern: Any, values: Tensor, X: Tensor, transpose: bool = False) -> Tensor:
     """``S(values) @ X`` (or ``S(values)ᵀ @ X``) for a 2-D ``X``; differentiable in both."""
-    if HAS_CUSTOM_OP and _compiling():
-        return mm_op(*pattern.kernel_indices, values, X, transpose)  # type: ignore[no-any-return]
-    if _plain(values, X):
-        idx: Indices = pattern.kernel_indices
-        return mm_impl(*idx, values, X, transpose)
-    return MatmulFn.apply(pattern, values, X, transpose)  # type: ignore[no-any-return]
+    return _route(mm_op, mm_impl, MatmulFn, pattern, values, X, (transpose,))
 
 
 def sampled(pattern: Any, U: Tensor, V: Tensor) -> Tensor:
     """``U[row_k] · V[col_k]`` at every entry (canonical order); differentiable in both."""
-    if HAS_CUSTOM_OP and _compiling():
-        return sampled_op(*pattern.kernel_indices, U, V)  # type: ignore[no-any-return]
-    if _plain(U, V):
-        idx: Indices = pattern.kernel_indices
-        return sampled_impl(*idx, U, V)
-    return SampledFn.apply(pattern, U, V)  # type: ignore[no-any-return]
+    return _route(sampled_op, sampled_impl, SampledFn, pattern, U, V, ())
 
 
 def trisolve(
     pattern: Any, values: Tensor, B: Tensor, *, upper: bool, unitriangular: bool, transpose: bool
 ) -> Tensor:
     """``op(S(values))⁻¹ B`` for a triangular pattern and a 2-D ``B``; differentiable in both."""
-    if HAS_CUSTOM_OP and _compiling():
-        unit = _unit_layout(pattern, upper, unitriangular)
-        return trisolve_op(*pattern.kernel_indices, values, B, upper, unitriangular, transpose, *unit)  # type: ignore[no-any-return]
-    if _plain(values, B):
-        idx: Indices = pattern.kernel_indices
-        unit = _unit_layout(pattern, upper, unitriangular)
-        return trisolve_impl(*idx, values, B, upper, unitriangular, transpose, *unit)
-    return TriSolveFn.apply(pattern, values, B, upper, unitriangular, transpose)  # type: ignore[no-any-return]
+    flags, unit = (upper, unitriangular, transpose), _unit_layout(pattern, upper, unitriangular)
+    return _route(trisolve_op, trisolve_impl, TriSolveFn, pattern, values, B, flags, unit)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -762,16 +749,9 @@ class SolveFn(Function):
 
     @staticmethod
     def vmap(
-        info: Any,
-        in_dims: tuple[Any, ...],
-        values: Tensor,
-        B: Tensor,
-        source: Source,
-        pattern: Any,
-        kernel: Kernel,
-        transposed: bool,
-        mask: Tensor | None,
+        info: Any, in_dims: tuple[Any, ...], values: Tensor, B: Tensor, source: Source, *rest: Any
     ) -> tuple[Tensor, int]:
+        # ``rest``: the pattern, kernel, flag and mask, the same for every item
         b = info.batch_size
         if in_dims[0] is not None and source.A is not None:
             raise ValueError(
@@ -779,7 +759,7 @@ class SolveFn(Function):
                 "values to the kernel instead (SparseParameter.solve does)"
             )
         vs, Bs = _batched(values, in_dims[0], b), _batched(B, in_dims[1], b)
-        out = [SolveFn.apply(vs[i], Bs[i], source, pattern, kernel, transposed, mask) for i in range(b)]
+        out = [SolveFn.apply(vs[i], Bs[i], source, *rest) for i in range(b)]
         return torch.stack(out), 0
 
 

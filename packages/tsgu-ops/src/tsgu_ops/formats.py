@@ -14,8 +14,17 @@ from typing import Any
 import torch
 
 from . import _checks
+from ._gradients import ValuesToSparse, differentiable_values, sparse_grad
 from .pattern import SparsePattern, compress_rows, csr_row_indices, quiet
-from .sampled import ValuesToSparse, differentiable_values, sparse_grad
+
+__all__ = [
+    "convert_coo_to_csr",
+    "convert_coo_to_csr_indices_values",
+    "sparse_block_diag",
+    "sparse_block_diag_split",
+    "sparse_eye",
+    "stack_csr",
+]
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -90,8 +99,7 @@ def _compress_row_indices(row_indices: torch.Tensor, num_rows: int) -> torch.Ten
     >>> _compress_row_indices(torch.tensor([0, 0, 2]), 3)
     tensor([0, 2, 2, 3])
     """
-    if not isinstance(row_indices, torch.Tensor):
-        raise TypeError(f"row_indices must be a torch.Tensor, got {type(row_indices).__name__}")
+    _checks.require_tensor("row_indices", row_indices)
     if row_indices.dtype not in _checks.INDEX_DTYPES:
         raise TypeError(f"row_indices must have dtype torch.int32 or torch.int64, got {row_indices.dtype}")
     if row_indices.dim() != 1:
@@ -332,8 +340,7 @@ def sparse_block_diag_split(t: torch.Tensor, *shapes: Sequence[int]) -> tuple[to
     >>> [x.to_dense().tolist() for x in sparse_block_diag_split(sparse_block_diag(a, b), (2, 2), (1, 1))]
     [[[1.0, 0.0], [0.0, 1.0]], [[1.0]]]
     """
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
+    _checks.require_tensor("t", t)
     if t.layout not in _checks.SPARSE_LAYOUTS:
         raise ValueError(f"t must be torch.sparse_coo or torch.sparse_csr, got {t.layout}")
     if t.dim() != 2:

@@ -29,9 +29,10 @@ import torch
 
 from . import _checks, _kernels
 from ._compat import autocast_fp32
+from ._gradients import deliver, register_use
 from ._kernels import Kernel, Source, solve_grad_values
 from .pattern import COMPUTE_DTYPES, SparsePattern, conj
-from .sampled import deliver, operand_values, register_use
+from .sampled import operand_values
 
 SolveFn = Callable[..., torch.Tensor]
 

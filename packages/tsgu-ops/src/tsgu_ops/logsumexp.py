@@ -17,8 +17,8 @@ import torch
 
 from . import _checks
 from ._compat import autocast_fp32
+from ._gradients import SparseToValues
 from .pattern import SparsePattern, csr_row_indices
-from .sampled import SparseToValues
 
 _LAYOUTS = (torch.sparse_coo, torch.sparse_csr, torch.sparse_csc)
 #: Value dtypes of the logsumexp functions (complex values have no logsumexp order: TypeError).

@@ -17,14 +17,7 @@ import torch
 
 from . import _checks, _kernels
 from ._compat import autocast_fp32
-from ._gradients import (  # noqa: F401  (the gradient boundary, re-exported for the packages)
-    SparseToValues,
-    ValuesToSparse,
-    deliver,
-    differentiable_values,
-    register_use,
-    sparse_grad,
-)
+from ._gradients import SparseToValues, ValuesToSparse, differentiable_values, sparse_grad
 from .pattern import COMPUTE_DTYPES, SparsePattern
 
 

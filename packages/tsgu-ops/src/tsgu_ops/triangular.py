@@ -50,7 +50,7 @@ def _pattern_for(A: torch.Tensor, unitriangular: bool) -> SparsePattern:
 
 @_kernels.eager_under_compile  # a sparse tensor: dynamo cannot trace it (a graph break)
 def _triangular(
-    A: torch.Tensor, B: torch.Tensor, upper: bool, unitriangular: bool, transpose: bool
+    A: torch.Tensor, B: torch.Tensor, upper: bool = True, unitriangular: bool = False, transpose: bool = False
 ) -> torch.Tensor:
     with _kernels.plain_sparse():
         pattern = _pattern_for(A, unitriangular)
@@ -71,15 +71,7 @@ class SparseTriangularSolve:
     Gb[j]`` when ``transpose``) at the stored entries of the triangle that the solve reads.
     """
 
-    @staticmethod
-    def apply(
-        A: torch.Tensor,
-        B: torch.Tensor,
-        upper: bool = True,
-        unitriangular: bool = False,
-        transpose: bool = False,
-    ) -> torch.Tensor:
-        return _triangular(A, B, upper, unitriangular, transpose)
+    apply = staticmethod(_triangular)
 
 
 @_kernels.eager_under_compile

@@ -1,28 +1,12 @@
-"""0.2.7 path ``torchsparsegradutils.encoders.pairwise_voxel_encoder`` (re-exports; no warning on import)."""
+"""0.2.7 path ``torchsparsegradutils.encoders.pairwise_voxel_encoder`` (re-exports; no warning on import).
+
+Every name of :mod:`torchsparsegradutils.encoders.pairwise_encoder`, plus ``PairwiseVoxelEncoder``.
+"""
 
 from tsgu_encoders._compat import PairwiseVoxelEncoder
 
-from .pairwise_encoder import (
-    PairwiseEncoder,
-    _gen_coords,
-    _gen_coords_nd,
-    _gen_offsets,
-    _gen_offsets_nd,
-    _trim_nd,
-    calc_pairwise_coo_indices,
-    calc_pairwise_coo_indices_nd,
-    calc_pariwise_coo_indices,
-)
+from . import pairwise_encoder as _pairwise_encoder
+from .pairwise_encoder import *  # noqa: F403
 
-__all__ = [
-    "PairwiseEncoder",
-    "PairwiseVoxelEncoder",
-    "_gen_coords",
-    "_gen_coords_nd",
-    "_gen_offsets",
-    "_gen_offsets_nd",
-    "_trim_nd",
-    "calc_pairwise_coo_indices",
-    "calc_pairwise_coo_indices_nd",
-    "calc_pariwise_coo_indices",
-]
+__all__ = ["PairwiseVoxelEncoder"]
+__all__ += _pairwise_encoder.__all__
