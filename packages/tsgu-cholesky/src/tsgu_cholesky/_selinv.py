@@ -341,9 +341,11 @@ def _selinv_super_loop(
     return 0
 
 
-#: Products of fewer multiply-adds than this are loops in the compiled kernel, larger ones BLAS
-#: calls (a BLAS call, threaded, costs tens of microseconds to start).
-BLAS_FROM = 4096
+#: Products of at least this many multiply-adds go to BLAS (``np.dot``) in the compiled kernel,
+#: smaller ones are vectorised loops.  Off by default: measured on a shared 2-core host, a
+#: threaded BLAS waiting on its descheduled threads made the kernel 2-5× slower than the loops
+#: (with one BLAS thread, BLAS from 10⁵ multiply-adds on was up to 1.3× faster than the loops).
+BLAS_FROM = 2**62
 
 _compiled: dict[str, Callable[..., Any]] = {}
 
