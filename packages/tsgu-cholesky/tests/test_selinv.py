@@ -77,11 +77,13 @@ def test_numba_kernel_with_and_without_blas_products(blas_from, monkeypatch):
         lambda: shifted_grid((14, 13)),
         lambda: shifted_grid((6, 5, 7)),
         lambda: random_spd(40, 0.5, 4),
+        lambda: random_spd(230, 0.9, 9),  # a supernode wider than two blocks of NB columns
     ):
         a, num, M = factor(make())
         want = on_pattern(a, np.linalg.inv(M))
         z = _selinv.selinv_numba(a.l_indptr, a.l_indices, num.l_data, num.d)
         assert np.abs(z - want).max() <= 1e-12 * np.abs(want).max()
+    assert np.diff(a.supernodes).max() > 2 * _selinv.NB
 
 
 def test_complex_factor_matches_the_dense_complex_inverse(kernel):

@@ -235,36 +235,68 @@ def _selinv_super_loop(
         w = l - f
         p0 = indptr[f]
         r = indptr[f + 1] - p0 - w
-        # Linv = L_KK⁻¹ (row-major; unit lower triangular): row q = e_q − Σ_{m<q} L[q, m] row m
+        big = w * w * w >= blas_from
+        # Linv = L_KK⁻¹ (row-major; unit lower triangular): row q = e_q − Σ_{m<q} L[q, m] row m,
+        # by blocks of NB rows when large (the part left of the diagonal block by BLAS)
         Linv = np.zeros((w, w), z.dtype)
-        for q in range(w):
-            Linv[q, q] = 1.0
-            for m in range(q):
-                lqm = ldata[indptr[f + m] + (q - m)]
-                for c in range(m + 1):
-                    Linv[q, c] -= lqm * Linv[m, c]
+        nb = NB if big else w
+        for i0 in range(0, w, nb):
+            i1 = min(i0 + nb, w)
+            for q in range(i0, i1):
+                Linv[q, q] = 1.0
+                for m in range(i0, q):
+                    lqm = ldata[indptr[f + m] + (q - m)]
+                    for c in range(i0, m + 1):
+                        Linv[q, c] -= lqm * Linv[m, c]
+            if i0 > 0:
+                # Linv[I, :i0] = −Linv[I, I] · L[I, :i0] · Linv[:i0, :i0]
+                Lb = np.empty((i1 - i0, i0), z.dtype)
+                for q in range(i0, i1):
+                    for m in range(i0):
+                        Lb[q - i0, m] = ldata[indptr[f + m] + (q - m)]
+                T = np.dot(Lb, Linv[:i0, :i0].copy())
+                Linv[i0:i1, :i0] = -np.dot(Linv[i0:i1, i0:i1].copy(), T)
         # Zkk (lower part used) = Linv^T D^-1 Linv = Σ_m Linv[m, :]^T Linv[m, :] / d[m]
         Zkk = np.zeros((w, w), z.dtype)
-        for m in range(w):
-            dm = 1.0 / d[f + m]
-            for q in range(m + 1):
-                v = Linv[m, q] * dm
-                for c in range(q + 1):
-                    Zkk[q, c] += v * Linv[m, c]
+        if big:
+            DL = np.empty((w, w), z.dtype)
+            for m in range(w):
+                dm = 1.0 / d[f + m]
+                for c in range(w):
+                    DL[m, c] = Linv[m, c] * dm
+            LinvT = Linv.T.copy()
+            for j0 in range(0, w, NB):
+                j1 = min(j0 + NB, w)
+                Zkk[j0:, j0:j1] = np.dot(LinvT[j0:, j0:].copy(), DL[j0:, j0:j1].copy())
+        else:
+            for m in range(w):
+                dm = 1.0 / d[f + m]
+                for q in range(m + 1):
+                    v = Linv[m, q] * dm
+                    for c in range(q + 1):
+                        Zkk[q, c] += v * Linv[m, c]
         if r > 0:
             R = indices[p0 + w : p0 + w + r]
             # Lhat = L_RK Linv (r × w, row-major); L_RK[a, m] = ldata[indptr[f + m] + (w − m) + a]
-            Lhat = np.zeros((r, w), z.dtype)
-            for m in range(w):
-                base = indptr[f + m] + (w - m)
-                for a in range(r):
-                    lv = ldata[base + a]
-                    for c in range(m + 1):
-                        Lhat[a, c] += lv * Linv[m, c]
+            if r * w * w >= blas_from:
+                Lrk = np.empty((r, w), z.dtype)
+                for m in range(w):
+                    base = indptr[f + m] + (w - m)
+                    for a in range(r):
+                        Lrk[a, m] = ldata[base + a]
+                Lhat = np.dot(Lrk, Linv)
+            else:
+                Lhat = np.zeros((r, w), z.dtype)
+                for m in range(w):
+                    base = indptr[f + m] + (w - m)
+                    for a in range(r):
+                        lv = ldata[base + a]
+                        for c in range(m + 1):
+                            Lhat[a, c] += lv * Linv[m, c]
             # Y = Z_RR Lhat, Z_RR read from z through the supernodes the rows of R belong to
             Y = np.zeros((r, w), z.dtype)
             dense = r * r * w >= blas_from
-            Zrr = np.empty((r if dense else 0, r if dense else 0), z.dtype)
+            U = np.zeros((r if dense else 0, r if dense else 0), z.dtype)  # upper triangle of Z_RR
             rel = np.empty(r, np.int64)
             b = 0
             while b < r:
@@ -294,15 +326,11 @@ def _selinv_super_loop(
                     cb = R[bb]
                     base = indptr[cb]
                     base2 = base + (lt - cb)
-                    if dense:
+                    if dense:  # row bb of the upper triangle: contiguous writes
                         for a in range(bb, b2):
-                            v = z[base + (R[a] - cb)]
-                            Zrr[a, bb] = v
-                            Zrr[bb, a] = v
+                            U[bb, a] = z[base + (R[a] - cb)]
                         for a in range(b2, r):
-                            v = z[base2 + rel[a]]
-                            Zrr[a, bb] = v
-                            Zrr[bb, a] = v
+                            U[bb, a] = z[base2 + rel[a]]
                         continue
                     # diagonal entry, then Z[R[a], R[bb]] for a > bb used twice (symmetry)
                     v = z[base]
@@ -319,8 +347,11 @@ def _selinv_super_loop(
                             Y[bb, c] += v * Lhat[a, c]
                             Y[a, c] += v * Lhat[bb, c]
                 b = b2
-            if dense:
-                Y = np.dot(Zrr, Lhat)
+            if dense:  # Z_RR = U + Uᵀ − diag(U)
+                Y = np.dot(U, Lhat) + np.dot(U.T, Lhat)
+                for a in range(r):
+                    for c in range(w):
+                        Y[a, c] -= U[a, a] * Lhat[a, c]
             # Zkk += Lhat^T Y (lower part); Z_RK = −Y
             if r * w * w >= blas_from:
                 Zkk += np.dot(Lhat.T.copy(), Y)
@@ -342,10 +373,14 @@ def _selinv_super_loop(
 
 
 #: Products of at least this many multiply-adds go to BLAS (``np.dot``) in the compiled kernel,
-#: smaller ones are vectorised loops.  Off by default: measured on a shared 2-core host, a
-#: threaded BLAS waiting on its descheduled threads made the kernel 2-5× slower than the loops
-#: (with one BLAS thread, BLAS from 10⁵ multiply-adds on was up to 1.3× faster than the loops).
-BLAS_FROM = 2**62
+#: smaller ones are vectorised loops.  BLAS is used only when threadpoolctl (in the ``[fast]``
+#: extra) can hold it to one thread for the call: measured on a shared 2-core host, a threaded
+#: BLAS waiting on its descheduled threads made the kernel 2-5× slower than the loops, a
+#: one-thread BLAS from 10⁶ multiply-adds on 1.5-2.5× faster than the loops (2-D 640², 3-D 30³).
+BLAS_FROM = 10**6
+
+#: Block size of the blocked triangular inverse and ``L_KK⁻ᵀ D⁻¹ L_KK⁻¹`` (BLAS path).
+NB = 96
 
 _compiled: dict[str, Callable[..., Any]] = {}
 
@@ -385,12 +420,36 @@ def selinv_numba(
         sup = _jit("supernodes", _supernodes_loop)(indptr, indices)
     dtype = np.result_type(ldata, d)
     z = np.zeros(ldata.shape[0], dtype=dtype)
-    status = _jit("selinv", _selinv_super_loop)(
-        indptr, indices, np.ascontiguousarray(ldata, dtype), np.ascontiguousarray(d, dtype), sup, z, BLAS_FROM
-    )
+    kernel = _jit("selinv", _selinv_super_loop)
+    args = (indptr, indices, np.ascontiguousarray(ldata, dtype), np.ascontiguousarray(d, dtype), sup, z)
+    limits = _one_blas_thread() if _largest_product(indptr, sup) >= BLAS_FROM else None
+    if limits is None:
+        status = kernel(*args, 2**62)
+    else:
+        with limits:
+            status = kernel(*args, BLAS_FROM)
     if status != 0:
         raise ValueError(_NOT_CLOSED)
     return z
+
+
+def _largest_product(indptr: np.ndarray, sup: np.ndarray) -> float:
+    """Multiply-adds of the largest product of one supernode (``max(w³, r²w)``)."""
+    if sup.shape[0] < 2:
+        return 0.0
+    f = sup[:-1]
+    w = np.diff(sup).astype(np.float64)
+    r = (indptr[f + 1] - indptr[f]).astype(np.float64) - w
+    return float(np.maximum(w**3, r * r * w).max())
+
+
+def _one_blas_thread() -> Any:
+    """A context holding BLAS to one thread (threadpoolctl), or ``None`` without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def kernel_name() -> str:
