@@ -129,22 +129,34 @@ def selinv_columns(
     indptr: np.ndarray, indices: np.ndarray, ldata: np.ndarray, d: np.ndarray, keys: np.ndarray
 ) -> np.ndarray:
     """The column recurrence with NumPy, one step per column (reference; slow for large ``n``)."""
-    n = d.shape[0]
     z = np.zeros(ldata.shape[0], dtype=np.result_type(ldata, d))
-    for j in range(n - 1, -1, -1):
-        s, e = int(indptr[j]), int(indptr[j + 1])
-        if e - s == 1:
-            z[s] = 1.0 / d[j]
-            continue
-        J = indices[s + 1 : e].astype(np.int64)
-        lj = ldata[s + 1 : e]
-        hi = np.maximum.outer(J, J)
-        lo = np.minimum.outer(J, J)
-        zjj = z[_find(keys, lo * n + hi)]
-        y = zjj @ lj
-        z[s + 1 : e] = -y
-        z[s] = 1.0 / d[j] + lj @ y
+    for j in range(d.shape[0] - 1, -1, -1):
+        _column_step(indptr, indices, ldata, d, keys, z, j)
     return z
+
+
+def _column_step(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    ldata: np.ndarray,
+    d: np.ndarray,
+    keys: np.ndarray,
+    z: np.ndarray,
+    j: int,
+) -> None:
+    n = d.shape[0]
+    s, e = int(indptr[j]), int(indptr[j + 1])
+    if e - s == 1:
+        z[s] = 1.0 / d[j]
+        return
+    J = indices[s + 1 : e].astype(np.int64)
+    lj = ldata[s + 1 : e]
+    hi = np.maximum.outer(J, J)
+    lo = np.minimum.outer(J, J)
+    zjj = z[_find(keys, lo * n + hi)]
+    y = zjj @ lj
+    z[s + 1 : e] = -y
+    z[s] = 1.0 / d[j] + lj @ y
 
 
 def _find(keys: np.ndarray, want: np.ndarray) -> np.ndarray:
@@ -185,6 +197,10 @@ def selinv_numpy(
     for s in range(sup.shape[0] - 2, -1, -1):
         f, l = int(sup[s]), int(sup[s + 1])
         w = l - f
+        if w < NUMPY_BLOCK_FROM:  # narrow: the column steps cost less Python than the block step
+            for j in range(l - 1, f - 1, -1):
+                _column_step(indptr, indices, ldata, d, keys, z, j)
+            continue
         p0 = int(indptr[f])
         r = int(indptr[f + 1]) - p0 - w
         starts = indptr[f:l]  # column f + i starts here: rows f + i .. l − 1, then R
@@ -378,6 +394,9 @@ def _selinv_super_loop(
 #: BLAS waiting on its descheduled threads made the kernel 2-5× slower than the loops, a
 #: one-thread BLAS from 10⁶ multiply-adds on 1.5-2.5× faster than the loops (2-D 640², 3-D 30³).
 BLAS_FROM = 10**6
+
+#: Supernodes narrower than this are done column by column by the NumPy kernel.
+NUMPY_BLOCK_FROM = 4
 
 #: Block size of the blocked triangular inverse and ``L_KK⁻ᵀ D⁻¹ L_KK⁻¹`` (BLAS path).
 NB = 96
