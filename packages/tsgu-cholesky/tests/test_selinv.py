@@ -52,7 +52,7 @@ def on_pattern(a: _engine.Analysis, M: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", list(MATRICES))
-def test_kernels_match_the_dense_inverse_on_the_pattern_of_L(name, kernel):
+def test_kernels_match_the_dense_inverse_on_the_pattern_of_L(name, kernel, monkeypatch):
     a, num, M = factor(MATRICES[name]())
     want = on_pattern(a, np.linalg.inv(M))
     scale = np.abs(want).max()
@@ -64,6 +64,8 @@ def test_kernels_match_the_dense_inverse_on_the_pattern_of_L(name, kernel):
     }
     if _selinv.numba_available():
         got["numba"] = _selinv.selinv_numba(*args)
+    monkeypatch.setattr(_selinv, "NUMPY_BLOCK_FROM", 1)  # every supernode by the block step
+    got["numpy-blocks"] = _selinv.selinv_numpy(*args, a.l_keys)
     for key, z in got.items():
         assert np.abs(z - want).max() <= 1e-12 * scale, key
     assert np.array_equal(a.supernodes, _selinv.supernodes_numpy(a.l_indptr, a.l_indices))
