@@ -22,17 +22,19 @@ its ``|K|`` columns, taken together, is (with ``L̂ = L_RK L_KK⁻¹``)
 three dense matrix products (BLAS) on blocks gathered from the pattern; ``Z_RR`` is a clique of
 later columns.  The work is that of the column recurrence (``Σ_j |J|²`` multiply-adds), done in
 dense blocks; the memory is ``Z`` on the pattern of ``L`` plus the blocks of the largest
-supernode (``|R|² + |K|·(|K| + |R|)`` values, at most a few times ``nnz(L)``, usually far less).
+supernode (``O(|R|² + |K|·(|K| + |R|))`` values; ``R`` and ``K`` being cliques of ``L``, that
+is ``O(nnz(L))``: ≤ 23 MiB beside 107 MiB for ``Z`` at 640², ≤ 75 MiB beside 44 MiB at 30³).
 
 Two kernels compute the same recurrence on the CSC arrays of ``L`` (sorted rows, diagonal first):
 
-* :func:`selinv_numba` (extra ``[fast]``): one compiled loop over the supernodes, the products
-  by BLAS (``np.dot``) from a few thousand multiply-adds on, by loops below; ``Z_RR`` gathered
-  through the supernodal structure (a binary search per row of ``R`` and ancestor supernode),
-  which also checks that the pattern is closed under elimination.
+* :func:`selinv_numba` (extra ``[fast]``): one compiled loop over the supernodes; ``Z_RR`` read
+  through the supernodal structure (a binary search per row of ``R`` and ancestor supernode,
+  which also checks that the pattern is closed under elimination) and multiplied on the fly by
+  vectorised loops; the products of large supernodes (from :data:`BLAS_FROM` multiply-adds on)
+  by BLAS, held to one thread by threadpoolctl (without it: loops only).
 * :func:`selinv_numpy`: a Python loop over the supernodes with NumPy products (``Z_RR`` gathered
-  by a binary search in the sorted ``(column, row)`` keys of ``L``).  Exact as well, slower from
-  a few ten thousand unknowns on (the per-supernode overhead).
+  by a binary search in the sorted ``(column, row)`` keys of ``L``; narrow supernodes column by
+  column).  Exact as well, slower (the per-supernode overhead).
 
 Both accept real or complex values (the complex-step derivative of the selected inverse runs the
 same kernel on a complex factor).  :func:`selinv_columns` is the plain column recurrence (a
@@ -274,16 +276,15 @@ def _selinv_super_loop(
                 Linv[i0:i1, :i0] = -np.dot(Linv[i0:i1, i0:i1].copy(), T)
         # Zkk (lower part used) = Linv^T D^-1 Linv = Σ_m Linv[m, :]^T Linv[m, :] / d[m]
         Zkk = np.zeros((w, w), z.dtype)
-        if big:
-            DL = np.empty((w, w), z.dtype)
-            for m in range(w):
-                dm = 1.0 / d[f + m]
-                for c in range(w):
-                    DL[m, c] = Linv[m, c] * dm
-            LinvT = Linv.T.copy()
+        if big:  # by block columns J: Zkk[j0:, J] = Linv[j0:, j0:]ᵀ D⁻¹ Linv[j0:, J]
             for j0 in range(0, w, NB):
                 j1 = min(j0 + NB, w)
-                Zkk[j0:, j0:j1] = np.dot(LinvT[j0:, j0:].copy(), DL[j0:, j0:j1].copy())
+                DL = np.empty((w - j0, j1 - j0), z.dtype)
+                for m in range(j0, w):
+                    dm = 1.0 / d[f + m]
+                    for c in range(j0, j1):
+                        DL[m - j0, c - j0] = Linv[m, c] * dm
+                Zkk[j0:, j0:j1] = np.dot(Linv[j0:, j0:].T.copy(), DL)
         else:
             for m in range(w):
                 dm = 1.0 / d[f + m]
