@@ -1,7 +1,7 @@
-"""Exact sparse log-determinant (tsgu-cholesky) on 2-D GMRF precisions, side by side.
+"""Exact sparse log-determinant (tsgu-cholesky) on 2-D and 3-D GMRF precisions, side by side.
 
-The model: a 5-point Laplacian on a ``k × k`` grid plus ``0.1·I`` (a 2-D Gaussian Markov random
-field precision, SPD).  Variants of one case, in one process:
+The model: a 5-point Laplacian on a ``k × k`` grid (7-point on ``k × k × k``) plus ``0.1·I`` (a
+Gaussian Markov random field precision, SPD).  Variants of one case, in one process:
 
 * ``sparse_logdet fwd+bwd``: forward (numeric factorisation; the symbolic analysis is cached from
   the setup call, as in a training loop whose values change) and backward (selected inversion);
@@ -12,7 +12,8 @@ field precision, SPD).  Variants of one case, in one process:
 * ``torch-sla 0.4 logdet fwd+bwd``: its differentiable route (Hutchinson estimate for large SPD
   matrices; stochastic, not exact), one round alone (tens of seconds at 640²).
 
-The quick suite runs 100 × 100 (10,000 unknowns); ``--full`` adds 640 × 640 (409,600 unknowns).
+The quick suite runs 100 × 100 (10,000 unknowns) and 12³ (1,728); ``--full`` adds 640 × 640
+(409,600 unknowns) and 30³ (27,000).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ from .cases import Case, Run, Variant
 
 
 @functools.lru_cache(maxsize=2)
-def gmrf_precision(k: int) -> torch.Tensor:
-    """``Laplacian(k × k) + 0.1·I`` as a coalesced float64 COO tensor."""
+def gmrf_precision(k: int, dim: int = 2) -> torch.Tensor:
+    """``Laplacian(k × … × k) + 0.1·I`` (``dim`` axes) as a coalesced float64 COO tensor."""
     from tsgu_ops.testing import grid_operator
 
-    A = grid_operator((k, k))
-    n = k * k
+    A = grid_operator((k,) * dim)
+    n = k**dim
     eye = torch.sparse_coo_tensor(
         torch.arange(n).repeat(2, 1), torch.full((n,), 0.1, dtype=torch.float64), (n, n)
     )
@@ -43,11 +44,11 @@ def _meta(A: torch.Tensor, note: str) -> dict[str, Any]:
     return {"nnz": A._nnz(), "rows": A.shape[0], "dtype": "float64", "layout": "csr", "note": note}
 
 
-def logdet_variant(k: int, cold: bool) -> Callable[[dict[str, Any]], Run]:
+def logdet_variant(k: int, cold: bool, dim: int = 2) -> Callable[[dict[str, Any]], Run]:
     def setup(ctx: dict[str, Any]) -> Run:
         import tsgu_cholesky as tc
 
-        A = gmrf_precision(k).to_sparse_csr().requires_grad_()
+        A = gmrf_precision(k, dim).to_sparse_csr().requires_grad_()
         analysis = tc.analyze(A.detach())  # warms the cache (and the compiled kernel)
         note = f"nnz(L) {analysis.nnz_L}, symbolic {analysis.seconds:.2f} s, kernel {tc.kernel_name()}"
 
@@ -65,12 +66,12 @@ def logdet_variant(k: int, cold: bool) -> Callable[[dict[str, Any]], Run]:
     return setup
 
 
-def superlu_variant(k: int) -> Callable[[dict[str, Any]], Run]:
+def superlu_variant(k: int, dim: int = 2) -> Callable[[dict[str, Any]], Run]:
     def setup(ctx: dict[str, Any]) -> Run:
         import scipy.sparse as sp
         import scipy.sparse.linalg as sla
 
-        A = gmrf_precision(k)
+        A = gmrf_precision(k, dim)
         idx = A.indices().numpy()
         M = sp.csc_matrix((A.values().numpy(), (idx[0], idx[1])), shape=tuple(A.shape))
         opts = {"permc_spec": "MMD_AT_PLUS_A", "diag_pivot_thresh": 0.0, "options": {"SymmetricMode": True}}
@@ -79,13 +80,13 @@ def superlu_variant(k: int) -> Callable[[dict[str, Any]], Run]:
     return setup
 
 
-def torch_sla_variant(k: int) -> Callable[[dict[str, Any]], Run]:
+def torch_sla_variant(k: int, dim: int = 2) -> Callable[[dict[str, Any]], Run]:
     def setup(ctx: dict[str, Any]) -> Run:
         try:
             from torch_sla import SparseTensor
         except ImportError as exc:  # optional comparator: benchmarks/requirements-bench.txt
             raise NotImplementedError("torch-sla is not installed") from exc
-        A = gmrf_precision(k)
+        A = gmrf_precision(k, dim)
         row, col = A.indices()
         val = A.values().clone().requires_grad_()
 
@@ -103,12 +104,19 @@ def torch_sla_variant(k: int) -> Callable[[dict[str, Any]], Run]:
 
 def cholesky_cases(full: bool = False) -> list[Case]:
     cases = []
-    for k in (100, 640) if full else (100,):
+    sizes = [(100, 2), (12, 3)] + ([(640, 2), (30, 3)] if full else [])
+    for k, dim in sizes:
+        big = k**dim > 10_000
         variants = [
-            Variant("tsgu sparse_logdet fwd+bwd", logdet_variant(k, cold=False)),
-            Variant("tsgu sparse_logdet fwd+bwd, cold (symbolic + numeric)", logdet_variant(k, cold=True)),
-            Variant("SuperLU factorisation (MMD, symmetric mode)", superlu_variant(k), baseline=True),
-            Variant("torch-sla 0.4 logdet fwd+bwd", torch_sla_variant(k), alone=k > 100),
+            Variant("tsgu sparse_logdet fwd+bwd", logdet_variant(k, cold=False, dim=dim)),
+            Variant(
+                "tsgu sparse_logdet fwd+bwd, cold (symbolic + numeric)", logdet_variant(k, cold=True, dim=dim)
+            ),
+            Variant("SuperLU factorisation (MMD, symmetric mode)", superlu_variant(k, dim), baseline=True),
+            Variant("torch-sla 0.4 logdet fwd+bwd", torch_sla_variant(k, dim), alone=big),
         ]
-        cases.append(Case(f"cholesky_logdet_gmrf2d_{k}", "sparse_logdet", f"2-D GMRF {k}x{k}", variants))
+        grid = "x".join([str(k)] * dim)
+        cases.append(
+            Case(f"cholesky_logdet_gmrf{dim}d_{k}", "sparse_logdet", f"{dim}-D GMRF {grid}", variants)
+        )
     return cases

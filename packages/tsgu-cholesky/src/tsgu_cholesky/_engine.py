@@ -6,13 +6,16 @@ with ``L`` unit lower triangular and ``U = D Lᵀ``: the LDLᵀ factorisation, `
 this differs from calling ``splu`` directly:
 
 * **Symbolic phase, once per pattern** (:class:`Analysis`): SuperLU's minimum-degree ordering on
-  ``Aᵀ + A`` (``MMD_AT_PLUS_A``) applied to generic values on the pattern gives the permutation
-  (which includes SuperLU's elimination-tree postorder) and the pattern of ``L`` closed under
-  elimination (SuperLU's ``L`` of the user's values may leave out entries that cancel exactly,
-  which the selected inversion cannot do without); every index map the numeric phase and the
-  gradients need (where each stored entry of ``A`` goes in the permuted CSC matrix, where it lies
-  in the pattern of ``L``) is kept.  Every numeric factorisation then permutes the values with one
-  gather and runs SuperLU with the ``NATURAL`` order: no ordering and no index sorting.  The
+  ``Aᵀ + A`` (``MMD_AT_PLUS_A``, with its elimination-tree postorder), read from an incomplete
+  factorisation that drops every off-diagonal entry (the order depends on the pattern only, and
+  so it costs next to no numeric work); the pattern of ``L`` closed under elimination from the
+  elimination tree (:mod:`._symbolic`, with numba; without it, from a factorisation of generic
+  values — SuperLU's ``L`` of the user's values may leave out entries that cancel exactly, which
+  the selected inversion cannot do without); its supernodes; every index map the numeric phase
+  and the gradients need (where each stored entry of ``A`` goes in the permuted CSC matrix,
+  where it lies in the pattern of ``L``).  Every numeric factorisation then permutes the values
+  with one gather and runs SuperLU with the ``NATURAL`` order: no ordering and no index sorting,
+  and a first call on a pattern pays one numeric factorisation, like every later one.  The
   analyses of the last few patterns are cached by pattern *content* (compared entry by entry,
   never trusted on a pointer).
 * **Checks** SuperLU does not make: ``perm_r == perm_c`` (no off-diagonal pivot was taken) and
@@ -31,7 +34,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 
-from ._selinv import selected_inverse_on_factor
+from ._selinv import selected_inverse_on_factor, supernodes
+from ._symbolic import symbolic_pattern
 
 #: How many symbolic analyses are kept (least recently used first out).
 CACHE_SIZE = 8
@@ -74,6 +78,8 @@ class Analysis:
         Canonical position of every diagonal entry ``(i, i)``, for ``i`` in ``range(N)``.
     seconds : float
         Time the symbolic phase took (ordering by SuperLU included).
+    supernodes : ndarray or None
+        First column of every supernode of ``L``, then ``N`` (:func:`._selinv.supernodes`).
     """
 
     n: int
@@ -93,6 +99,7 @@ class Analysis:
     transpose: np.ndarray = field(repr=False)
     diag: np.ndarray = field(repr=False)
     seconds: float = 0.0
+    supernodes: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def nnz_L(self) -> int:
@@ -150,10 +157,9 @@ def build_analysis(
 
     t0 = time.perf_counter()
     N = n * (1 if batch is None else batch)
-    # The ordering and the pattern of L come from a factorisation of *generic* values on the
-    # pattern (random off-diagonal weights, a dominant diagonal): SuperLU's L drops entries that
-    # cancel numerically, which would leave the pattern of L not closed under elimination (and
-    # the selected inversion needs every entry of the filled graph).
+    # Generic values on the pattern (random off-diagonal weights, a dominant diagonal): the
+    # ordering needs a matrix SuperLU can eliminate without trouble, and without numba the
+    # pattern of L comes from factoring them (they cancel nothing).
     rng = np.random.default_rng(12345)
     generic: np.ndarray = -(0.5 + rng.random(rows.shape[0], dtype=np.float64))  # type: ignore[assignment]
     generic = 0.5 * (generic + generic[transpose])
@@ -162,18 +168,27 @@ def build_analysis(
     rowsum = np.bincount(rows, weights=np.abs(generic), minlength=N)
     generic = np.where(off, generic, (rowsum + 1.0)[rows])
     S = sp.csc_matrix(sp.csr_matrix((generic, cols, _indptr(rows, N)), shape=(N, N)))
-    lu = _splu_checked(S, "MMD_AT_PLUS_A", None)
-    perm = np.asarray(lu.perm_c, dtype=np.int64)
+    perm = _ordering(S)
     order = np.empty_like(perm)
     order[perm] = np.arange(N, dtype=np.int64)
     pr, pc = perm[rows], perm[cols]
     a_take = np.lexsort((pr, pc)).astype(np.int64)
     a_indices = pr[a_take]
     a_indptr = _indptr(pc[a_take], N)
-    L = lu.L
-    L.sort_indices()
-    l_indptr = L.indptr.astype(np.int64)
-    l_indices = L.indices.astype(np.int64)
+    pattern = symbolic_pattern(a_indptr, a_indices, N)
+    if pattern is not None:
+        l_indptr, l_indices = pattern[0], pattern[1]
+    else:
+        # without numba: the pattern of L from a factorisation of the generic values in this order
+        # (generic values cancel nothing, so that pattern is the closed one)
+        Sp = sp.csc_matrix((generic[a_take], a_indices, a_indptr), shape=(N, N))
+        lu = _splu_checked(Sp, "NATURAL", None)
+        if not np.array_equal(lu.perm_c, np.arange(N)):
+            raise RuntimeError("SuperLU changed the precomputed order; please report this")
+        L = lu.L
+        L.sort_indices()
+        l_indptr = L.indptr.astype(np.int64)
+        l_indices = L.indices.astype(np.int64)
     l_keys = _l_keys(l_indptr, l_indices, N)
     hi, lo = np.maximum(pr, pc), np.minimum(pr, pc)
     z_pos = np.searchsorted(l_keys, lo * N + hi)
@@ -194,9 +209,31 @@ def build_analysis(
         z_pos=z_pos,
         transpose=transpose,
         diag=diag,
+        supernodes=supernodes(l_indptr, l_indices),
     )
     analysis.seconds = time.perf_counter() - t0
     return analysis
+
+
+def _ordering(S: sp.csc_matrix) -> np.ndarray:
+    """SuperLU's fill-reducing order (minimum degree on ``Aᵀ + A``, then its etree postorder).
+
+    The order depends on the pattern only; it is read from an incomplete factorisation that
+    drops every off-diagonal entry (``drop_tol=1``), which costs the ordering and next to no
+    numeric work (a complete factorisation would cost as much as the numeric phase).
+    """
+    try:
+        ilu = spl.spilu(
+            S,
+            drop_tol=1.0,
+            fill_factor=1.0,
+            permc_spec="MMD_AT_PLUS_A",
+            diag_pivot_thresh=0.0,
+            options=_OPTIONS,
+        )
+        return np.asarray(ilu.perm_c, dtype=np.int64)
+    except RuntimeError:  # pragma: no cover - generic values are diagonally dominant
+        return np.asarray(_splu_checked(S, "MMD_AT_PLUS_A", None).perm_c, dtype=np.int64)
 
 
 def _indptr(sorted_major: np.ndarray, N: int) -> np.ndarray:
@@ -327,7 +364,9 @@ class Numeric:
         """``S⁻¹`` on the pattern of ``L`` (CSC order), computed once."""
         if self._z is None:
             a = self.analysis
-            self._z = selected_inverse_on_factor(a.l_indptr, a.l_indices, self.l_data, self.d, a.l_keys)
+            self._z = selected_inverse_on_factor(
+                a.l_indptr, a.l_indices, self.l_data, self.d, a.l_keys, a.supernodes
+            )
         return self._z
 
     def inverse_on_pattern(self) -> np.ndarray:

@@ -129,7 +129,7 @@ class _Factor:
             self.S = np.zeros(0)
             return
         vd = values.detach().to("cpu", torch.float64)
-        if not bool(torch.isfinite(vd).all()):
+        if not bool(np.isfinite(vd.numpy()).all()):  # NumPy: no thread pool to wake for a check
             raise ValueError("A must have finite values, got NaN or Inf among its stored values")
         rows, cols, analysis, transpose, diag = _structure(pattern)
         vc = _to_canonical(pattern, vd).numpy()
