@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import torch
 
-from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, linear_cg
+from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, linear_cg, minres
 from tsgu_krylov._device_bicgstab import BICGSTAB_CHECK_EVERY
 from tsgu_krylov._device_loop import DEVICE_CHECK_EVERY
+from tsgu_krylov._device_minres import MINRES_CHECK_EVERY
 from tsgu_ops.testing import count_kernels, grid_operator
 
 F64 = torch.float64
@@ -307,3 +308,112 @@ def test_bicgstab_device_loop_kernel_budget():
     assert info.reason == "converged"
     assert BICGSTAB_CHECK_EVERY >= 5
     assert count.syncs <= info.iterations / BICGSTAB_CHECK_EVERY + 5, f"{count.syncs} syncs"
+
+
+# ----------------------------------------------------------------------------------- MINRES
+
+
+def _minres(*args: Any, **kwargs: Any) -> Any:
+    return minres(*args, return_info=True, **kwargs)
+
+
+def _indefinite(n: int = 40) -> torch.Tensor:
+    """A symmetric indefinite CSR matrix: a 1-D Laplacian shifted into the middle of its spectrum."""
+    return (grid_operator((n,)).to_dense() - 2.0 * torch.eye(n, dtype=F64)).to_sparse_csr()
+
+
+@pytest.mark.parametrize("k", [None, 1, 5])
+@pytest.mark.parametrize("check_every", [1, 5, 8])
+def test_minres_device_loop_matches_host_loop(k, check_every):
+    A = _indefinite()
+    B = _rhs(A.shape[0], k)
+    x, info = assert_same_solve(_minres, A, B, rtol=1e-10, check_every=check_every)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(A.to_dense(), B), rtol=1e-7, atol=1e-7)
+
+
+def test_minres_device_loop_batched_operator_shifts_value_and_x0():
+    A = _batched_spd()
+    assert_same_solve(_minres, A, _rhs(30, 3, batch=(3,)), rtol=1e-10, check_every=5)
+    assert_same_solve(_minres, A, _rhs(30, None, batch=(3,)), rtol=1e-10, check_every=5)
+    A = _poisson()
+    n = A.shape[0]
+    B = _rhs(n, 3)
+    shifts = torch.tensor([0.0, -0.5, 1.5], dtype=F64)
+    x, _ = assert_same_solve(_minres, A, B, rtol=1e-10, shifts=shifts, value=2.0, check_every=5)
+    dense = 2.0 * A.to_dense()
+    for i, sigma in enumerate(shifts):
+        ref = torch.linalg.solve(dense + sigma * torch.eye(n, dtype=F64), B)
+        torch.testing.assert_close(x[i], ref, rtol=1e-7, atol=1e-7)
+    assert_same_solve(_minres, A, B, rtol=1e-10, shifts=torch.tensor(0.3, dtype=F64), check_every=5)
+    x0 = torch.linalg.solve(A.to_dense(), B) + 1e-4 * _rhs(n, 3, seed=3)
+    assert_same_solve(_minres, A, B, rtol=1e-10, x0=x0, check_every=5)
+    # an iteration cap mid-way, and a restart from the true residual at a tight tolerance
+    assert_same_solve(_minres, A, B, rtol=1e-12, max_iter=7, check_every=5, on_failure="ignore")
+    assert_same_solve(_minres, A, B, rtol=1e-15, check_every=5, on_failure="ignore")
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "ic0", "callable"])
+def test_minres_device_loop_with_preconditioner(kind):
+    A = _poisson()
+    if kind == "jacobi":
+        M: Any = Jacobi(A)
+    elif kind == "ic0":
+        M = IC0(A)
+    else:
+        d = 1.0 / A.to_dense().diagonal().unsqueeze(-1)
+        M = lambda R: 0.5 * d * R  # noqa: E731  (a scaled Jacobi: SPD)
+    for k in (1, 4):
+        assert_same_solve(_minres, A, _rhs(A.shape[0], k), rtol=1e-10, preconditioner=M, check_every=5)
+
+
+def test_minres_device_loop_zero_non_finite_and_exhausted_columns():
+    A = _indefinite()
+    B = _rhs(A.shape[0], 4)
+    B[:, 1] = 0.0
+    B[3, 2] = float("nan")
+    x, info = assert_same_solve(_minres, A, B, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.non_finite.tolist() == [False, False, True, False]
+    assert bool((x[:, 1] == 0).all()) and bool(torch.isnan(x[:, 2]).all())
+    # a right-hand side in a 3-dimensional invariant subspace: the Lanczos basis runs out (β = 0)
+    # after 3 steps, while another column goes on
+    D = torch.diag(torch.linspace(-2.0, 3.0, 20, dtype=F64)).to_sparse_csr()
+    Bd = torch.zeros(20, 2, dtype=F64)
+    Bd[[0, 7, 15], 0] = 1.0
+    Bd[:, 1] = 1.0
+    # (the full column takes n = 20 steps, the whole space, with the basis' loss of orthogonality:
+    # each loop is within 2e-12 of the exact solution, so they are compared to 1e-10)
+    x, info = assert_same_solve(_minres, D, Bd, rtol=1e-10, check_every=5, x_rtol=1e-10)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(D.to_dense(), Bd), rtol=1e-9, atol=1e-9)
+    # an operator that overflows on the iterates: non-finite, reported as the host loop does
+    big = torch.diag(torch.full((20,), 1e300, dtype=F64)).to_sparse_csr()
+    assert_same_solve(_minres, big, _rhs(20, 2) * 1e300, rtol=1e-10, check_every=5, on_failure="ignore")
+
+
+def test_minres_loop_keyword_is_checked():
+    A = _poisson()
+    with pytest.raises(ValueError, match="loop must be"):
+        minres(A, _rhs(A.shape[0], 2), loop="gpu")
+
+
+def test_minres_device_loop_kernel_budget():
+    A, B = _poisson3d()
+
+    def solve(T: int) -> Any:
+        return minres(A, B, rtol=1e-30, max_iter=T, on_failure="ignore", loop="device")
+
+    per_iter, count = marginal_kernels(solve, 2 * MINRES_CHECK_EVERY)
+    assert per_iter <= 16, f"MINRES device loop: {per_iter} kernel calls per iteration ({count})"
+
+
+@pytest.mark.parametrize("check_every", [None, 5])
+def test_minres_device_loop_sync_budget(check_every):
+    A, B = _poisson3d()
+    (_, info), count = count_kernels(
+        minres, A, B, rtol=1e-10, loop="device", return_info=True, check_every=check_every
+    )
+    assert info.reason == "converged"
+    every = MINRES_CHECK_EVERY if check_every is None else check_every
+    assert MINRES_CHECK_EVERY >= 5
+    assert count.syncs <= info.iterations / every + 5, f"{count.syncs} syncs, {info.iterations} iterations"
