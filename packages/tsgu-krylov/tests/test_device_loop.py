@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 import torch
 
-from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, linear_cg, minres
+from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, gmres, linear_cg, minres
 from tsgu_krylov._device_bicgstab import BICGSTAB_CHECK_EVERY
+from tsgu_krylov._device_gmres import GMRES_CHECK_EVERY
 from tsgu_krylov._device_loop import DEVICE_CHECK_EVERY
 from tsgu_krylov._device_minres import MINRES_CHECK_EVERY
 from tsgu_ops.testing import count_kernels, grid_operator
@@ -386,9 +387,14 @@ def test_minres_device_loop_zero_non_finite_and_exhausted_columns():
     x, info = assert_same_solve(_minres, D, Bd, rtol=1e-10, check_every=5, x_rtol=1e-10)
     assert info.reason == "converged"
     torch.testing.assert_close(x, torch.linalg.solve(D.to_dense(), Bd), rtol=1e-9, atol=1e-9)
-    # an operator that overflows on the iterates: non-finite, reported as the host loop does
-    big = torch.diag(torch.full((20,), 1e300, dtype=F64)).to_sparse_csr()
-    assert_same_solve(_minres, big, _rhs(20, 2) * 1e300, rtol=1e-10, check_every=5, on_failure="ignore")
+    # an operator whose products overflow inside the loop (finite b): non-finite, as the host loop
+    _, info = assert_same_solve(_minres, _huge(), _rhs(20, 2), rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "non_finite" and bool(info.non_finite.all()) and info.iterations >= 1
+
+
+def _huge() -> torch.Tensor:
+    """A diagonal CSR matrix with entries near 1e160: finite, but its inner products overflow."""
+    return torch.diag(torch.linspace(1.0, 2.0, 20, dtype=F64) * 1e160).to_sparse_csr()
 
 
 def test_minres_loop_keyword_is_checked():
@@ -417,3 +423,116 @@ def test_minres_device_loop_sync_budget(check_every):
     every = MINRES_CHECK_EVERY if check_every is None else check_every
     assert MINRES_CHECK_EVERY >= 5
     assert count.syncs <= info.iterations / every + 5, f"{count.syncs} syncs, {info.iterations} iterations"
+
+
+# ------------------------------------------------------------------------------------ GMRES
+
+
+def _gmres(*args: Any, **kwargs: Any) -> Any:
+    return gmres(*args, return_info=True, **kwargs)
+
+
+@pytest.mark.parametrize("k", [None, 1, 5])
+@pytest.mark.parametrize("check_every", [1, 5, 8])
+@pytest.mark.parametrize("restart", [30, 7])
+def test_gmres_device_loop_matches_host_loop(k, check_every, restart):
+    A = _convection()
+    B = _rhs(A.shape[0], k)
+    x, info = assert_same_solve(_gmres, A, B, rtol=1e-10, restart=restart, check_every=check_every)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(A.to_dense(), B), rtol=1e-7, atol=1e-7)
+
+
+def test_gmres_device_loop_batched_operator_x0_and_limits():
+    A = _batched_spd()
+    assert_same_solve(_gmres, A, _rhs(30, 3, batch=(3,)), rtol=1e-10, restart=8, check_every=5)
+    assert_same_solve(_gmres, A, _rhs(30, None, batch=(3,)), rtol=1e-10, check_every=5)
+    A = _convection()
+    B = _rhs(A.shape[0], 3)
+    x0 = torch.linalg.solve(A.to_dense(), B) + 1e-4 * _rhs(A.shape[0], 3, seed=2)
+    assert_same_solve(_gmres, A, B, rtol=1e-10, x0=x0, check_every=5)
+    # a cap on Arnoldi steps mid-cycle and on a cycle boundary; a warm start at the solution
+    for cap in (7, 10, 20):
+        assert_same_solve(
+            _gmres, A, B, rtol=1e-12, restart=10, max_iter=cap, check_every=5, on_failure="ignore"
+        )
+    assert_same_solve(_gmres, A, B, rtol=1e-6, x0=torch.linalg.solve(A.to_dense(), B), check_every=5)
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "ilu0", "callable"])
+def test_gmres_device_loop_with_preconditioner(kind):
+    A = _convection()
+    if kind == "jacobi":
+        M: Any = Jacobi(A)
+    elif kind == "ilu0":
+        M = ILU0(A)
+    else:
+        d = 1.0 / A.to_dense().diagonal().unsqueeze(-1)
+        M = lambda R: d * R  # noqa: E731
+    for k in (1, 4):
+        assert_same_solve(
+            _gmres, A, _rhs(A.shape[0], k), rtol=1e-10, preconditioner=M, restart=9, check_every=5
+        )
+
+
+def test_gmres_device_loop_zero_non_finite_breakdown_and_lucky_columns():
+    A = _convection()
+    B = _rhs(A.shape[0], 4)
+    B[:, 1] = 0.0
+    B[3, 2] = float("nan")
+    x, info = assert_same_solve(_gmres, A, B, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.non_finite.tolist() == [False, False, True, False]
+    assert bool((x[:, 1] == 0).all()) and bool(torch.isnan(x[:, 2]).all())
+    # a right-hand side in a 3-dimensional invariant subspace: the Arnoldi process ends exactly
+    # (‖w‖ = 0) after 3 steps, while the other column goes on
+    D = torch.diag(torch.linspace(0.5, 3.0, 20, dtype=F64)).to_sparse_csr()
+    Bd = torch.zeros(20, 2, dtype=F64)
+    Bd[[0, 7, 15], 0] = 1.0
+    Bd[:, 1] = 1.0
+    x, info = assert_same_solve(_gmres, D, Bd, rtol=1e-10, check_every=5)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(D.to_dense(), Bd), rtol=1e-9, atol=1e-9)
+    # a singular operator whose Krylov space does not hold the solution: r = 0, a breakdown
+    S = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=F64)
+    Bs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=F64)
+    x, info = assert_same_solve(_gmres, S, Bs, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "breakdown" and bool(info.breakdown.all())
+    # a breakdown in one column of a block while the other converges
+    Sd = torch.block_diag(S, torch.diag(torch.tensor([2.0, 3.0], dtype=F64)))
+    Bb = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=F64)
+    x, info = assert_same_solve(_gmres, Sd, Bb, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.breakdown.tolist() == [True, False] and info.converged.tolist() == [False, True]
+    # an operator whose products overflow inside the loop (finite b)
+    _, info = assert_same_solve(_gmres, _huge(), _rhs(20, 2), rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "non_finite" and bool(info.non_finite.all()) and info.iterations >= 1
+
+
+def test_gmres_loop_keyword_is_checked():
+    A = _convection()
+    with pytest.raises(ValueError, match="loop must be"):
+        gmres(A, _rhs(A.shape[0], 2), loop="gpu")
+
+
+def test_gmres_device_loop_kernel_budget():
+    A = grid_operator((12, 12, 12), convection=0.3).to_sparse_csr()
+    B = _rhs(A.shape[0], 8)
+    T = 2 * GMRES_CHECK_EVERY
+
+    def solve(t: int) -> Any:
+        return gmres(A, B, rtol=1e-30, max_iter=t, restart=4 * T, on_failure="ignore", loop="device")
+
+    per_step, count = marginal_kernels(solve, T)
+    assert per_step <= 16, f"GMRES device loop: {per_step} kernel calls per Arnoldi step ({count})"
+
+
+@pytest.mark.parametrize("check_every", [None, 5])
+def test_gmres_device_loop_sync_budget(check_every):
+    A = grid_operator((12, 12, 12), convection=0.3).to_sparse_csr()
+    B = _rhs(A.shape[0], 8)
+    (_, info), count = count_kernels(
+        gmres, A, B, rtol=1e-10, restart=20, loop="device", return_info=True, check_every=check_every
+    )
+    assert info.reason == "converged"
+    every = GMRES_CHECK_EVERY if check_every is None else check_every
+    assert GMRES_CHECK_EVERY >= 5
+    assert count.syncs <= info.iterations / every + 5, f"{count.syncs} syncs, {info.iterations} steps"
