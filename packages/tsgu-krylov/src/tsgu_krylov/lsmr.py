@@ -35,6 +35,8 @@ from ._common import (
 from ._operator import SparseOperator, col_norm
 
 _LSMR_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
+#: Iterations between host looks at the stopping flags with ``loop="device"``.
+_DEVICE_CHECK_EVERY = 8
 
 __all__ = ["lsmr"]
 
@@ -69,6 +71,7 @@ def lsmr(
     check_nonzero: bool = True,
     *,
     on_failure: str = "warn",
+    loop: str = "auto",
 ) -> tuple[torch.Tensor, int]:
     """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
 
@@ -95,6 +98,12 @@ def lsmr(
         What a column that meets a NaN or an infinity (in ``A``, ``b`` or an iterate that
         overflowed) causes: a :class:`~tsgu_krylov.ConvergenceWarning`, a
         :class:`~tsgu_krylov.ConvergenceError`, or nothing.  Its solution is NaN in every case.
+    loop : {"auto", "device", "host"}
+        LSMR has no fused device loop yet: ``"device"`` runs the block loop with the host look
+        at the stopping flags every 8 iterations (what it does on an accelerator; a stopped
+        column keeps its iterate, so the result and the iteration count are those of
+        ``"host"``), ``"host"`` looks every iteration on the CPU, ``"auto"`` (default) every
+        iteration on the CPU and every 8 on an accelerator.
 
     Returns
     -------
@@ -124,6 +133,8 @@ def lsmr(
     require_value_dtype("b", b, _LSMR_DTYPES)
     require_not_meta("b", b)
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
     for name, op in (("A", A), ("Armat", Armat)):
         if isinstance(op, torch.Tensor):
             require_not_meta(name, op)
@@ -160,7 +171,7 @@ def lsmr(
     m, k = B.shape
     maxiter = min(m, n) if maxiter is None else maxiter
     real = torch.empty((), dtype=B.dtype).real.dtype
-    every = resolve_check_every(None, B.device)
+    every = resolve_check_every(_DEVICE_CHECK_EVERY if loop == "device" else None, B.device)
     with torch.no_grad():
         if x0 is None:
             X = torch.zeros(n, k, dtype=B.dtype, device=B.device)
@@ -176,7 +187,7 @@ def lsmr(
         # a NaN/Inf in A, b or x0: the column is marked and is NaN at the end
         non_finite = ~(torch.isfinite(alpha) & torch.isfinite(beta))
         if maxiter == 0 or (check_nonzero and bool(((alpha * beta) == 0).all())):
-            X = _nan_columns(X, non_finite, on_failure, k)
+            X, _ = _nan_columns(X, non_finite, on_failure, k)
             return (X.squeeze(-1) if vector else X), 0
         zero = torch.zeros_like(beta)
         one = torch.ones_like(beta)
@@ -266,15 +277,21 @@ def lsmr(
             active = active & ~stop & ~overflow
             if itn % every == 0 and not bool(active.any()):
                 break
-    X = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k)
+    X, itn = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k, last)
     X = X.squeeze(-1) if vector else X
-    return not_differentiable("lsmr", X, A, b, Armat, x0), int(last.max()) if k else 0
+    return not_differentiable("lsmr", X, A, b, Armat, x0), itn
 
 
-def _nan_columns(X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int) -> torch.Tensor:
-    """NaN in the columns that met a NaN/Inf (or hold one), reported as ``on_failure`` asks."""
+def _nan_columns(
+    X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int, last: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """NaN in the columns that met a NaN/Inf (or hold one), reported as ``on_failure`` asks; and
+    the iteration count ``max(last)`` (0 without ``last``), read with the same host sync."""
     bad = non_finite | ~torch.isfinite(X).all(0)
-    if not bool(bad.any()):
-        return X
-    signal(non_finite_message("LSMR", int(bad.sum()), k), on_failure)
-    return torch.where(bad.unsqueeze(0), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
+    top = last.max() if last is not None and k else torch.zeros((), dtype=torch.int64, device=X.device)
+    n_bad, itn = torch.stack([bad.sum(), top]).tolist()
+    if not n_bad:
+        return X, itn
+    signal(non_finite_message("LSMR", n_bad, k), on_failure)
+    nan = torch.full((), float("nan"), dtype=X.dtype, device=X.device)
+    return torch.where(bad.unsqueeze(0), nan, X), itn
