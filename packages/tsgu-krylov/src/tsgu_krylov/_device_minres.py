@@ -25,7 +25,10 @@ fixed sequence of 15 aten calls (the operator product included) and the host loo
 Differences from the block loop: the tolerance test is ``φ̄/tol > 1`` instead of ``φ̄ > tol``
 (they can differ only within a rounding error of the tolerance); ``1/β`` is ``1/max(β, tiny)``,
 which differs from the block loop's 0 only for a Lanczos vector whose norm underflows (the column
-has then stopped).  A zero tolerance (``rtol = atol = 0``) runs the block loop.
+has then stopped).  A zero tolerance (``rtol = atol = 0``) runs the block loop.  The two loops
+round differently (``Ŵ`` unnormalised, the late iterate update), so at a tolerance within a few
+units of roundoff (float32 at ``rtol = 1e-6``) one of them can stop an iteration earlier, or need
+the restart from the true residual where the other does not.
 """
 
 from __future__ import annotations
