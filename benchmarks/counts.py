@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tsgu_krylov import bicgstab, gmres, linear_cg, minres
+from tsgu_krylov import bicgstab, gmres, linear_cg, lsmr, minres
 from tsgu_ops.testing import count_kernels, grid_operator
 
 __all__ = ["solver_counts"]
@@ -40,9 +40,9 @@ def solver_counts(
     """Rows ``{solver, loop, kernels_per_iteration, syncs_per_solve, iterations}``.
 
     CG and MINRES on the 3-D Poisson matrix of ``shape`` (SPD), BiCGSTAB and GMRES on the same grid
-    with upwind convection 0.3 (non-symmetric), float64 CSR, ``k`` right-hand sides, each with
-    ``loop="device"`` and ``loop="host"`` where the solver has both (MINRES and GMRES: host loop
-    only).  GMRES iterations are Arnoldi steps.
+    with upwind convection 0.3 (non-symmetric; also LSMR, with ``atol = btol = rtol``), float64
+    CSR, ``k`` right-hand sides, each with ``loop="device"`` and ``loop="host"``.  GMRES
+    iterations are Arnoldi steps.
     """
     dev = torch.device(device)
     spd = grid_operator(shape).to_sparse_csr().to(dev)
@@ -52,15 +52,15 @@ def solver_counts(
     cases: list[tuple[str, Callable[..., Any], torch.Tensor, dict[str, Any], list[str]]] = [
         ("cg", linear_cg, spd, {}, ["device", "host"]),
         ("bicgstab", bicgstab, nonsym, {"atol": 0.0}, ["device", "host"]),
-        ("minres", minres, spd, {}, ["host"]),
-        ("gmres", gmres, nonsym, {"restart": 4 * T}, ["host"]),
+        ("minres", minres, spd, {}, ["device", "host"]),
+        ("gmres", gmres, nonsym, {"restart": 4 * T}, ["device", "host"]),
     ]
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, solver, A, extra, loops in cases:
             for loop in loops:
-                kw = dict(extra, loop=loop) if name in ("cg", "bicgstab") else dict(extra)
+                kw = dict(extra, loop=loop)
 
                 def capped(t: int, solver: Any = solver, A: Any = A, kw: Any = kw) -> Any:
                     return solver(A, B, rtol=1e-30, max_iter=t, on_failure="ignore", **kw)
@@ -78,6 +78,25 @@ def solver_counts(
                         "iterations": info.iterations,
                     }
                 )
+    # LSMR (its own keywords): least squares on the non-symmetric matrix, iterations to 1e-10
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for loop in ("device", "host"):
+
+            def capped_lsmr(t: int, loop: str = loop) -> Any:
+                return lsmr(nonsym, B, atol=0.0, btol=0.0, conlim=0.0, maxiter=t, loop=loop)
+
+            per_iter = _marginal(capped_lsmr, T)
+            (_, itn), count = count_kernels(lsmr, nonsym, B, atol=rtol, btol=rtol, loop=loop)
+            rows.append(
+                {
+                    "solver": "lsmr",
+                    "loop": loop,
+                    "kernels_per_iteration": per_iter,
+                    "syncs_per_solve": count.syncs,
+                    "iterations": itn,
+                }
+            )
     return rows
 
 

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import torch
 
-from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, linear_cg
+from tsgu_krylov import IC0, ILU0, BICGSTABSettings, Jacobi, bicgstab, gmres, linear_cg, lsmr, minres
 from tsgu_krylov._device_bicgstab import BICGSTAB_CHECK_EVERY
+from tsgu_krylov._device_gmres import GMRES_CHECK_EVERY
 from tsgu_krylov._device_loop import DEVICE_CHECK_EVERY
+from tsgu_krylov._device_minres import MINRES_CHECK_EVERY
 from tsgu_ops.testing import count_kernels, grid_operator
 
 F64 = torch.float64
@@ -307,3 +309,282 @@ def test_bicgstab_device_loop_kernel_budget():
     assert info.reason == "converged"
     assert BICGSTAB_CHECK_EVERY >= 5
     assert count.syncs <= info.iterations / BICGSTAB_CHECK_EVERY + 5, f"{count.syncs} syncs"
+
+
+# ----------------------------------------------------------------------------------- MINRES
+
+
+def _minres(*args: Any, **kwargs: Any) -> Any:
+    return minres(*args, return_info=True, **kwargs)
+
+
+def _indefinite(n: int = 40) -> torch.Tensor:
+    """A symmetric indefinite CSR matrix: a 1-D Laplacian shifted into the middle of its spectrum."""
+    return (grid_operator((n,)).to_dense() - 2.0 * torch.eye(n, dtype=F64)).to_sparse_csr()
+
+
+@pytest.mark.parametrize("k", [None, 1, 5])
+@pytest.mark.parametrize("check_every", [1, 5, 8])
+def test_minres_device_loop_matches_host_loop(k, check_every):
+    A = _indefinite()
+    B = _rhs(A.shape[0], k)
+    x, info = assert_same_solve(_minres, A, B, rtol=1e-10, check_every=check_every)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(A.to_dense(), B), rtol=1e-7, atol=1e-7)
+
+
+def test_minres_device_loop_batched_operator_shifts_value_and_x0():
+    A = _batched_spd()
+    assert_same_solve(_minres, A, _rhs(30, 3, batch=(3,)), rtol=1e-10, check_every=5)
+    assert_same_solve(_minres, A, _rhs(30, None, batch=(3,)), rtol=1e-10, check_every=5)
+    A = _poisson()
+    n = A.shape[0]
+    B = _rhs(n, 3)
+    shifts = torch.tensor([0.0, -0.5, 1.5], dtype=F64)
+    x, _ = assert_same_solve(_minres, A, B, rtol=1e-10, shifts=shifts, value=2.0, check_every=5)
+    dense = 2.0 * A.to_dense()
+    for i, sigma in enumerate(shifts):
+        ref = torch.linalg.solve(dense + sigma * torch.eye(n, dtype=F64), B)
+        torch.testing.assert_close(x[i], ref, rtol=1e-7, atol=1e-7)
+    assert_same_solve(_minres, A, B, rtol=1e-10, shifts=torch.tensor(0.3, dtype=F64), check_every=5)
+    x0 = torch.linalg.solve(A.to_dense(), B) + 1e-4 * _rhs(n, 3, seed=3)
+    assert_same_solve(_minres, A, B, rtol=1e-10, x0=x0, check_every=5)
+    # an iteration cap mid-way, and a restart from the true residual at a tight tolerance
+    assert_same_solve(_minres, A, B, rtol=1e-12, max_iter=7, check_every=5, on_failure="ignore")
+    assert_same_solve(_minres, A, B, rtol=1e-15, check_every=5, on_failure="ignore")
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "ic0", "callable"])
+def test_minres_device_loop_with_preconditioner(kind):
+    A = _poisson()
+    if kind == "jacobi":
+        M: Any = Jacobi(A)
+    elif kind == "ic0":
+        M = IC0(A)
+    else:
+        d = 1.0 / A.to_dense().diagonal().unsqueeze(-1)
+        M = lambda R: 0.5 * d * R  # noqa: E731  (a scaled Jacobi: SPD)
+    for k in (1, 4):
+        assert_same_solve(_minres, A, _rhs(A.shape[0], k), rtol=1e-10, preconditioner=M, check_every=5)
+
+
+def test_minres_device_loop_zero_non_finite_and_exhausted_columns():
+    A = _indefinite()
+    B = _rhs(A.shape[0], 4)
+    B[:, 1] = 0.0
+    B[3, 2] = float("nan")
+    x, info = assert_same_solve(_minres, A, B, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.non_finite.tolist() == [False, False, True, False]
+    assert bool((x[:, 1] == 0).all()) and bool(torch.isnan(x[:, 2]).all())
+    # a right-hand side in a 3-dimensional invariant subspace: the Lanczos basis runs out (β = 0)
+    # after 3 steps, while another column goes on
+    D = torch.diag(torch.linspace(-2.0, 3.0, 20, dtype=F64)).to_sparse_csr()
+    Bd = torch.zeros(20, 2, dtype=F64)
+    Bd[[0, 7, 15], 0] = 1.0
+    Bd[:, 1] = 1.0
+    # (the full column takes n = 20 steps, the whole space, with the basis' loss of orthogonality:
+    # each loop is within 2e-12 of the exact solution, so they are compared to 1e-10)
+    x, info = assert_same_solve(_minres, D, Bd, rtol=1e-10, check_every=5, x_rtol=1e-10)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(D.to_dense(), Bd), rtol=1e-9, atol=1e-9)
+    # an operator whose products overflow inside the loop (finite b): non-finite, as the host loop
+    _, info = assert_same_solve(_minres, _huge(), _rhs(20, 2), rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "non_finite" and bool(info.non_finite.all()) and info.iterations >= 1
+
+
+def _huge() -> torch.Tensor:
+    """A diagonal CSR matrix with entries near 1e160: finite, but its inner products overflow."""
+    return torch.diag(torch.linspace(1.0, 2.0, 20, dtype=F64) * 1e160).to_sparse_csr()
+
+
+def test_minres_loop_keyword_is_checked():
+    A = _poisson()
+    with pytest.raises(ValueError, match="loop must be"):
+        minres(A, _rhs(A.shape[0], 2), loop="gpu")
+
+
+def test_minres_device_loop_kernel_budget():
+    A, B = _poisson3d()
+
+    def solve(T: int) -> Any:
+        return minres(A, B, rtol=1e-30, max_iter=T, on_failure="ignore", loop="device")
+
+    per_iter, count = marginal_kernels(solve, 2 * MINRES_CHECK_EVERY)
+    assert per_iter <= 16, f"MINRES device loop: {per_iter} kernel calls per iteration ({count})"
+
+
+@pytest.mark.parametrize("check_every", [None, 5])
+def test_minres_device_loop_sync_budget(check_every):
+    A, B = _poisson3d()
+    (_, info), count = count_kernels(
+        minres, A, B, rtol=1e-10, loop="device", return_info=True, check_every=check_every
+    )
+    assert info.reason == "converged"
+    every = MINRES_CHECK_EVERY if check_every is None else check_every
+    assert MINRES_CHECK_EVERY >= 5
+    assert count.syncs <= info.iterations / every + 5, f"{count.syncs} syncs, {info.iterations} iterations"
+
+
+# ------------------------------------------------------------------------------------ GMRES
+
+
+def _gmres(*args: Any, **kwargs: Any) -> Any:
+    return gmres(*args, return_info=True, **kwargs)
+
+
+@pytest.mark.parametrize("k", [None, 1, 5])
+@pytest.mark.parametrize("check_every", [1, 5, 8])
+@pytest.mark.parametrize("restart", [30, 7])
+def test_gmres_device_loop_matches_host_loop(k, check_every, restart):
+    A = _convection()
+    B = _rhs(A.shape[0], k)
+    x, info = assert_same_solve(_gmres, A, B, rtol=1e-10, restart=restart, check_every=check_every)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(A.to_dense(), B), rtol=1e-7, atol=1e-7)
+
+
+def test_gmres_device_loop_batched_operator_x0_and_limits():
+    A = _batched_spd()
+    assert_same_solve(_gmres, A, _rhs(30, 3, batch=(3,)), rtol=1e-10, restart=8, check_every=5)
+    assert_same_solve(_gmres, A, _rhs(30, None, batch=(3,)), rtol=1e-10, check_every=5)
+    A = _convection()
+    B = _rhs(A.shape[0], 3)
+    x0 = torch.linalg.solve(A.to_dense(), B) + 1e-4 * _rhs(A.shape[0], 3, seed=2)
+    assert_same_solve(_gmres, A, B, rtol=1e-10, x0=x0, check_every=5)
+    # a cap on Arnoldi steps mid-cycle and on a cycle boundary; a warm start at the solution
+    for cap in (7, 10, 20):
+        assert_same_solve(
+            _gmres, A, B, rtol=1e-12, restart=10, max_iter=cap, check_every=5, on_failure="ignore"
+        )
+    assert_same_solve(_gmres, A, B, rtol=1e-6, x0=torch.linalg.solve(A.to_dense(), B), check_every=5)
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "ilu0", "callable"])
+def test_gmres_device_loop_with_preconditioner(kind):
+    A = _convection()
+    if kind == "jacobi":
+        M: Any = Jacobi(A)
+    elif kind == "ilu0":
+        M = ILU0(A)
+    else:
+        d = 1.0 / A.to_dense().diagonal().unsqueeze(-1)
+        M = lambda R: d * R  # noqa: E731
+    for k in (1, 4):
+        assert_same_solve(
+            _gmres, A, _rhs(A.shape[0], k), rtol=1e-10, preconditioner=M, restart=9, check_every=5
+        )
+
+
+def test_gmres_device_loop_zero_non_finite_breakdown_and_lucky_columns():
+    A = _convection()
+    B = _rhs(A.shape[0], 4)
+    B[:, 1] = 0.0
+    B[3, 2] = float("nan")
+    x, info = assert_same_solve(_gmres, A, B, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.non_finite.tolist() == [False, False, True, False]
+    assert bool((x[:, 1] == 0).all()) and bool(torch.isnan(x[:, 2]).all())
+    # a right-hand side in a 3-dimensional invariant subspace: the Arnoldi process ends exactly
+    # (‖w‖ = 0) after 3 steps, while the other column goes on
+    D = torch.diag(torch.linspace(0.5, 3.0, 20, dtype=F64)).to_sparse_csr()
+    Bd = torch.zeros(20, 2, dtype=F64)
+    Bd[[0, 7, 15], 0] = 1.0
+    Bd[:, 1] = 1.0
+    x, info = assert_same_solve(_gmres, D, Bd, rtol=1e-10, check_every=5)
+    assert info.reason == "converged"
+    torch.testing.assert_close(x, torch.linalg.solve(D.to_dense(), Bd), rtol=1e-9, atol=1e-9)
+    # a singular operator whose Krylov space does not hold the solution: r = 0, a breakdown
+    S = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=F64)
+    Bs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=F64)
+    x, info = assert_same_solve(_gmres, S, Bs, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "breakdown" and bool(info.breakdown.all())
+    # a breakdown in one column of a block while the other converges
+    Sd = torch.block_diag(S, torch.diag(torch.tensor([2.0, 3.0], dtype=F64)))
+    Bb = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, 1.0]], dtype=F64)
+    x, info = assert_same_solve(_gmres, Sd, Bb, rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.breakdown.tolist() == [True, False] and info.converged.tolist() == [False, True]
+    # an operator whose products overflow inside the loop (finite b)
+    _, info = assert_same_solve(_gmres, _huge(), _rhs(20, 2), rtol=1e-10, check_every=5, on_failure="ignore")
+    assert info.reason == "non_finite" and bool(info.non_finite.all()) and info.iterations >= 1
+
+
+def test_gmres_loop_keyword_is_checked():
+    A = _convection()
+    with pytest.raises(ValueError, match="loop must be"):
+        gmres(A, _rhs(A.shape[0], 2), loop="gpu")
+
+
+def test_gmres_device_loop_kernel_budget():
+    A = grid_operator((12, 12, 12), convection=0.3).to_sparse_csr()
+    B = _rhs(A.shape[0], 8)
+    T = 2 * GMRES_CHECK_EVERY
+
+    def solve(t: int) -> Any:
+        return gmres(A, B, rtol=1e-30, max_iter=t, restart=4 * T, on_failure="ignore", loop="device")
+
+    per_step, count = marginal_kernels(solve, T)
+    assert per_step <= 16, f"GMRES device loop: {per_step} kernel calls per Arnoldi step ({count})"
+
+
+@pytest.mark.parametrize("check_every", [None, 5])
+def test_gmres_device_loop_sync_budget(check_every):
+    A = grid_operator((12, 12, 12), convection=0.3).to_sparse_csr()
+    B = _rhs(A.shape[0], 8)
+    (_, info), count = count_kernels(
+        gmres, A, B, rtol=1e-10, restart=20, loop="device", return_info=True, check_every=check_every
+    )
+    assert info.reason == "converged"
+    every = GMRES_CHECK_EVERY if check_every is None else check_every
+    assert GMRES_CHECK_EVERY >= 5
+    assert count.syncs <= info.iterations / every + 5, f"{count.syncs} syncs, {info.iterations} steps"
+
+
+# ------------------------------------------------------------------------------------- LSMR
+# LSMR has no fused device loop yet: loop="device" is the block loop looking at its flags every
+# 8 iterations (as on an accelerator).  Same answer and iteration count as looking every time.
+
+
+def _lstsq_problem(k: int | None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(50, 30, dtype=F64, generator=g)
+    A = (A * (torch.rand(50, 30, generator=g) < 0.3)).to_sparse_csr()
+    return A, _rhs(50, k, seed=seed + 1)
+
+
+@pytest.mark.parametrize("k", [None, 1, 5])
+def test_lsmr_device_loop_matches_host_loop(k):
+    A, B = _lstsq_problem(k)
+    x, itn = assert_same_solve(lsmr, A, B, atol=1e-10, btol=1e-10, maxiter=300)
+    ref = torch.linalg.lstsq(A.to_dense(), B if k is not None else B.unsqueeze(-1)).solution
+    # ((m, 1) is read as a vector, as in 0.2.7)
+    torch.testing.assert_close(x.reshape(ref.shape), ref, rtol=1e-6, atol=1e-6)
+    assert 0 < itn
+    # an iteration cap, damping, and a column that stops early (b in the range of A)
+    assert_same_solve(lsmr, A, B, atol=1e-12, btol=1e-12, maxiter=11)
+    assert_same_solve(lsmr, A, B, damp=0.5, atol=1e-10, btol=1e-10)
+
+
+def test_lsmr_device_loop_non_finite_column():
+    A, B = _lstsq_problem(3)
+    B[4, 1] = float("nan")
+    x, _ = assert_same_solve(lsmr, A, B, atol=1e-10, btol=1e-10, on_failure="ignore")
+    assert bool(torch.isnan(x[:, 1]).all()) and bool(torch.isfinite(x[:, [0, 2]]).all())
+
+
+def test_lsmr_loop_keyword_is_checked():
+    A, B = _lstsq_problem(2)
+    with pytest.raises(ValueError, match="loop must be"):
+        lsmr(A, B, loop="gpu")
+
+
+def test_lsmr_device_loop_budgets():
+    A = grid_operator((12, 12, 12), convection=0.3).to_sparse_csr()
+    B = _rhs(A.shape[0], 8)
+
+    def solve(t: int) -> Any:
+        return lsmr(A, B, atol=0.0, btol=0.0, conlim=0.0, maxiter=t, loop="device")
+
+    per_iter, count = marginal_kernels(solve, 16)
+    # measured 203 (the block loop's per-column scalar bookkeeping): pinned against regressions
+    assert per_iter <= 205, f"LSMR: {per_iter} kernel calls per iteration ({count})"
+    (_, itn), count = count_kernels(lsmr, A, B, atol=1e-10, btol=1e-10, loop="device")
+    assert count.syncs <= itn / 8 + 5, f"{count.syncs} syncs, {itn} iterations"

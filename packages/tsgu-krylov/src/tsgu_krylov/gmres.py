@@ -43,6 +43,7 @@ from ._common import (
     rhs_block,
     true_relative_residual,
 )
+from ._device_gmres import GMRES_CHECK_EVERY, device_gmres
 from ._operator import SparseOperator, col_norm, from_block
 from .preconditioners import Preconditioner
 
@@ -66,6 +67,7 @@ def gmres(
     return_info: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    loop: str = "auto",
 ) -> Any:
     """Solve ``A x = b`` for a general square ``A`` by restarted GMRES.
 
@@ -96,6 +98,13 @@ def gmres(
         Arnoldi steps between host-side convergence checks (default: 1 on the CPU, 8 on an
         accelerator).
     on_failure : {"warn", "raise", "ignore"}
+    loop : {"auto", "device", "host"}
+        ``"device"``: the device loop (:mod:`tsgu_krylov._device_gmres`): per-column scalars stay
+        on the device, about 15 kernel calls per Arnoldi step, one host sync every
+        ``check_every`` steps (default 8); same iterate, step and matvec counts and report as the
+        block loop with ``check_every=1``.  ``"host"``: the block loop (and, for one right-hand
+        side on the CPU, its scalar copy).  ``"auto"`` (default): the device loop on
+        accelerators, the host loops on the CPU.
 
     Returns
     -------
@@ -136,6 +145,11 @@ def gmres(
     if isinstance(restart, bool) or not isinstance(restart, int) or restart < 1:
         raise ValueError(f"restart must be a positive int, got {restart!r}")
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    device_loop = loop == "device" or (loop == "auto" and rhs.device.type != "cpu")
+    if device_loop and check_every is None:
+        check_every = GMRES_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
     B, vector = rhs_block(rhs, matmul_closure)
     X0 = check_x0(alias("x0", x0, initial_guess=initial_guess), rhs, B, "x0")
@@ -171,13 +185,18 @@ def gmres(
         B.requires_grad or (X0 is not None and X0.requires_grad) or user_callable
     )
     single = B.dim() == 2 and B.shape[-1] == 1 and device.type == "cpu" and not needs_grad
+    single = single and not device_loop
+    if device_loop:
+        X, iterations, matvecs, breakdown, non_finite = device_gmres(
+            A, M, B, X, target, m, max_iter, check_every
+        )
     if single:
         X, iterations, matvecs, broke, bad = _single_column_gmres(
             A, M, B, X, float(target), m, max_iter, check_every
         )
         breakdown |= broke
         non_finite |= bad
-    while not single and iterations < max_iter:
+    while not single and not device_loop and iterations < max_iter:
         R = B - (apply_checked(A, X, "matmul_closure", "rhs") if first else A(X))
         matvecs += 1
         beta = col_norm(R)

@@ -37,6 +37,8 @@ from ._common import (
 from ._operator import SparseOperator, col_norm
 
 _LSMR_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
+#: Iterations between host looks at the stopping flags with ``loop="device"``.
+_DEVICE_CHECK_EVERY = 8
 
 __all__ = ["lsmr"]
 
@@ -72,6 +74,7 @@ def lsmr(
     *,
     on_failure: str = "warn",
     return_info: bool = False,
+    loop: str = "auto",
 ) -> Any:
     """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
 
@@ -98,6 +101,12 @@ def lsmr(
         What a column that meets a NaN or an infinity (in ``A``, ``b`` or an iterate that
         overflowed) causes: a :class:`~tsgu_krylov.ConvergenceWarning`, a
         :class:`~tsgu_krylov.ConvergenceError`, or nothing.  Its solution is NaN in every case.
+    loop : {"auto", "device", "host"}
+        LSMR has no fused device loop yet: ``"device"`` runs the block loop with the host look
+        at the stopping flags every 8 iterations (what it does on an accelerator; a stopped
+        column keeps its iterate, so the result and the iteration count are those of
+        ``"host"``), ``"host"`` looks every iteration on the CPU, ``"auto"`` (default) every
+        iteration on the CPU and every 8 on an accelerator.
 
     return_info : bool
         Also return a :class:`~tsgu_krylov.SolveInfo` (as the other solvers do): ``converged``
@@ -133,6 +142,8 @@ def lsmr(
     require_value_dtype("b", b, _LSMR_DTYPES)
     require_not_meta("b", b)
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
     for name, op in (("A", A), ("Armat", Armat)):
         if isinstance(op, torch.Tensor):
             require_not_meta(name, op)
@@ -169,7 +180,7 @@ def lsmr(
     m, k = B.shape
     maxiter = min(m, n) if maxiter is None else maxiter
     real = torch.empty((), dtype=B.dtype).real.dtype
-    every = resolve_check_every(None, B.device)
+    every = resolve_check_every(_DEVICE_CHECK_EVERY if loop == "device" else None, B.device)
     with torch.no_grad():
         if x0 is None:
             X = torch.zeros(n, k, dtype=B.dtype, device=B.device)
@@ -186,7 +197,7 @@ def lsmr(
         non_finite = ~(torch.isfinite(alpha) & torch.isfinite(beta))
         matvecs = 2 if x0 is not None else 1
         if maxiter == 0 or (check_nonzero and bool(((alpha * beta) == 0).all())):
-            X = _nan_columns(X, non_finite, on_failure, k)
+            X, _ = _nan_columns(X, non_finite, on_failure, k)
             solved = (alpha * beta) == 0  # b = 0 or Aᴴb = 0 (0 is the least-squares solution)
             info = _info(0, matvecs, X, beta, col_norm(B).to(real), solved, non_finite, btol)
             X = X.squeeze(-1) if vector else X
@@ -283,8 +294,7 @@ def lsmr(
             active = active & ~stop & ~overflow
             if itn % every == 0 and not bool(active.any()):
                 break
-    X = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k)
-    iterations = int(last.max()) if k else 0
+    X, iterations = _nan_columns(X, non_finite | ~torch.isfinite(B).all(0), on_failure, k, last)
     report = _info(iterations, matvecs, X, normr, normb, stopped, non_finite, btol) if return_info else None
     X = X.squeeze(-1) if vector else X
     X = not_differentiable("lsmr", X, A, b, Armat, x0)
@@ -301,14 +311,16 @@ def _info(
     non_finite: torch.Tensor,
     btol: float,
 ) -> SolveInfo:
-    """The :class:`SolveInfo` of an LSMR solve (the columns of ``X`` are its right-hand sides)."""
+    """The :class:`SolveInfo` of an LSMR solve (the columns of ``X`` are its right-hand sides):
+    one host read for the reason."""
     bad = non_finite | ~torch.isfinite(X).all(0)
     rel = normr / torch.where(normb > 0, normb, torch.ones_like(normb))
     rel = torch.where(bad, torch.full_like(rel, float("nan")), rel)
     converged = stopped & ~bad
-    if bool(bad.any()):
+    any_bad, all_converged = torch.stack([bad.any(), converged.all()]).tolist()
+    if any_bad:
         reason = SolveReason.NON_FINITE
-    elif bool(converged.all()):
+    elif all_converged:
         reason = SolveReason.CONVERGED
     else:
         reason = SolveReason.MAX_ITER
@@ -324,10 +336,16 @@ def _info(
     )
 
 
-def _nan_columns(X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int) -> torch.Tensor:
-    """NaN in the columns that met a NaN/Inf (or hold one), reported as ``on_failure`` asks."""
+def _nan_columns(
+    X: torch.Tensor, non_finite: torch.Tensor, on_failure: str, k: int, last: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
+    """NaN in the columns that met a NaN/Inf (or hold one), reported as ``on_failure`` asks; and
+    the iteration count ``max(last)`` (0 without ``last``), read with the same host sync."""
     bad = non_finite | ~torch.isfinite(X).all(0)
-    if not bool(bad.any()):
-        return X
-    signal(non_finite_message("LSMR", int(bad.sum()), k), on_failure)
-    return torch.where(bad.unsqueeze(0), torch.full((), float("nan"), dtype=X.dtype, device=X.device), X)
+    top = last.max() if last is not None and k else torch.zeros((), dtype=torch.int64, device=X.device)
+    n_bad, itn = torch.stack([bad.sum(), top]).tolist()
+    if not n_bad:
+        return X, itn
+    signal(non_finite_message("LSMR", n_bad, k), on_failure)
+    nan = torch.full((), float("nan"), dtype=X.dtype, device=X.device)
+    return torch.where(bad.unsqueeze(0), nan, X), itn

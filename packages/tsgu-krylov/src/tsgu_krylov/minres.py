@@ -44,6 +44,7 @@ from ._common import (
     rhs_block,
     true_relative_residual,
 )
+from ._device_minres import MINRES_CHECK_EVERY, device_minres
 from ._operator import col_dot, col_norm, from_block
 
 __all__ = ["MINRESSettings", "minres"]
@@ -83,6 +84,7 @@ def minres(
     return_info: bool = False,
     check_every: int | None = None,
     on_failure: str = "warn",
+    loop: str = "auto",
     _restarts: int = 2,
 ) -> Any:
     """Solve ``(value·A + σ I) x = b`` for symmetric ``A`` by MINRES.
@@ -120,6 +122,13 @@ def minres(
         Iterations between host-side convergence checks (default: every iteration on the CPU,
         where looking costs nothing, every 8 on an accelerator).
     on_failure : {"warn", "raise", "ignore"}
+    loop : {"auto", "device", "host"}
+        ``"device"``: the device loop (:mod:`tsgu_krylov._device_minres`): scalars stay on the
+        device, 15 kernel calls per unpreconditioned iteration, one host sync every
+        ``check_every`` iterations (default 8); same iterate, iteration and matvec counts and
+        report as the host loop with ``check_every=1``.  ``"host"``: the block loop.  ``"auto"``
+        (default): the device loop on accelerators, the host loop on the CPU.  A zero tolerance
+        (``rtol = atol = 0``) always runs the host loop.
     _restarts : int
         Private: how many times a solve whose residual estimate met the tolerance while its
         recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
@@ -169,6 +178,11 @@ def minres(
     if max_iter < 0:
         raise ValueError(f"max_iter must be nonnegative, got {max_iter}")
     check_on_failure(on_failure)
+    if loop not in ("auto", "device", "host"):
+        raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    device_loop = loop == "device" or (loop == "auto" and rhs.device.type != "cpu")
+    if device_loop and check_every is None:
+        check_every = MINRES_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
     A = operator(matmul_closure, rhs)
     M = preconditioner_operator(preconditioner, rhs)
@@ -203,11 +217,13 @@ def minres(
     beta1_sq = col_dot(R1, Y)
     # a NaN/Inf in A, b or M: the column is marked, cleared, and NaN at the end
     non_finite = column_non_finite(R1) | column_non_finite(Y) | ~torch.isfinite(beta1_sq)
-    if bool(non_finite.any()):
+    # (both looks in one host read)
+    any_bad, negative = torch.stack([non_finite.any(), ((beta1_sq < 0) & ~non_finite).any()]).tolist()
+    if any_bad:
         keep = ~non_finite.unsqueeze(-2)
         R1, Y, X = R1.where(keep, 0.0), Y.where(keep, 0.0), X.where(keep, 0.0)
         beta1_sq = beta1_sq.where(~non_finite, 0.0)
-    if bool((beta1_sq < 0).any()):
+    if negative:
         raise ValueError("preconditioner must be positive definite (rᵀ M⁻¹ r < 0)")
     beta1 = beta1_sq.sqrt()
     target = torch.clamp(rtol * b_norm, min=atol)
@@ -222,7 +238,16 @@ def minres(
     W = torch.zeros_like(B)
     W2 = torch.zeros_like(B)
     iterations = 0
-    for it in range(max_iter):
+    # the device loop measures φ̄ relative to a positive tolerance
+    device_loop = device_loop and (rtol > 0 or atol > 0)
+    if device_loop:
+        positive = target.clamp_min(torch.finfo(target.dtype).tiny)
+        X, iterations, active, bad = device_minres(
+            op, M, X, R1, Y, beta1, positive, active, eps, max_iter, check_every
+        )
+        matvecs += iterations
+        non_finite = non_finite | bad
+    for it in range(0 if device_loop else max_iter):
         if it % check_every == 0 and not bool(active.any()):
             break
         s = torch.where(beta > 0, 1.0 / torch.where(beta > 0, beta, 1.0), 0.0).unsqueeze(-2)
@@ -286,6 +311,7 @@ def minres(
             return_info=True,
             check_every=check_every,
             on_failure="ignore",
+            loop=loop,
             _restarts=_restarts - 1,
         )
         iterations += more.iterations
