@@ -187,3 +187,19 @@ def test_a_first_call_factors_once(kernel, monkeypatch):
     assert calls == ["NATURAL"]  # a second call on the pattern: numeric phase only
     want = torch.logdet(A.detach().to_dense())
     torch.testing.assert_close(ld.detach(), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not _selinv.numba_available(), reason="needs numba")
+def test_blas_threads_are_restored_after_the_kernel(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(_selinv, "BLAS_FROM", 1)
+    a, num, M = factor(shifted_grid((8, 9)))
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    z = _selinv.selinv_numba(a.l_indptr, a.l_indices, num.l_data, num.d)
+    assert blas_threads() == before
+    want = on_pattern(a, np.linalg.inv(M))
+    assert np.abs(z - want).max() <= 1e-12 * np.abs(want).max()
