@@ -88,7 +88,9 @@ def test_numba_kernel_with_and_without_blas_products(blas_from, monkeypatch):
     assert np.diff(a.supernodes).max() > 2 * _selinv.NB
 
 
-def test_complex_factor_matches_the_dense_complex_inverse(kernel):
+@pytest.mark.parametrize("blas_from", [1, 2**62])
+def test_complex_factor_matches_the_dense_complex_inverse(kernel, blas_from, monkeypatch):
+    monkeypatch.setattr(_selinv, "BLAS_FROM", blas_from)
     a, _, M = factor(random_spd(30, 0.3, 5))
     E = np.random.default_rng(0).standard_normal(M.shape) * (M != 0)
     Mc = M + 0.3j * (E + E.T)
