@@ -88,7 +88,9 @@ def test_numba_kernel_with_and_without_blas_products(blas_from, monkeypatch):
     assert np.diff(a.supernodes).max() > 2 * _selinv.NB
 
 
-def test_complex_factor_matches_the_dense_complex_inverse(kernel):
+@pytest.mark.parametrize("blas_from", [1, 2**62])
+def test_complex_factor_matches_the_dense_complex_inverse(kernel, blas_from, monkeypatch):
+    monkeypatch.setattr(_selinv, "BLAS_FROM", blas_from)
     a, _, M = factor(random_spd(30, 0.3, 5))
     E = np.random.default_rng(0).standard_normal(M.shape) * (M != 0)
     Mc = M + 0.3j * (E + E.T)
@@ -187,3 +189,19 @@ def test_a_first_call_factors_once(kernel, monkeypatch):
     assert calls == ["NATURAL"]  # a second call on the pattern: numeric phase only
     want = torch.logdet(A.detach().to_dense())
     torch.testing.assert_close(ld.detach(), want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.skipif(not _selinv.numba_available(), reason="needs numba")
+def test_blas_threads_are_restored_after_the_kernel(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    monkeypatch.setattr(_selinv, "BLAS_FROM", 1)
+    a, num, M = factor(shifted_grid((8, 9)))
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    z = _selinv.selinv_numba(a.l_indptr, a.l_indices, num.l_data, num.d)
+    assert blas_threads() == before
+    want = on_pattern(a, np.linalg.inv(M))
+    assert np.abs(z - want).max() <= 1e-12 * np.abs(want).max()

@@ -43,8 +43,10 @@ reference for the tests).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -442,12 +444,11 @@ def selinv_numba(
     z = np.zeros(ldata.shape[0], dtype=dtype)
     kernel = _jit("selinv", _selinv_super_loop)
     args = (indptr, indices, np.ascontiguousarray(ldata, dtype), np.ascontiguousarray(d, dtype), sup, z)
-    limits = _one_blas_thread() if _largest_product(indptr, sup) >= BLAS_FROM else None
-    if limits is None:
+    if _largest_product(indptr, sup) < BLAS_FROM:
         status = kernel(*args, 2**62)
     else:
-        with limits:
-            status = kernel(*args, BLAS_FROM)
+        with _one_blas_thread() as held:
+            status = kernel(*args, BLAS_FROM if held else 2**62)
     if status != 0:
         raise ValueError(_NOT_CLOSED)
     return z
@@ -463,13 +464,36 @@ def _largest_product(indptr: np.ndarray, sup: np.ndarray) -> float:
     return float(np.maximum(w**3, r * r * w).max())
 
 
-def _one_blas_thread() -> Any:
-    """A context holding BLAS to one thread (threadpoolctl), or ``None`` without threadpoolctl."""
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limits: Any = None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[bool]:
+    """Hold BLAS to one thread while any kernel call is inside (threadpoolctl).
+
+    Yields whether it could (``False`` without threadpoolctl).  Counted, so that overlapping
+    calls from several threads restore the user's setting once, when the last one leaves.
+    """
+    global _blas_users, _blas_limits
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return None
-    return threadpool_limits(limits=1, user_api="blas")
+        yield False
+        return
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limits = threadpool_limits(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield True
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limits.restore_original_limits()
+                _blas_limits = None
 
 
 def kernel_name() -> str:
