@@ -273,3 +273,20 @@ def test_inputs_are_not_modified():
         P(R)
         assert torch.equal(R, R0)
     assert torch.equal(A.values(), before)
+
+
+@pytest.mark.parametrize("kind", ["jacobi", "ilu0", "ic0", "amg"])
+def test_every_preconditioner_builds_and_applies_in_float32_under_bfloat16_autocast(kind):
+    """The project's autocast policy (tsgu_ops autocast_fp32): nothing in 16 bits, float32 out,
+    the same numbers as outside the autocast region (AMG's sparse products died in bfloat16)."""
+    from tsgu_krylov import make_preconditioner
+
+    A = grid_operator((6, 6)).to_sparse_csr().float()
+    x = torch.randn(36, 2, generator=torch.Generator().manual_seed(0))
+    ref = make_preconditioner(A, kind)(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        P = make_preconditioner(A, kind)
+        y, y16 = P(x), P(x.bfloat16())
+    assert y.dtype == y16.dtype == torch.float32
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(y16, make_preconditioner(A, kind)(x.bfloat16().float()))

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.internal import SparsePattern, check_sparse_indices
+from tsgu_ops.internal import SparsePattern, autocast_fp32, check_sparse_indices
 
 from ._operator import fold_block
 
@@ -82,6 +82,7 @@ class Preconditioner:
         """
         return out.copy_(self.apply_flat(r.view(-1, 1)).view(-1))
 
+    @autocast_fp32
     def __call__(self, R: torch.Tensor) -> torch.Tensor:
         # a vector (n,), or (b, n) for a batch of matrices, is applied as a one-column block
         vector = R.dim() == (1 if self.pattern.batch is None else 2)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.internal import quiet
+from tsgu_ops.internal import autocast_fp32, quiet
 
 from ._levels import cached
 from ._precond_base import Preconditioner, _canonical, _pattern_of
@@ -180,6 +180,7 @@ class AMG(Preconditioner):
 
     symmetric = True
 
+    @autocast_fp32
     def __init__(
         self,
         A: torch.Tensor,
