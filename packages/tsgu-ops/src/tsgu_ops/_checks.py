@@ -7,6 +7,7 @@ torchsparsegradutils 0.2.7 users rely on are kept word for word by the callers.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -120,6 +121,37 @@ def require_not_meta(name: str, value: torch.Tensor) -> None:
         )
 
 
+def index_stamp(A: torch.Tensor) -> tuple | None:
+    """What must be unchanged for an index analysis of ``A`` to hold (its validation here, its
+    :class:`~tsgu_ops.SparsePattern`): the tensor, its index tensors, their versions and storage;
+    ``None``: do not cache (compile tracing, subclasses, meta and functorch-wrapped tensors)."""
+    if type(A) is not torch.Tensor or torch.compiler.is_compiling() or A.device.type == "meta":
+        return None
+    try:
+        if A.layout == torch.sparse_coo:
+            idx: tuple[torch.Tensor, ...] = (A._indices(),)
+            coalesced: bool | None = A.is_coalesced()
+        elif A.layout == torch.sparse_csr:
+            idx = (A.crow_indices(), A.col_indices())
+            coalesced = None
+        else:
+            return None
+        return (
+            A._version,
+            A.layout,
+            tuple(A.shape),
+            A.device,
+            coalesced,
+            *((t._version, t.data_ptr(), t.dtype, tuple(t.shape)) for t in idx),
+        )
+    except (RuntimeError, NotImplementedError, AttributeError):  # functorch wrappers, fake tensors
+        return None
+
+
+#: ``id(A) -> (weak reference to A, index_stamp(A))`` of tensors whose indices were validated.
+_VALIDATED: dict[int, tuple[weakref.ref, tuple]] = {}
+
+
 def check_sparse_indices(name: str, A: torch.Tensor) -> None:
     """Validate the index structure of a sparse COO or CSR tensor ``A`` (2-D or batched 3-D).
 
@@ -148,7 +180,28 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
     Traceback (most recent call last):
     ...
     ValueError: A has a row index out of range: indices[0] must lie in [0, 2), found 2
+
+    The very same tensor with unchanged indices (same versions and storage) is validated once:
+    later calls cost no kernel and no host synchronisation (a training loop's fixed matrix).
     """
+    stamp = index_stamp(A)
+    key = id(A)
+    if stamp is not None:
+        hit = _VALIDATED.get(key)
+        if hit is not None and hit[0]() is A and hit[1] == stamp:
+            return
+    _check_sparse_indices(name, A)
+    if stamp is not None:
+
+        def forget(ref: weakref.ref, key: int = key) -> None:
+            cur = _VALIDATED.get(key)
+            if cur is not None and cur[0] is ref:
+                del _VALIDATED[key]
+
+        _VALIDATED[key] = (weakref.ref(A, forget), stamp)
+
+
+def _check_sparse_indices(name: str, A: torch.Tensor) -> None:
     require_not_meta(name, A)
     if A.layout == torch.sparse_coo:
         idx = A._indices()

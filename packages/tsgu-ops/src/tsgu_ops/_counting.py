@@ -30,7 +30,7 @@ SYNC_OPS = frozenset(
         "aten._unique2.default",
         "aten.unique_dim.default",
         "aten.unique_consecutive.default",
-        "aten.repeat_interleave.Tensor",  # without output_size: the result's length is data
+        "aten.repeat_interleave.Tensor",  # unless output_size is given: the length is data
         "aten.equal.default",
         "aten.is_nonzero.default",
     }
@@ -94,7 +94,11 @@ class _Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         name = str(func)
         kwargs = kwargs or {}
-        if name in SYNC_OPS or (name == "aten.index.Tensor" and _bool_index(args)):
+        if name == "aten.repeat_interleave.Tensor" and kwargs.get("output_size") is not None:
+            sync = False  # the length is given: no read of the counts
+        else:
+            sync = name in SYNC_OPS or (name == "aten.index.Tensor" and _bool_index(args))
+        if sync:
             self.count.syncs += 1
             self.count.ops[name] += 1
         elif not getattr(func, "is_view", False) and name not in NON_KERNEL_OPS:

@@ -23,6 +23,7 @@ from functools import cached_property
 import torch
 
 from . import _kernels
+from ._checks import index_stamp as _stamp
 from ._compat import quiet
 from ._kernels import COMPUTE_DTYPES, SAMPLED_CHUNK_ELEMENTS, conj
 
@@ -65,31 +66,6 @@ def lexsort_rows_cols(rows: torch.Tensor, cols: torch.Tensor, num_cols: int) -> 
         return torch.argsort(rows * num_cols + cols, stable=True)
     perm = torch.argsort(cols, stable=True)
     return perm[torch.argsort(rows[perm], stable=True)]
-
-
-def _stamp(A: torch.Tensor) -> tuple | None:
-    """What must be unchanged for a cached pattern of ``A`` to hold; ``None``: do not cache."""
-    if type(A) is not torch.Tensor or torch.compiler.is_compiling() or A.device.type == "meta":
-        return None
-    try:
-        if A.layout == torch.sparse_coo:
-            idx: tuple[torch.Tensor, ...] = (A._indices(),)
-            coalesced: bool | None = A.is_coalesced()
-        elif A.layout == torch.sparse_csr:
-            idx = (A.crow_indices(), A.col_indices())
-            coalesced = None
-        else:
-            return None
-        return (
-            A._version,
-            A.layout,
-            tuple(A.shape),
-            A.device,
-            coalesced,
-            *((t._version, t.data_ptr(), t.dtype, tuple(t.shape)) for t in idx),
-        )
-    except (RuntimeError, NotImplementedError, AttributeError):  # functorch wrappers, fake tensors
-        return None
 
 
 #: ``id(A) -> (weakref to A, stamp, pattern)``: see :meth:`SparsePattern.of`.
