@@ -348,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
 
         extra = iteration_table()
         (out / "krylov_iterations.md").write_text(extra)
+    if not interrupted and not args.matrix and any(c.family == "Krylov vs peers" for c in cases):
+        from .counts import counts_markdown
+
+        extra += counts_markdown(args.device)  # the solver cases' aten calls and syncs per iteration
     paths = write_reports(rows, env, out, extra)
     partial.unlink(missing_ok=True)  # the results are written: the running log goes
     if not interrupted and not custom:

@@ -100,6 +100,29 @@ def solver_counts(
     return rows
 
 
+def counts_markdown(device: str | torch.device = "cpu", shape: tuple[int, ...] = (12, 12, 12)) -> str:
+    """The counts of :func:`solver_counts` as a Markdown section of the benchmark summary (the
+    per-iteration counts do not depend on the grid size; a small grid keeps it to seconds)."""
+    rows = solver_counts(shape=shape, device=device)
+    lines = [
+        "",
+        f"## Kernel calls and host syncs per solver iteration ({torch.device(device).type}, counted)",
+        "",
+        f"float64 CSR, 3-D grid {'x'.join(map(str, shape))}, 8 right-hand sides, rtol 1e-10; kernel calls",
+        "per iteration are marginal (check cost included); on a GPU each is a launch and each sync a wait",
+        "(see docs/gpu.md).",
+        "",
+        "| solver | loop | kernel calls / iteration | host syncs / solve | iterations |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['solver']} | {r['loop']} | {r['kernels_per_iteration']:.1f} | {r['syncs_per_solve']} "
+            f"| {r['iterations']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
     print(f"{'solver':10} {'loop':7} {'kernels/it':>10} {'syncs/solve':>11} {'iterations':>10}")
     for row in solver_counts():
