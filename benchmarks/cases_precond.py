@@ -25,51 +25,15 @@ from ._core import Case, Run, Variant, _backward_with, _calibrate, _col_res, _pe
 ROUNDS = 3
 
 
-def diffusion(
-    shape: tuple[int, ...],
-    sigma: float = 3.0,
-    block: int = 5,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> torch.Tensor:
-    """``−∇·(κ∇u)`` on a cell grid with Dirichlet faces, ``κ`` log-normal (``exp(σ ξ)``), constant
-    on blocks of ``block`` cells per axis; face coefficients are harmonic means.  SPD; with
-    ``σ = 3`` neighbouring blocks differ by up to ~1e4.  Coalesced COO ``(N, N)``."""
-    g = torch.Generator().manual_seed(seed)
-    nb = [-(-s // block) for s in shape]
-    kb = torch.exp(sigma * torch.randn(*nb, generator=g, dtype=dtype))
-    kappa = kb[torch.meshgrid(*[torch.arange(s) // block for s in shape], indexing="ij")]
-    n = kappa.numel()
-    ids = torch.arange(n).reshape(shape)
-    diag = torch.zeros(n, dtype=dtype)
-    rows, cols, vals = [], [], []
-    for d in range(len(shape)):
-        a, b = ids.narrow(d, 0, shape[d] - 1).reshape(-1), ids.narrow(d, 1, shape[d] - 1).reshape(-1)
-        ka = kappa.narrow(d, 0, shape[d] - 1).reshape(-1)
-        kc = kappa.narrow(d, 1, shape[d] - 1).reshape(-1)
-        w = 2 * ka * kc / (ka + kc)
-        rows += [a, b]
-        cols += [b, a]
-        vals += [-w, -w]
-        diag.index_add_(0, a, w).index_add_(0, b, w)
-        for end in (0, shape[d] - 1):
-            diag.index_add_(0, ids.select(d, end).reshape(-1), 2 * kappa.select(d, end).reshape(-1))
-    rows.append(ids.reshape(-1))
-    cols.append(ids.reshape(-1))
-    vals.append(diag)
-    i = torch.stack([torch.cat(rows), torch.cat(cols)])
-    return torch.sparse_coo_tensor(i, torch.cat(vals), (n, n)).coalesce()
-
-
 def _problem(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from tsgu_ops.testing import grid_operator
+    from tsgu_ops.testing import diffusion_operator, grid_operator
 
     if name == "poisson40":
         A = grid_operator((40, 40, 40))
     elif name == "poisson20":  # the quick run's size
         A = grid_operator((20, 20, 20))
     elif name == "diffusion40":
-        A = diffusion((40, 40, 40))
+        A = diffusion_operator((40, 40, 40))
     elif name == "convdiff200":
         A = grid_operator((200, 200), 1.0)
     else:

@@ -24,7 +24,7 @@ from tsgu_krylov import (
     minres,
     sparse_generic_solve,
 )
-from tsgu_ops.testing import grid_operator
+from tsgu_ops.testing import diffusion_operator, grid_operator
 
 pyamg = pytest.importorskip("pyamg")
 sp = pytest.importorskip("scipy.sparse")
@@ -34,33 +34,8 @@ SOLVERS = {"cg": linear_cg, "minres": minres, "gmres": gmres, "bicgstab": bicgst
 
 
 def diffusion(shape: tuple[int, ...], sigma: float = 3.0, block: int = 3, seed: int = 0) -> torch.Tensor:
-    """``−∇·(κ∇u)`` on a cell grid (Dirichlet), ``κ`` log-normal and constant on blocks of cells.
-
-    Face coefficients are harmonic means of the two cells; SPD with jumps of ``exp(±σ·ξ)``.
-    """
-    g = torch.Generator().manual_seed(seed)
-    nb = [-(-s // block) for s in shape]
-    kb = torch.exp(sigma * torch.randn(*nb, generator=g, dtype=torch.float64))
-    kappa = kb[torch.meshgrid(*[torch.arange(s) // block for s in shape], indexing="ij")]
-    n = kappa.numel()
-    ids = torch.arange(n).reshape(shape)
-    diag = torch.zeros(n, dtype=torch.float64)
-    rows, cols, vals = [], [], []
-    for d in range(len(shape)):
-        a, b = ids.narrow(d, 0, shape[d] - 1).reshape(-1), ids.narrow(d, 1, shape[d] - 1).reshape(-1)
-        ka, kb_ = kappa.narrow(d, 0, shape[d] - 1).reshape(-1), kappa.narrow(d, 1, shape[d] - 1).reshape(-1)
-        w = 2 * ka * kb_ / (ka + kb_)
-        rows += [a, b]
-        cols += [b, a]
-        vals += [-w, -w]
-        diag.index_add_(0, a, w).index_add_(0, b, w)
-        for end in (0, shape[d] - 1):
-            diag.index_add_(0, ids.select(d, end).reshape(-1), 2 * kappa.select(d, end).reshape(-1))
-    rows.append(ids.reshape(-1))
-    cols.append(ids.reshape(-1))
-    vals.append(diag)
-    i = torch.stack([torch.cat(rows), torch.cat(cols)])
-    return torch.sparse_coo_tensor(i, torch.cat(vals), (n, n)).coalesce()
+    """The high-contrast diffusion operator of ``tsgu_ops.testing`` with this file's block size."""
+    return diffusion_operator(shape, sigma=sigma, block=block, seed=seed)
 
 
 def as_layout(A: torch.Tensor, layout: torch.layout, index: torch.dtype) -> torch.Tensor:
