@@ -271,3 +271,70 @@ def test_forward_mode_dual_tensors_outside_torch_func_equal_dense():
             exp = fwad.unpack_dual(ref(fwad.make_dual(B, T)))
             torch.testing.assert_close(out.primal, exp.primal)
             torch.testing.assert_close(out.tangent, exp.tangent)
+
+
+# fullgraph=True with a plain sparse tensor: PyTorch cannot (dynamo refuses to wrap sparse tensors),
+# so the graph break says why and names the route that compiles with fullgraph=True
+FULLGRAPH_OPS = {
+    "mm": lambda A, B: sparse_mm(A, B),
+    "triangular": lambda A, B: sparse_triangular_solve(A, B, upper=False),
+    "sampled": lambda A, B: sampled_product(A, B, B).values(),
+    "implicit": lambda A, B: implicit_solve(A, B, _dense_solve, _dense_tsolve),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", list(FULLGRAPH_OPS))
+def test_fullgraph_with_a_closed_over_sparse_tensor_names_the_supported_route(op):
+    from torch._dynamo.exc import Unsupported
+
+    case = _case(torch.sparse_csr, torch.int32, (5, 5), "lower", seed=2)
+    A, B = case.sparse, torch.randn(5, 2, dtype=F64)
+    fn = FULLGRAPH_OPS[op]
+    expected = fn(A, B)  # an eager call first: the graph break's message is the disabled call's
+    torch._dynamo.reset()
+    with pytest.raises(Unsupported, match=r"fullgraph=True.*SparseParameter"):
+        torch.compile(lambda B: fn(A, B), backend="aot_eager", fullgraph=True)(B)
+    torch._dynamo.reset()  # without fullgraph the same call is a graph break that runs eagerly
+    torch.testing.assert_close(torch.compile(lambda B: fn(A, B), backend="aot_eager")(B), expected)
+
+
+@pytest.mark.slow
+def test_the_named_route_compiles_with_fullgraph_and_equals_dense():
+    case = _case(torch.sparse_coo, torch.int64, (5, 5), "lower", seed=2)
+    W = SparseParameter(case.sparse, requires_grad=False)
+    B = torch.randn(5, 3, dtype=F64, requires_grad=True)
+    torch._dynamo.reset()
+    out = torch.compile(
+        lambda B: W.mm(B) + W.triangular_solve(B, upper=False), backend="aot_eager", fullgraph=True
+    )(B)
+    D = case.dense
+    torch.testing.assert_close(out, D @ B + torch.linalg.solve_triangular(D, B, upper=False))
+
+
+_FIRST_CALL_TRACED = """
+import torch, warnings
+warnings.simplefilter("ignore")
+from torch._dynamo.exc import Unsupported
+from tsgu_ops import sparse_mm
+A = torch.tensor([[2.0, 0.0], [1.0, 3.0]]).to_sparse_csr()
+B = torch.randn(2, 2)
+try:
+    torch.compile(lambda B: sparse_mm(A, B), backend="aot_eager", fullgraph=True)(B)
+except Unsupported as exc:
+    print("RAISED", "SparseParameter" in str(exc) and "fullgraph=True" in str(exc))
+torch._dynamo.reset()
+out = torch.compile(lambda B: sparse_mm(A, B), backend="aot_eager")(B)
+print("EQUAL", torch.allclose(out, A.to_dense() @ B))
+"""
+
+
+@pytest.mark.slow
+def test_the_message_holds_when_the_first_call_ever_is_the_traced_one():
+    """In a fresh process the disabled wrapper does not exist yet when dynamo traces the call."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _FIRST_CALL_TRACED], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "RAISED True" in run.stdout and "EQUAL True" in run.stdout, run.stdout + run.stderr

@@ -254,7 +254,13 @@ class SparseGenericSolve(Function):
 # Dynamo cannot trace sparse tensors through the solver loops (it fails inside torch, not with a graph
 # break): inside torch.compile the solve runs eagerly, as one opaque call, and autograd is unchanged.
 @autocast_fp32
-@eager_under_compile
+@eager_under_compile(
+    reason=(
+        "tsgu_krylov.sparse_generic_solve takes a sparse tensor and runs a solver whose stopping "
+        "depends on the data: torch.compile runs it eagerly, as a graph break, which fullgraph=True "
+        "forbids (compile the code around it with fullgraph=False)"
+    )
+)
 def sparse_generic_solve(
     A: torch.Tensor,
     B: torch.Tensor,

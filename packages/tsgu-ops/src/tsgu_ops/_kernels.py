@@ -39,7 +39,7 @@ import functools
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, overload
 
 import torch
 from torch import Tensor
@@ -790,13 +790,48 @@ def solve_grad_values(
     return values
 
 
-def eager_under_compile(fn: Callable[P, R]) -> Callable[P, R]:
+#: What a graph break at a public op that takes a sparse tensor tells the user (``{name}`` is the op).
+SPARSE_GRAPH_BREAK = (
+    "{name} takes a sparse tensor, and torch.compile cannot trace sparse tensors (dynamo does not "
+    "wrap them): the call runs eagerly, as a graph break, which fullgraph=True forbids. For "
+    "fullgraph=True, make a tsgu_ops.nn.SparseParameter of the matrix outside the compiled function "
+    "(SparseParameter(A, requires_grad=False) for a constant matrix) and call its .mm(B) or "
+    ".triangular_solve(B) inside; their values= argument takes values computed in the graph"
+)
+
+
+#: ``torch._dynamo.graph_break`` takes a message (torch 2.8 and later; before, the break has none).
+_GRAPH_BREAK_TAKES_MSG = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+
+
+def _disable(fn: Callable[P, R], reason: str) -> Callable[P, R]:
+    try:
+        return torch.compiler.disable(fn, reason=reason)
+    except TypeError:  # torch < 2.7: no reason
+        return torch.compiler.disable(fn)
+
+
+@overload
+def eager_under_compile(fn: Callable[P, R], *, reason: str | None = None) -> Callable[P, R]: ...
+
+
+@overload
+def eager_under_compile(
+    fn: None = None, *, reason: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def eager_under_compile(fn: Any = None, *, reason: str | None = None) -> Any:
     """Decorator: inside ``torch.compile`` the call runs eagerly, as one opaque call (a graph break).
 
     What ``torch.compiler.disable`` does, except that the wrapper is made on the first call made
     while ``torch._dynamo`` is loaded: decorating with ``torch.compiler.disable`` itself imports
     ``torch._dynamo`` (seconds and about 70 MB) into every program that imports the decorated
     function, compiled or not.  For functions that hand sparse tensors to code dynamo cannot trace.
+
+    ``reason`` is what ``fullgraph=True`` reports at the graph break (default: the sparse-tensor
+    message :data:`SPARSE_GRAPH_BREAK` naming the function and the supported route), also when
+    the first call of the function is the one being traced.
 
     Examples
     --------
@@ -806,15 +841,31 @@ def eager_under_compile(fn: Callable[P, R]) -> Callable[P, R]:
     ...     return 2 * x
     >>> twice(3)
     6
+    >>> @eager_under_compile(reason="thrice runs eagerly")
+    ... def thrice(x):
+    ...     return 3 * x
+    >>> thrice(3)
+    9
     """
-    disabled: list[Callable[P, R]] = []
+    if fn is None:
+        return functools.partial(eager_under_compile, reason=reason)
+    module = fn.__module__.split(".")[0]
+    message = reason or SPARSE_GRAPH_BREAK.format(name=f"{module}.{fn.__name__.lstrip('_')}")
+    disabled: list[Callable[..., Any]] = []
 
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if "torch._dynamo" not in sys.modules:
             return fn(*args, **kwargs)
         if not disabled:
-            disabled.append(torch.compiler.disable(fn))
+            if torch.compiler.is_compiling():
+                # dynamo is tracing the first call: break here with the message (making the
+                # disabled wrapper is itself a call dynamo refuses, with an unhelpful message)
+                if _GRAPH_BREAK_TAKES_MSG:
+                    torch._dynamo.graph_break(msg=message)
+                else:  # pragma: no cover - old torch
+                    torch._dynamo.graph_break()
+            disabled.append(_disable(fn, message))
         return disabled[0](*args, **kwargs)
 
     return wrapper

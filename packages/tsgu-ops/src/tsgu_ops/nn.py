@@ -341,7 +341,12 @@ class SparseParameter(nn.Module):
 
         return self._apply_flat(B, n, op)
 
-    @_kernels.eager_under_compile  # the solver is a black box: a graph break, not a failure
+    @_kernels.eager_under_compile(
+        reason=(
+            "SparseParameter.solve runs its solver eagerly (a black box to torch.compile): a graph "
+            "break, which fullgraph=True forbids; .mm and .triangular_solve compile with fullgraph=True"
+        )
+    )
     @autocast_fp32
     def solve(
         self,
