@@ -307,3 +307,18 @@ def test_bad_eps_raises_naming_it(eps, error, match):
     F = tc.sparse_cholesky(shifted_laplacian(3))
     with pytest.raises(error, match=match):
         F.sample(eps)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_round_trip():  # pragma: no cover - run where a GPU is present
+    A0 = shifted_laplacian(4)
+    A = leaf(A0.cuda())
+    E = torch.randn(16, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    F = tc.sparse_cholesky(A)
+    x = F.sample(E.cuda())
+    assert x.device == A.device
+    x.pow(2).sum().backward()
+    assert A.grad.device == A.device
+    D = A0.to_dense().requires_grad_()
+    dense_samples(D, F.perm.cpu(), E).pow(2).sum().backward()
+    assert_sparse_grad_matches(A.detach().cpu(), A.grad.cpu(), D.grad, rtol=1e-9, atol=1e-11)
