@@ -140,20 +140,99 @@ def test_sample_covariance_and_mean_approach_the_distribution():
     torch.testing.assert_close(torch.cov(x.T), cov, rtol=0, atol=0.02 * scale)
 
 
-def test_rsample_gradient_reaches_loc_and_refuses_q():
+def _dense_rsample(
+    Qd: torch.Tensor, loc: torch.Tensor, perm: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """``loc + Pᵀ C⁻ᵀ ε`` with ``C = cholesky(sym(Qd)[perm][:, perm])``: dense autograd, same ``ε``.
+
+    ``eps`` is ``(*sample, n)`` (``(*sample, B, n)`` for a batched ``Qd`` ``(B, n, n)``).
+    """
+    S = 0.5 * (Qd + Qd.transpose(-1, -2))
+    if Qd.dim() == 2:
+        C = torch.linalg.cholesky(S[perm][:, perm])
+        W = torch.linalg.solve_triangular(C.T, eps.reshape(-1, eps.shape[-1]).T, upper=True)
+        X = torch.zeros_like(W).index_add(0, perm, W).T.reshape(eps.shape)
+        return loc + X
+    items = [_dense_rsample(Qd[i], loc[..., i, :], perm[i], eps[..., i, :]) for i in range(Qd.shape[0])]
+    return torch.stack(items, dim=-2)
+
+
+@pytest.mark.parametrize("layout", [torch.sparse_coo, torch.sparse_csr])
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_rsample_gradient_wrt_q_and_loc_matches_dense_autograd(layout, batched, index_dtype):
+    shape = (3, 6, 6) if batched else (6, 6)
+    case = build_case(21, shape, 0.5, layout, index_dtype, F64, "spd")
+    Q = leaf(case.sparse)
+    loc = torch.randn(shape[:-1], dtype=F64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    d = SparseMultivariateNormal(loc, precision_matrix=Q)
+    torch.manual_seed(123)
+    x = d.rsample((4, 2))
+    torch.manual_seed(123)
+    eps = torch.randn(x.shape, dtype=F64)  # the ε that rsample drew
+    w = torch.randn(x.shape, dtype=F64, generator=torch.Generator().manual_seed(2))
+    (x * w).sum().backward()
+    Qd = case.dense.clone().requires_grad_()
+    locd = loc.detach().clone().requires_grad_()
+    xd = _dense_rsample(Qd, locd, sparse_cholesky(Q.detach()).perm, eps)
+    (xd * w).sum().backward()
+    torch.testing.assert_close(x, xd.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loc.grad, locd.grad, rtol=1e-10, atol=1e-12)
+    assert_sparse_grad_matches(Q, Q.grad, Qd.grad, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_reparameterised_log_prob_of_a_laplacian_gmrf_matches_dense(dtype):
+    """``log_prob(rsample())`` on a 2-D Laplacian + shift: Q enters through the sample and the density."""
+    k = 5
+    base = grid_operator((k, k)).to(dtype)
+    n = k * k
+    idx = base.indices()
+    Q = torch.sparse_coo_tensor(idx, base.values() + 0.1 * (idx[0] == idx[1]), (n, n)).to_sparse_csr()
+    Q = leaf(Q)
+    loc = torch.zeros(n, dtype=dtype, requires_grad=True)
+    d = SparseMultivariateNormal(loc, precision_matrix=Q)
+    torch.manual_seed(5)
+    x = d.rsample((3,))
+    torch.manual_seed(5)
+    eps = torch.randn(x.shape, dtype=dtype).double()
+    lp = d.log_prob(x)
+    (lp.sum() + x.pow(2).sum()).backward()
+    Qd = Q.detach().to_dense().double().requires_grad_()
+    locd = loc.detach().double().requires_grad_()
+    xd = _dense_rsample(Qd, locd, sparse_cholesky(Q.detach()).perm, eps)
+    ref = torch.distributions.MultivariateNormal(locd, precision_matrix=0.5 * (Qd + Qd.T))
+    lpd = ref.log_prob(xd)
+    (lpd.sum() + xd.pow(2).sum()).backward()
+    t = tol(dtype)
+    torch.testing.assert_close(lp.double(), lpd.detach(), **t)
+    assert Q.grad.layout == torch.sparse_csr
+    assert_sparse_grad_matches(Q, Q.grad, Qd.grad, rtol=t["rtol"], atol=t["atol"])
+
+
+def test_rsample_gradient_reaches_loc_and_detached_q_gets_none():
     Qd = _arrow(4)
     Q = Qd.to_sparse_coo().requires_grad_()
     loc = torch.zeros(4, dtype=F64, requires_grad=True)
     d = SparseMultivariateNormal(loc, precision_matrix=Q)
     with torch.no_grad():
         assert d.rsample((3,)).shape == (3, 4)
-    d.rsample((3,)).sum().backward(inputs=[loc])  # only loc asked for: fine
+    d.rsample((3,)).sum().backward(inputs=[loc])  # only loc asked for
     torch.testing.assert_close(loc.grad, torch.full((4,), 3.0, dtype=F64))
-    with pytest.raises(RuntimeError, match="not differentiable with respect to Q"):
-        d.rsample((3,)).pow(2).sum().backward()
+    d.rsample((3,)).pow(2).sum().backward()  # reaches Q too
+    assert Q.grad is not None and Q.grad.layout == Q.layout
     dd = SparseMultivariateNormal(loc, precision_matrix=Q.detach())
-    dd.rsample((2,)).sum().backward()  # a detached Q: the gradient reaches loc
+    Q.grad = None
+    dd.rsample((2,)).sum().backward()  # a detached Q: the gradient reaches loc only
     assert Q.grad is None
+
+
+def test_rsample_create_graph_raises_a_clear_error():
+    Q = _arrow(4).to_sparse_csr().requires_grad_()
+    loc = torch.zeros(4, dtype=F64, requires_grad=True)
+    x = SparseMultivariateNormal(loc, precision_matrix=Q).rsample((2,))
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(x.pow(2).sum(), [loc, Q], create_graph=True)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,23 +34,23 @@ def check_spd_matrix(name: str, A: Any) -> torch.Tensor:
     return A
 
 
-def check_rhs(A: torch.Tensor, B: Any) -> torch.Tensor:
+def check_rhs(A: torch.Tensor, B: Any, name: str = "B") -> torch.Tensor:
     """``B`` must be a dense ``(n,)``/``(n, k)`` (or ``(b, n)``/``(b, n, k)`` for batched ``A``)."""
-    B = require_tensor("B", B)
+    B = require_tensor(name, B)
     if B.layout != torch.strided:
-        raise ValueError(f"B must be a dense (strided) tensor, got layout {B.layout}")
-    require_value_dtype("B", B, FLOAT_DTYPES)
-    require_not_meta("B", B)
+        raise ValueError(f"{name} must be a dense (strided) tensor, got layout {B.layout}")
+    require_value_dtype(name, B, FLOAT_DTYPES)
+    require_not_meta(name, B)
     lo = A.dim() - 1
     if B.dim() not in (lo, lo + 1):
         raise ValueError(
-            f"B must have {lo} or {lo + 1} dimensions for A of shape {tuple(A.shape)}, "
+            f"{name} must have {lo} or {lo + 1} dimensions for A of shape {tuple(A.shape)}, "
             f"got shape {tuple(B.shape)}"
         )
     if B.shape[lo - 1] != A.shape[-1] or (A.dim() == 3 and B.shape[0] != A.shape[0]):
-        raise ValueError(f"B of shape {tuple(B.shape)} does not fit A of shape {tuple(A.shape)}")
+        raise ValueError(f"{name} of shape {tuple(B.shape)} does not fit A of shape {tuple(A.shape)}")
     if B.device != A.device:
-        raise ValueError(f"A and B must be on the same device, got A: {A.device}, B: {B.device}")
+        raise ValueError(f"A and {name} must be on the same device, got A: {A.device}, {name}: {B.device}")
     if B.dtype != A.dtype:
-        raise TypeError(f"A and B must have the same dtype, got A: {A.dtype}, B: {B.dtype}")
+        raise TypeError(f"A and {name} must have the same dtype, got A: {A.dtype}, {name}: {B.dtype}")
     return B

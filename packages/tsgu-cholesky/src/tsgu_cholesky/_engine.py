@@ -80,6 +80,9 @@ class Analysis:
         Time the symbolic phase took (ordering by SuperLU included).
     supernodes : ndarray or None
         First column of every supernode of ``L``, then ``N`` (:func:`._selinv.supernodes`).
+    derived : dict
+        Further index maps of the pattern, made when a gradient first needs them and kept with
+        the analysis (e.g. the row structure of ``L`` for the adjoint of the factorisation).
     """
 
     n: int
@@ -100,6 +103,7 @@ class Analysis:
     diag: np.ndarray = field(repr=False)
     seconds: float = 0.0
     supernodes: np.ndarray | None = field(default=None, repr=False)
+    derived: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def nnz_L(self) -> int:

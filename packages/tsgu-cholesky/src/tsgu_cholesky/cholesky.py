@@ -38,6 +38,14 @@ from tsgu_ops.internal import (
 
 from . import _engine
 from ._checks import check_rhs, check_spd_matrix
+from ._cholesky_adjoint import (
+    FactorStructure,
+    cholesky_adjoint,
+    factor_structure,
+    lower_solve,
+    lower_transpose_solve,
+    sampled,
+)
 from ._engine import Analysis, NotPositiveDefiniteError
 
 __all__ = [
@@ -125,6 +133,7 @@ class _Factor:
         self.n = pattern.n
         self.empty = pattern.N == 0
         self.analysis: Analysis | None = None
+        self._c: np.ndarray | None = None
         if self.empty:
             self.S = np.zeros(0)
             return
@@ -191,6 +200,74 @@ class _Factor:
             return torch.zeros_like(B)
         X = self.numeric.solve(B.detach().to("cpu", torch.float64).numpy())
         return self._tensor(X, B.dtype)
+
+    # -- samples x = Pᵀ C⁻ᵀ ε (C = L D^½, the Cholesky factor of P S Pᵀ) and their adjoint --------
+    def _sample_maps(self) -> tuple[FactorStructure, np.ndarray, np.ndarray, np.ndarray]:
+        """Row structure of ``L``; slot ↔ step maps; the symmetric reading's weight per entry.
+
+        A slot ``b·n + r`` of a flattened right-hand side is the ``r``-th elimination step of
+        item ``b`` (the order :attr:`SparseCholesky.perm` and :attr:`SparseCholesky.L` use);
+        ``step_of_slot`` maps it to the step of the flattened (block-diagonal) factor.
+        """
+        a = self.analysis
+        assert a is not None
+        hit = a.derived.get("sample")
+        if hit is None:
+            st = factor_structure(a.l_indptr, a.l_indices)
+            step_of_slot = np.argsort(a.order // a.n, kind="stable")
+            slot_of_step = np.empty_like(step_of_slot)
+            slot_of_step[step_of_slot] = np.arange(a.N, dtype=step_of_slot.dtype)
+            # S = (A + Aᵀ)/2: an off-diagonal stored value reaches the lower entry read by the
+            # factorisation with weight ½ (the other half through its mirror), a diagonal one fully
+            half = np.where(a.rows != a.cols, 0.5, 1.0)
+            hit = (st, step_of_slot, slot_of_step, half)
+            a.derived["sample"] = hit
+        return hit  # type: ignore[no-any-return]
+
+    def factor_values(self) -> np.ndarray:
+        """The values of ``C = L D^½`` on the pattern of ``L`` (CSC order), computed once."""
+        if self._c is None:
+            st = self._sample_maps()[0]
+            self._c = self.numeric.l_data * np.sqrt(self.numeric.d)[st.col]
+        return self._c
+
+    def sample(self, E: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``Pᵀ C⁻ᵀ ε`` for a flattened ``(N, p)`` ``ε`` (slots as in :meth:`_sample_maps`).
+
+        Also returns ``W = C⁻ᵀ ε`` (float64, elimination order) for the backward pass.
+        """
+        if self.empty or E.numel() == 0:
+            return torch.zeros_like(E), None
+        a, num = self.analysis, self.numeric
+        assert a is not None
+        _, _, slot_of_step, _ = self._sample_maps()
+        e = E.detach().to("cpu", torch.float64).numpy()
+        W = lower_transpose_solve(a.l_indptr, a.l_indices, num.l_data, num.d, e[slot_of_step])
+        return self._tensor(W[a.perm], E.dtype), W  # x[i] = W[step of unknown i]
+
+    def sample_adjoint(
+        self, W: np.ndarray | None, G: torch.Tensor, values: bool, eps: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Gradients of a sample for the upstream ``G`` ``(N, p)``: canonical values of ``A``, and ``ε``.
+
+        ``Ḡ_p = P G``, ``V = C⁻¹ Ḡ_p`` (the gradient of ``ε``), ``C̄ = −(W Vᵀ)`` on the pattern of
+        ``C``, ``Ā`` by the reverse mode of the factorisation, then the symmetric reading.
+        """
+        if self.empty or W is None:
+            dv = torch.zeros(self.pattern.n_canonical, dtype=G.dtype, device=G.device) if values else None
+            return dv, (torch.zeros_like(G) if eps else None)
+        a, num = self.analysis, self.numeric
+        assert a is not None
+        st, step_of_slot, _, half = self._sample_maps()
+        g = G.detach().to("cpu", torch.float64).numpy()
+        V = lower_solve(a.l_indptr, a.l_indices, num.l_data, num.d, g[a.order])
+        dE = self._tensor(V[step_of_slot], G.dtype) if eps else None
+        dv = None
+        if values:
+            cbar = -sampled(a.l_indptr, a.l_indices, st.col, W, V)
+            abar = cholesky_adjoint(a.l_indptr, a.l_indices, self.factor_values(), cbar, st)
+            dv = self._tensor(abar[a.z_pos] * half, G.dtype)
+        return dv, dE
 
     def items_of_entries(self) -> torch.Tensor:
         """Batch item of every stored entry (original order)."""
@@ -261,6 +338,32 @@ class _Solve(Function):
             p = fac.pattern
             dv = -0.5 * (SampledProduct.apply(Gb, X, p) + SampledProduct.apply(X, Gb, p))
         return dv, (Gb if ctx.needs_input_grad[1] else None), None
+
+
+class _Sample(Function):
+    """``x = Pᵀ C⁻ᵀ ε`` (a draw with covariance ``S⁻¹``), differentiable once in ``A`` and ``ε``."""
+
+    @staticmethod
+    def forward(ctx: Any, v: torch.Tensor, E: torch.Tensor, fac: _Factor) -> torch.Tensor:  # type: ignore[override]
+        ctx.fac = fac
+        X, ctx.W = fac.sample(E)
+        return X
+
+    @staticmethod
+    def backward(ctx: Any, G: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "SparseCholesky.sample (and so SparseMultivariateNormal(precision_matrix=Q).rsample) "
+                "is differentiable once: create_graph=True through a sample is not supported. "
+                "Differentiate the sample without create_graph, or take the sample from a detached "
+                "matrix (A.detach()) so that the second derivative reaches the other inputs only; "
+                "log_prob and sparse_logdet are twice differentiable in A"
+            )
+        fac: _Factor = ctx.fac
+        dv, dE = fac.sample_adjoint(ctx.W, G, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        if dv is not None:
+            dv = _from_canonical(fac.pattern, dv)
+        return dv, dE, None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,6 +479,44 @@ class SparseCholesky:
         X = p.unflat(_Solve.apply(self._values, p.flat_rhs(B2), self._fac), B2, p.n)
         return X.squeeze(-1) if vector else X
 
+    def sample(self, eps: torch.Tensor) -> torch.Tensor:
+        """``Pᵀ L⁻ᵀ ε``: for standard normal ``ε``, a draw from ``N(0, A⁻¹)``.
+
+        With ``P v = v[perm]`` (so ``A = Pᵀ L Lᵀ P``) the covariance of ``Pᵀ L⁻ᵀ ε`` is
+        ``Pᵀ L⁻ᵀ L⁻¹ P = A⁻¹``.  ``eps`` is dense ``(n,)`` or ``(n, k)`` (``(b, n)`` or
+        ``(b, n, k)`` for a batch; ``k`` independent draws), ``A``'s dtype and device; the result
+        has its shape.  Entry ``r`` of ``eps`` feeds elimination step ``r`` (``perm[r]`` of the
+        result).  One triangular solve with the factor.
+
+        Differentiable with respect to ``A`` (sparse, ``A``'s pattern; the symmetric reading of
+        the module docstring) and ``eps``: the backward pass is one triangular solve
+        ``V = L⁻¹ P G``, the sampled product ``L̄ = −(W Vᵀ)`` on the pattern of ``L``
+        (``W = L⁻ᵀ ε``) and the reverse mode of the sparse factorisation, ``O(flops of the
+        factorisation)`` on the pattern of ``L`` (:mod:`tsgu_cholesky._cholesky_adjoint`).
+        Differentiable once: ``create_graph=True`` through a sample raises ``RuntimeError``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from tsgu_cholesky import sparse_cholesky
+        >>> dense = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> A = dense.to_sparse_coo().requires_grad_()
+        >>> F = sparse_cholesky(A)
+        >>> eps = torch.randn(2, 100_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> x = F.sample(eps)
+        >>> bool((torch.cov(x) - torch.linalg.inv(dense)).abs().max() < 0.01)
+        True
+        >>> x.pow(2).sum().backward()  # the gradient reaches A's values through the factor
+        >>> A.grad.layout == A.layout
+        True
+        """
+        eps = check_rhs(self._A, eps, "eps")
+        vector = eps.dim() == len(self.shape) - 1
+        E2 = eps.unsqueeze(-1) if vector else eps
+        p = self._pattern
+        X = p.unflat(_Sample.apply(self._values, p.flat_rhs(E2), self._fac), E2, p.n)
+        return X.squeeze(-1) if vector else X
+
     def _inverse_canonical(self) -> torch.Tensor:
         return _SelectedInverse.apply(self._values, self._fac)  # type: ignore[no-any-return]
 
@@ -424,7 +565,7 @@ def sparse_cholesky(A: torch.Tensor) -> SparseCholesky:
     Returns
     -------
     SparseCholesky
-        With ``perm``, ``L``, and the differentiable ``logdet()``, ``solve(B)``,
+        With ``perm``, ``L``, and the differentiable ``logdet()``, ``solve(B)``, ``sample(eps)``,
         ``selected_inverse()`` and ``inverse_diagonal()``, all reusing this factorisation.
 
     Raises

@@ -10,7 +10,8 @@ Everything comes from one exact sparse Cholesky factorisation (tsgu-cholesky),
 * the marginal variances ``diag(Q⁻¹)`` — the selected inverse's diagonal;
 * samples ``x = μ + Pᵀ L⁻ᵀ ε``: with ``P v = v[perm]`` (so ``Q = Pᵀ L Lᵀ P``) their covariance is
   ``Pᵀ L⁻ᵀ L⁻¹ P = (Pᵀ L Lᵀ P)⁻¹ = Q⁻¹``; one sparse triangular solve with the factor and a
-  scatter by ``perm``.
+  scatter by ``perm`` (:meth:`tsgu_cholesky.SparseCholesky.sample`), differentiable with respect
+  to ``Q`` by the reverse mode of the sparse factorisation (docs/maths.md).
 
 Vectors ``(*lead, n)`` are arranged as the columns of one block (``(n, M)``, or ``(B, n, M)`` for a
 batched ``Q``: its batch is the last batch dimension, a batch of one broadcasts) as in
@@ -19,33 +20,10 @@ batched ``Q``: its batch is the last batch dimension, a batch of one broadcasts)
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch.autograd.function import Function
 from tsgu_cholesky import sparse_cholesky
 
-from tsgu_ops import sparse_mm, sparse_triangular_solve
-from tsgu_ops.internal import SparsePattern, differentiable_values
-
-
-class _NoFactorGradient(Function):
-    """Identity on a sample; its backward refuses to differentiate it through ``L`` (see rsample)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, q_values: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None]:
-        if ctx.needs_input_grad[1]:
-            raise RuntimeError(
-                "SparseMultivariateNormal(precision_matrix=Q).rsample is not differentiable with "
-                "respect to Q (the derivative of the sparse Cholesky factor is not implemented); "
-                "gradients reach loc only. Detach Q (or use sample()) for the samples, or "
-                "differentiate log_prob/entropy/variance, which do reach Q"
-            )
-        return g, None
+from tsgu_ops import sparse_mm
 
 
 class Precision:
@@ -95,15 +73,10 @@ class Precision:
         return self.cholesky.solve(eye)
 
     def sample(self, eps: torch.Tensor) -> torch.Tensor:
-        """``Pᵀ L⁻ᵀ ε`` for every vector ``ε`` of ``eps`` ``(*lead, n)``: covariance ``Q⁻¹``."""
-        F = self.cholesky
-        W = sparse_triangular_solve(F.L, self._to_block(eps).contiguous(), upper=False, transpose=True)
-        perm = F.perm
-        if self.batch is None:
-            X = torch.empty_like(W).index_copy_(0, perm, W)  # X[perm[k]] = W[k]
-        else:
-            X = torch.empty_like(W).scatter_(1, perm.unsqueeze(-1).expand_as(W), W)
-        out = self._from_block(X, eps.shape)
-        if torch.is_grad_enabled() and self.Q.requires_grad:
-            out = _NoFactorGradient.apply(out, differentiable_values(self.Q, SparsePattern.of(self.Q)))
-        return out
+        """``Pᵀ L⁻ᵀ ε`` for every vector ``ε`` of ``eps`` ``(*lead, n)``: covariance ``Q⁻¹``.
+
+        Differentiable with respect to ``Q`` (:meth:`tsgu_cholesky.SparseCholesky.sample`: the
+        reverse mode of the sparse factorisation, a sparse gradient on ``Q``'s pattern).
+        """
+        X = self.cholesky.sample(self._to_block(eps).contiguous())
+        return self._from_block(X, eps.shape)

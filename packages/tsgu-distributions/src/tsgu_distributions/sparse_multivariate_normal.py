@@ -159,8 +159,9 @@ class SparseMultivariateNormal(Distribution):
         the factor's log-determinant), ``entropy`` uses ``log det Q``, ``variance`` is
         ``diag(Q⁻¹)`` by selected inversion, and samples are ``μ + Pᵀ L⁻ᵀ ε``.  Gradients reach
         ``Q``'s values sparsely (its layout, pattern and index dtype) through ``log_prob``,
-        ``entropy`` and ``variance``; ``rsample`` is differentiable with respect to ``loc`` only
-        (a backward pass that reaches ``Q`` through a sample raises a ``RuntimeError``).
+        ``entropy``, ``variance`` and ``rsample`` (a sample's gradient with respect to ``Q`` is
+        the reverse mode of the sparse factorisation, in about the work of the factorisation;
+        differentiable once: ``create_graph=True`` through a sample raises ``RuntimeError``).
         ``Q``'s symmetry and positive definiteness are always checked (by the factorisation);
         not combined with ``diagonal``.
     validate_args : bool, optional
