@@ -158,3 +158,17 @@ class BlockLoop:
                 stacklevel=4,
             )
         return graph
+
+
+def capture_not_offered(capture: Any, solver: str) -> None:
+    """The ``capture=`` keyword of a solver whose device loop is not captured (yet): validated,
+    and ``True`` warns once that the loop runs uncaptured (the results are the same)."""
+    if capture is not None and not isinstance(capture, bool):
+        raise TypeError(f"capture must be a bool or None, got {type(capture).__name__}")
+    if capture:
+        warnings.warn(
+            f"{solver}: CUDA-graph capture of the device loop is not offered for this solver yet; "
+            "it runs uncaptured",
+            RuntimeWarning,
+            stacklevel=3,
+        )
