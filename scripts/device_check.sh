@@ -36,4 +36,29 @@ if [[ $STEPS == *bench* ]]; then
     cp /tmp/tsgu-bench/summary.md /tmp/tsgu-bench/results.csv /tmp/tsgu-bench/rows.jsonl "$OUT/" 2>/dev/null
     cat /tmp/tsgu-bench/summary.md 2>/dev/null | cut -c1-220
 fi
+if [[ $STEPS == *capture* || $STEPS == *tests* ]]; then
+    # CUDA-graph capture of the CG device loop (not yet run on a GPU): Poisson 40³, float64, 8 columns
+    timeout "${TSGU_CAPTURE_TIMEOUT:-120}" $PY -m pytest -q -p no:cacheprovider packages/tsgu-krylov/tests/test_capture.py \
+        2>&1 | tee "$OUT/capture_tests.log" | tail -5
+    timeout "${TSGU_CAPTURE_TIMEOUT:-120}" $PY - <<'PYEOF' 2>&1 | tee "$OUT/capture_timing.txt"
+import time, warnings, torch
+from tsgu_krylov import linear_cg
+from tsgu_ops.testing import grid_operator
+A = grid_operator((40, 40, 40)).to_sparse_csr().cuda()
+for k in (1, 8):
+    B = torch.randn(A.shape[0], k, dtype=torch.float64, device="cuda")
+    out = {}
+    for capture in (False, True):
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            linear_cg(A, B, rtol=1e-8, loop="device", capture=capture, return_info=True)  # warm-up
+            torch.cuda.synchronize(); t = time.perf_counter()
+            x, info = linear_cg(A, B, rtol=1e-8, loop="device", capture=capture, return_info=True)
+            torch.cuda.synchronize(); dt = time.perf_counter() - t
+        out[capture] = x
+        print(f"CG k={k} capture={capture}: {dt*1e3:.1f} ms, {info.iterations} it, "
+              f"{dt/max(info.iterations,1)*1e6:.1f} us/it, warnings: {[str(m.message)[:80] for m in w]}")
+    print(f"  max |x_captured - x_uncaptured| = {float((out[True] - out[False]).abs().max()):.2e}")
+PYEOF
+fi
 exit "$rc"

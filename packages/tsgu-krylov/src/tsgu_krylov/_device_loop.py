@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from ._graphs import BlockLoop
+
 #: Default iterations between host checks of a device loop: one sync per 8 iterations costs under
 #: 1 % of a CG iteration on a GPU, and frozen columns make the extra iterations free of effect.
 DEVICE_CHECK_EVERY = 8
@@ -67,6 +69,7 @@ def device_cg(
     min_iter: int,
     check_every: int,
     test_tolerance: bool = False,
+    capture: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool, int, int, torch.Tensor]:
     """The block CG loop of :func:`~tsgu_krylov.linear_cg` (``convergence_reduction="all"``) as a
     device loop.
@@ -77,65 +80,88 @@ def device_cg(
     where no column is active or, with ``test_tolerance`` (``freeze_at < stop_tol``: columns go on
     after meeting the loop's tolerance, so the caller passes ``check_every=1``), where every
     residual is below ``stop_tol``.
+
+    The iterations between two checks are one block (:class:`~tsgu_krylov._graphs.BlockLoop`) of
+    a fixed state updated in place: ``X, R, P``, the scalars ``rᵀz, pᵀAp, ‖r‖`` and ``H``, the
+    active flags after each iteration of the block (row ``every − steps + i`` for iteration ``i``
+    of a block of ``steps``, so that the last row is always the current active set).  With
+    ``capture`` the full blocks are replayed from a CUDA graph.
     """
-    X, R, P = X.clone(), R.clone(), P.clone()
+    every = check_every
+    H = torch.zeros((every, *active.shape), dtype=torch.bool, device=active.device)
+    H[-1] = active
+    state = [X.clone(), R.clone(), P.clone(), rz.clone(), rz.clone(), res.clone(), H]
     zero = torch.zeros((), dtype=X.dtype, device=X.device)
     # one comparison per iteration decides whether a column goes on: without a preconditioner
     # ‖r‖ > freeze_at and rᵀr ≥ eps is rᵀr > max(freeze_at², the number just below eps)
     thr2 = torch.clamp(freeze_at * freeze_at, min=math.nextafter(eps, 0.0))
-    act = active
-    history: list[torch.Tensor] = []  # act after every iteration: when each column froze
+
+    def make_block(steps: int) -> Any:
+        def block(st: list[torch.Tensor]) -> list[torch.Tensor]:
+            X, R, P, rz, pAp, res, H = st
+            act = H[-1]
+            for i in range(every - steps, every):
+                AP = A(P)
+                pAp = _col_dot(P, AP)
+                a = torch.where(act, rz / pAp, zero).unsqueeze(-2)
+                torch._foreach_addcmul_([X, R], [a, a], [P, AP], [1.0, -1.0])
+                if M is None:
+                    rz_new = _col_dot(R, R)
+                    act = torch.bitwise_and(act, rz_new > thr2, out=H[i])
+                    torch.addcmul(R, torch.where(act, rz_new / rz, zero).unsqueeze(-2), P, out=P)
+                else:
+                    Z = M(R)
+                    rz_new = _col_dot(R, Z)
+                    res = torch.linalg.vector_norm(R, dim=-2)
+                    act = torch.bitwise_and(act & (res > freeze_at), rz_new >= eps, out=H[i])
+                    torch.addcmul(Z, torch.where(act, rz_new / rz, zero).unsqueeze(-2), P, out=P)
+                rz = rz_new
+            return [X, R, P, rz, pAp, res, H]
+
+        return block
+
+    loop = BlockLoop(make_block, state, every, capture, "linear_cg")
+    X, _, _, rz_new, pAp, res_s, H = state
+    active_s = H[-1]
+    still = torch.zeros(active.shape, dtype=torch.int64, device=active.device)  # iterations active
     loop_passed = False
     it = 0
-    pAp = rz_new = rz
-    for it in range(1, n_iter + 1):
-        AP = A(P)
-        pAp = _col_dot(P, AP)
-        a = torch.where(act, rz / pAp, zero).unsqueeze(-2)
-        torch._foreach_addcmul_([X, R], [a, a], [P, AP], [1.0, -1.0])
-        if M is None:
-            rz_new = _col_dot(R, R)
-            act = act & (rz_new > thr2)
-            torch.addcmul(R, torch.where(act, rz_new / rz, zero).unsqueeze(-2), P, out=P)
-        else:
-            Z = M(R)
-            rz_new = _col_dot(R, Z)
-            res = torch.linalg.vector_norm(R, dim=-2)
-            act = act & (res > freeze_at) & (rz_new >= eps)
-            torch.addcmul(Z, torch.where(act, rz_new / rz, zero).unsqueeze(-2), P, out=P)
-        rz = rz_new
-        history.append(act)
-        if it % check_every == 0 or it == n_iter:
-            # NaN/Inf in a step (an overflow, a non-finite operator) freezes the column; it is
-            # reported below and its solution becomes NaN in the final report
-            act = act & _finite(pAp + rz_new)
-            history[-1] = act
-            flags = [act & (pAp < eps), act]
-            if M is not None:
-                flags.append(act & (rz_new < 0))
-            if test_tolerance:
-                now = rz_new.clamp(min=0).sqrt() if M is None else res
-                flags.append(~(now <= stop_tol))
-            broken, any_active, *rest = torch.stack(flags).flatten(1).any(-1).tolist()
-            if broken:
-                raise RuntimeError(
-                    "CG breakdown: p^T A p must be finite and at least eps for active right-hand sides"
-                )
-            if M is not None and rest.pop(0):
-                raise RuntimeError(
-                    "CG breakdown: residual inner product must be finite and at least eps for active "
-                    "right-hand sides"
-                )
-            if it >= min_iter and (not any_active or (test_tolerance and not rest[0])):
-                loop_passed = True
-                break
+    while it < n_iter:
+        steps = min(every, n_iter - it)
+        loop.run(steps)
+        it += steps
+        # NaN/Inf in a step (an overflow, a non-finite operator) freezes the column; it is
+        # reported below and its solution becomes NaN in the final report
+        active_s &= _finite(pAp + rz_new)
+        still += H[every - steps :].sum(0)
+        flags = [active_s & (pAp < eps), active_s]
+        if M is not None:
+            flags.append(active_s & (rz_new < 0))
+        if test_tolerance:
+            now = rz_new.clamp(min=0).sqrt() if M is None else res_s
+            flags.append(~(now <= stop_tol))
+        broken, any_active, *rest = torch.stack(flags).flatten(1).any(-1).tolist()
+        if broken:
+            raise RuntimeError(
+                "CG breakdown: p^T A p must be finite and at least eps for active right-hand sides"
+            )
+        if M is not None and rest.pop(0):
+            raise RuntimeError(
+                "CG breakdown: residual inner product must be finite and at least eps for active "
+                "right-hand sides"
+            )
+        if it >= min_iter and (not any_active or (test_tolerance and not rest[0])):
+            loop_passed = True
+            break
+    act = active_s.clone()
+    if it == 0:
+        pAp = rz_new = rz
     started = active
     non_finite = started & ~_finite(pAp + rz_new)
-    res_out = rz_new.clamp(min=0).sqrt() if M is None else res
+    res_out = rz_new.clamp(min=0).sqrt() if M is None else res_s
     res_out = torch.where(started, res_out, res)
     iterations = it
-    if loop_passed and history:
-        still = torch.stack(history).sum(0)  # iterations after which each column was active
+    if loop_passed and it > 0:
         last = int(torch.where(started, still + 1, torch.zeros_like(still)).max())
         if last == 0 and min_iter == 0:
             # no column was active at the start: the host loop skips the iterations altogether

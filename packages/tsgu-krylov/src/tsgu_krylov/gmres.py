@@ -44,6 +44,7 @@ from ._common import (
     true_relative_residual,
 )
 from ._device_gmres import GMRES_CHECK_EVERY, device_gmres
+from ._graphs import capture_not_offered
 from ._operator import SparseOperator, col_norm, from_block
 from .preconditioners import Preconditioner
 
@@ -68,6 +69,7 @@ def gmres(
     check_every: int | None = None,
     on_failure: str = "warn",
     loop: str = "auto",
+    capture: bool | None = None,
 ) -> Any:
     """Solve ``A x = b`` for a general square ``A`` by restarted GMRES.
 
@@ -105,6 +107,11 @@ def gmres(
         block loop with ``check_every=1``.  ``"host"``: the block loop (and, for one right-hand
         side on the CPU, its scalar copy).  ``"auto"`` (default): the device loop on
         accelerators, the host loops on the CPU.
+    capture : bool, optional
+        Accepted for symmetry with :func:`~tsgu_krylov.linear_cg` and :func:`~tsgu_krylov.minres`
+        (and validated): CUDA-graph capture is not offered for this solver yet (its Arnoldi steps work
+        on a basis that grows within a cycle (a different shape each step));
+        ``True`` warns and the loop runs uncaptured.
 
     Returns
     -------
@@ -147,6 +154,7 @@ def gmres(
     check_on_failure(on_failure)
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    capture_not_offered(capture, "gmres")
     device_loop = loop == "device" or (loop == "auto" and rhs.device.type != "cpu")
     if device_loop and check_every is None:
         check_every = GMRES_CHECK_EVERY

@@ -43,6 +43,7 @@ from ._common import (
     true_relative_residual,
 )
 from ._device_loop import DEVICE_CHECK_EVERY, device_cg
+from ._graphs import resolve_capture
 from ._operator import SparseOperator, col_dot, col_norm, from_block
 
 __all__ = ["CGInfo", "LinearCGSettings", "linear_cg"]
@@ -139,6 +140,7 @@ def linear_cg(
     check_every: int | None = None,
     on_failure: str = "warn",
     loop: str = "auto",
+    capture: bool | None = None,
     _restarts: int = 2,
 ) -> Any:
     """Solve ``A x = b`` for symmetric positive-definite ``A`` by preconditioned conjugate gradients.
@@ -194,6 +196,14 @@ def linear_cg(
         CPU, its scalar copy).  ``"auto"`` (default): the device loop on accelerators, the host
         loops on the CPU.  Lanczos tridiagonalisation (``n_tridiag``),
         ``convergence_reduction="mean"`` and a user-given ``eps`` always run the block loop.
+    capture : bool, optional
+        Replay the device loop's ``check_every`` iterations between two checks from one CUDA graph
+        (:mod:`tsgu_krylov._graphs`): one launch per block instead of a dozen per iteration, the
+        same kernels on the same memory.  ``None`` (default): on CUDA whenever the device loop
+        runs, never on the CPU.  ``True`` warns (once) and runs uncaptured where capture cannot
+        apply (not CUDA, the host loop).  A capture that fails (an operator or preconditioner that
+        reads the device on the host, a kernel that cannot be captured) warns and runs the loop
+        uncaptured, from an untouched state.  Not yet run on a GPU.
     _restarts : int
         Private: how many times a solve whose recursive residual met the tolerance while its
         recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
@@ -273,6 +283,7 @@ def linear_cg(
     if device_loop and check_every is None:
         check_every = DEVICE_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
+    use_capture = resolve_capture(capture, rhs.device, device_loop, "linear_cg")
     # 0.2.7 raised this even without a tridiagonalisation; now only when one is asked for.
     if n_tridiag and max_tridiag_iter > max_iter:
         raise RuntimeError(
@@ -366,6 +377,7 @@ def linear_cg(
             min_iter,
             every,
             test_tolerance,
+            use_capture,
         )
         X, res, active, loop_passed, iterations = state[0], state[1], state[2], state[3], state[4]
         matvecs += state[5]
@@ -497,6 +509,7 @@ def linear_cg(
             check_every=check_every,
             on_failure="ignore",
             loop=loop,
+            capture=use_capture,
             _restarts=_restarts - 1,
         )
         iterations += more.iterations

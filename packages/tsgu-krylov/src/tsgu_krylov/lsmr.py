@@ -35,6 +35,7 @@ from ._common import (
     signal,
 )
 from ._device_lsmr import LSMR_CHECK_EVERY, device_lsmr
+from ._graphs import capture_not_offered
 from ._operator import SparseOperator, col_norm
 
 _LSMR_DTYPES = FLOAT_DTYPES + COMPLEX_DTYPES
@@ -74,6 +75,7 @@ def lsmr(
     on_failure: str = "warn",
     return_info: bool = False,
     loop: str = "auto",
+    capture: bool | None = None,
 ) -> Any:
     """Least-squares solve of ``A x ≈ b`` by LSMR; several right-hand sides at once.
 
@@ -107,6 +109,11 @@ def lsmr(
         ``"host"`` (complex values: the block loop, looking every 8 iterations).  ``"host"``: the
         block loop.  ``"auto"`` (default): the device loop on accelerators, the block loop on
         the CPU.  With ``return_info`` the block loop runs (it records each column's stop).
+    capture : bool, optional
+        Accepted for symmetry with :func:`~tsgu_krylov.linear_cg` and :func:`~tsgu_krylov.minres`
+        (and validated): CUDA-graph capture is not offered for this solver yet (its loop has not been
+        restructured into fixed-state blocks);
+        ``True`` warns and the loop runs uncaptured.
     return_info : bool
         Also return a :class:`~tsgu_krylov.SolveInfo` (as the other solvers do): ``converged``
         per column (one of the paper's stopping tests passed), ``relative_residual`` the estimate
@@ -143,6 +150,7 @@ def lsmr(
     check_on_failure(on_failure)
     if loop not in ("auto", "device", "host"):
         raise ValueError(f"loop must be 'auto', 'device' or 'host', got {loop!r}")
+    capture_not_offered(capture, "lsmr")
     for name, op in (("A", A), ("Armat", Armat)):
         if isinstance(op, torch.Tensor):
             require_not_meta(name, op)

@@ -45,6 +45,7 @@ from ._common import (
     true_relative_residual,
 )
 from ._device_minres import MINRES_CHECK_EVERY, device_minres
+from ._graphs import resolve_capture
 from ._operator import col_dot, col_norm, from_block
 
 __all__ = ["MINRESSettings", "minres"]
@@ -85,6 +86,7 @@ def minres(
     check_every: int | None = None,
     on_failure: str = "warn",
     loop: str = "auto",
+    capture: bool | None = None,
     _restarts: int = 2,
 ) -> Any:
     """Solve ``(value·A + σ I) x = b`` for symmetric ``A`` by MINRES.
@@ -129,6 +131,11 @@ def minres(
         report as the host loop with ``check_every=1``.  ``"host"``: the block loop.  ``"auto"``
         (default): the device loop on accelerators, the host loop on the CPU.  A zero tolerance
         (``rtol = atol = 0``) always runs the host loop.
+    capture : bool, optional
+        Replay the device loop's ``check_every`` iterations between two checks from one CUDA graph
+        (see :func:`~tsgu_krylov.linear_cg`): ``None`` (default) on CUDA whenever the device loop
+        runs, never on the CPU; ``True`` warns and runs uncaptured where it cannot apply; a failed
+        capture warns and runs uncaptured.  Not yet run on a GPU.
     _restarts : int
         Private: how many times a solve whose residual estimate met the tolerance while its
         recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
@@ -184,6 +191,7 @@ def minres(
     if device_loop and check_every is None:
         check_every = MINRES_CHECK_EVERY
     check_every = resolve_check_every(check_every, rhs.device)
+    use_capture = resolve_capture(capture, rhs.device, device_loop, "minres")
     A = operator(matmul_closure, rhs)
     M = preconditioner_operator(preconditioner, rhs)
     scale_a = 1.0 if value is None else float(value)
@@ -243,7 +251,7 @@ def minres(
     if device_loop:
         positive = target.clamp_min(torch.finfo(target.dtype).tiny)
         X, iterations, active, bad = device_minres(
-            op, M, X, R1, Y, beta1, positive, active, eps, max_iter, check_every
+            op, M, X, R1, Y, beta1, positive, active, eps, max_iter, check_every, use_capture
         )
         matvecs += iterations
         non_finite = non_finite | bad
@@ -312,6 +320,7 @@ def minres(
             check_every=check_every,
             on_failure="ignore",
             loop=loop,
+            capture=use_capture,
             _restarts=_restarts - 1,
         )
         iterations += more.iterations
