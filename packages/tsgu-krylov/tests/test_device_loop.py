@@ -49,14 +49,21 @@ def _info_fields(info: Any) -> dict[str, Any]:
     return {f.name: getattr(info, f.name) for f in dataclasses.fields(info)}
 
 
-def assert_same_solve(solver: Callable[..., Any], *args: Any, x_rtol: float = 1e-12, **kwargs: Any) -> Any:
+def assert_same_solve(
+    solver: Callable[..., Any], *args: Any, x_rtol: float = 1e-12, count_slack: int = 0, **kwargs: Any
+) -> Any:
     """Run ``solver`` with ``loop="device"`` and ``loop="host"``; every output must agree.
 
     The host loop runs with its CPU default ``check_every=1`` (the device loop reports the
     iteration count of that loop whatever its own ``check_every``).  The iterate to ``x_rtol`` (1e-12) relative to its largest entry,
     integers, strings and flags exactly, float report fields (relative residuals, already
     dimensionless) to 1e-6 relative or 1e-12 absolute: a residual near 1e-12 is the rounding of
-    the iterate, which the two loops do in different orders.  Returns the device run's output.
+    the iterate, which the two loops do in different orders.  ``count_slack``: iteration and
+    product counts may differ by this much where the stopping test sits at the rounding level
+    (a tolerance of 1e-15, an ill-conditioned least-squares problem; one iteration more or
+    less, and a restart's products): there the two rounding
+    orders decide on different sides of the test, depending on the CPU's vector width.  Returns the
+    device run's output.
     """
     host_kwargs = {k: v for k, v in kwargs.items() if k != "check_every"}
     with warnings.catch_warnings():
@@ -83,9 +90,16 @@ def assert_same_solve(solver: Callable[..., Any], *args: Any, x_rtol: float = 1e
                             vb,
                         )
                     elif isinstance(va, torch.Tensor):
-                        assert torch.equal(va, vb), (name, va, vb)
+                        if count_slack and not va.dtype == torch.bool:
+                            assert (va - vb).abs().max() <= count_slack, (name, va, vb)
+                        else:
+                            assert torch.equal(va, vb), (name, va, vb)
+                    elif count_slack and isinstance(va, int) and not isinstance(va, bool):
+                        assert abs(va - vb) <= count_slack, (name, va, vb)
                     else:
                         assert va == vb, (name, va, vb)
+            elif count_slack and isinstance(a, int) and not isinstance(a, bool):
+                assert abs(a - b) <= count_slack, (a, b)
             else:
                 assert a == b
     return dev
@@ -351,7 +365,7 @@ def test_minres_device_loop_batched_operator_shifts_value_and_x0():
     assert_same_solve(_minres, A, B, rtol=1e-10, x0=x0, check_every=5)
     # an iteration cap mid-way, and a restart from the true residual at a tight tolerance
     assert_same_solve(_minres, A, B, rtol=1e-12, max_iter=7, check_every=5, on_failure="ignore")
-    assert_same_solve(_minres, A, B, rtol=1e-15, check_every=5, on_failure="ignore")
+    assert_same_solve(_minres, A, B, rtol=1e-15, check_every=5, on_failure="ignore", count_slack=4)
 
 
 @pytest.mark.parametrize("kind", ["jacobi", "ic0", "callable"])
@@ -576,7 +590,7 @@ def test_lsmr_device_loop_ill_conditioned_and_exact_columns():
     # solution as the other (about 2e-11): compared to that accuracy
     A, B = _lstsq_problem(3, conditioned=False)
     B[:, 2] = A.to_dense() @ torch.ones(30, dtype=F64)  # a consistent column, which stops early
-    x, _ = assert_same_solve(lsmr, A, B, atol=1e-10, btol=1e-10, maxiter=300, x_rtol=1e-9)
+    x, _ = assert_same_solve(lsmr, A, B, atol=1e-10, btol=1e-10, maxiter=300, x_rtol=1e-9, count_slack=1)
     ref = torch.linalg.lstsq(A.to_dense(), B).solution
     torch.testing.assert_close(x, ref, rtol=1e-8, atol=1e-8)
 
