@@ -116,6 +116,7 @@ def test_replayed_blocks_give_the_uncaptured_solve(
         return graphs[-1]
 
     monkeypatch.setattr(_graphs, "capture_possible", lambda device: True)
+    monkeypatch.setattr(_graphs, "AUTOMATIC", True)
     monkeypatch.setattr(_graphs, "_capture", fake_capture)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -138,6 +139,7 @@ def test_a_capture_that_fails_halfway_warns_once_and_runs_eagerly(
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(_graphs, "capture_possible", lambda device: True)
+    monkeypatch.setattr(_graphs, "AUTOMATIC", True)
     monkeypatch.setattr(_graphs, "_capture", failing_capture)
     with pytest.warns(RuntimeWarning, match="capture of the device loop failed .*stream is capturing") as rec:
         out = solver(A, B, loop="device", return_info=True, check_every=5, capture=True, **kw)
@@ -194,3 +196,12 @@ def test_captured_solve_matches_uncaptured_on_cuda(solver: Any, kw: dict[str, An
     torch.testing.assert_close(x_c, x_u, rtol=1e-12, atol=1e-12)
     ref = torch.linalg.solve(A.to_dense(), B)
     torch.testing.assert_close(x_c, ref, rtol=1e-7, atol=1e-7)
+
+
+def test_automatic_capture_is_off_until_verified_on_a_gpu() -> None:
+    """``capture=None`` captures nothing while ``AUTOMATIC`` is off, even on a CUDA device."""
+    cuda = torch.device("cuda")  # resolve_capture only reads the device type
+    assert _graphs.AUTOMATIC is False
+    assert _graphs.resolve_capture(None, cuda, True, "linear_cg") is False
+    assert _graphs.resolve_capture(True, cuda, True, "linear_cg") is True
+    assert _graphs.resolve_capture(False, cuda, True, "linear_cg") is False

@@ -335,6 +335,8 @@ def test_the_message_holds_when_the_first_call_ever_is_the_traced_one():
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-c", _FIRST_CALL_TRACED], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-c", _FIRST_CALL_TRACED], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr
     assert "RAISED True" in run.stdout and "EQUAL True" in run.stdout, run.stdout + run.stderr

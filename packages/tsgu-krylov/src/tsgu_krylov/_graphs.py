@@ -26,18 +26,24 @@ import torch
 
 Block = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
+#: Whether ``capture=None`` captures on CUDA.  Off until a GPU run has checked the captured solves
+#: against the uncaptured ones (``tests/test_capture.py``, ``scripts/device_check.sh``): untested
+#: code must not be the default path of a solver; ``capture=True`` asks for it explicitly.
+AUTOMATIC = False
+
 
 def resolve_capture(capture: Any, device: torch.device, device_loop: bool, solver: str) -> bool:
     """Whether a solve captures its device loop's blocks.
 
-    ``None`` (automatic): on CUDA whenever the device loop runs, never elsewhere.  ``True``: the
-    same, with one warning where it cannot apply (not CUDA, or the host loop).  ``False``: never.
+    ``None`` (automatic): on CUDA whenever the device loop runs, never elsewhere — while
+    :data:`AUTOMATIC` is off (until verified on a GPU), never.  ``True``: on CUDA with the device
+    loop, with one warning where it cannot apply (not CUDA, or the host loop).  ``False``: never.
     """
     if capture is not None and not isinstance(capture, bool):
         raise TypeError(f"capture must be a bool or None, got {type(capture).__name__}")
     possible = capture_possible(device)
     if capture is None:
-        return device_loop and possible
+        return AUTOMATIC and device_loop and possible
     if not capture:
         return False
     if not possible:

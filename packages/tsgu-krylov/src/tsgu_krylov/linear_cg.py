@@ -199,11 +199,12 @@ def linear_cg(
     capture : bool, optional
         Replay the device loop's ``check_every`` iterations between two checks from one CUDA graph
         (:mod:`tsgu_krylov._graphs`): one launch per block instead of a dozen per iteration, the
-        same kernels on the same memory.  ``None`` (default): on CUDA whenever the device loop
-        runs, never on the CPU.  ``True`` warns (once) and runs uncaptured where capture cannot
-        apply (not CUDA, the host loop).  A capture that fails (an operator or preconditioner that
-        reads the device on the host, a kernel that cannot be captured) warns and runs the loop
-        uncaptured, from an untouched state.  Not yet run on a GPU.
+        same kernels on the same memory.  ``None`` (default): off for now (automatic on CUDA
+        with the device loop once a GPU run has verified it), never on the CPU.  ``True`` warns
+        (once) and runs uncaptured where capture cannot apply (not CUDA, the host loop).  A capture
+        that fails (an operator or preconditioner that reads the device on the host, a kernel that
+        cannot be captured) warns and runs the loop uncaptured, from an untouched state.  Not yet
+        run on a GPU.
     _restarts : int
         Private: how many times a solve whose recursive residual met the tolerance while its
         recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is

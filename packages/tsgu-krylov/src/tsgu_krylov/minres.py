@@ -133,9 +133,9 @@ def minres(
         (``rtol = atol = 0``) always runs the host loop.
     capture : bool, optional
         Replay the device loop's ``check_every`` iterations between two checks from one CUDA graph
-        (see :func:`~tsgu_krylov.linear_cg`): ``None`` (default) on CUDA whenever the device loop
-        runs, never on the CPU; ``True`` warns and runs uncaptured where it cannot apply; a failed
-        capture warns and runs uncaptured.  Not yet run on a GPU.
+        (see :func:`~tsgu_krylov.linear_cg`): ``None`` (default) off for now (automatic on CUDA
+        once verified on a GPU), never on the CPU; ``True`` warns and runs uncaptured where it
+        cannot apply; a failed capture warns and runs uncaptured.  Not yet run on a GPU.
     _restarts : int
         Private: how many times a solve whose residual estimate met the tolerance while its
         recomputed true residual did not (roundoff in the recurrence, at tight tolerances) is
