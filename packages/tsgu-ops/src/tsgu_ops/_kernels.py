@@ -801,7 +801,7 @@ SPARSE_GRAPH_BREAK = (
 
 
 #: ``torch._dynamo.graph_break`` takes a message (torch 2.8 and later; before, the break has none).
-_GRAPH_BREAK_TAKES_MSG = torch.torch_version.TorchVersion(torch.__version__) >= (2, 8)
+_GRAPH_BREAK_TAKES_MSG = torch.torch_version.TorchVersion(torch.__version__) >= "2.8"
 
 
 def _disable(fn: Callable[P, R], reason: str) -> Callable[P, R]:
