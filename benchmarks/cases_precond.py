@@ -242,11 +242,12 @@ def _precond_cases(problems: tuple[str, ...] = ("poisson40", "diffusion40")) -> 
             for s in ("cg", "minres")
         ]
         vs += [
-            Variant("scipy cg + spilu", scipy_variant(problem, "cg", "spilu")),
+            # the two slow peers (10-60 s a call here) run once, alone, not in every round
+            Variant("scipy cg + spilu", scipy_variant(problem, "cg", "spilu"), alone=True),
             Variant("scipy cg", scipy_variant(problem, "cg", None)),
             Variant("pyamg solve(accel='cg')", pyamg_variant(problem)),
             Variant("torch-sla cg + jacobi", torch_sla_variant(problem, "jacobi")),
-            Variant("torch-sla pyamg", torch_sla_variant(problem, "pyamg")),
+            Variant("torch-sla pyamg", torch_sla_variant(problem, "pyamg"), alone=True),
         ]
         size = "poisson 3d 40^3" if problem == "poisson40" else "diffusion 3d 40^3, log-normal blocks sigma 3"
         cases.append(
