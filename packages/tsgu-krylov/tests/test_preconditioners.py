@@ -1,11 +1,15 @@
 """Jacobi, IC(0) and ILU(0): exact incomplete factors, breakdown errors, the sweeps option, the
-symmetric choice for CG/MINRES, and their use by every solver."""
+symmetric choice for CG/MINRES, and their use by every solver.
+
+Every test runs with both kernels of the CPU factorisations and triangular solves: the compiled
+loops (numba) and the PyTorch path (the level schedule, the native triangular solve).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 
 from tsgu_krylov import (
     IC0,
@@ -19,6 +23,16 @@ from tsgu_krylov import (
     sparse_generic_solve,
 )
 from tsgu_ops.testing import build_case, grid_operator, sparse_matrices
+
+
+@pytest.fixture(autouse=True, params=["numba", "torch"])
+def kernel(request, monkeypatch):
+    from tsgu_krylov import _compiled, _levels
+
+    monkeypatch.setenv(_compiled.KERNEL_ENV, request.param)
+    _levels.clear_cache()
+    yield request.param
+    _levels.clear_cache()
 
 
 def stored_mask(A: torch.Tensor) -> torch.Tensor:
@@ -61,7 +75,7 @@ def items(t: torch.Tensor) -> list[torch.Tensor]:
     return list(t) if t.dim() == 3 else [t]
 
 
-@settings(deadline=None, max_examples=20)
+@settings(deadline=None, max_examples=20, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     case=sparse_matrices(
         square=True,
@@ -281,7 +295,9 @@ def test_the_level_schedule_without_numpy_is_the_same(monkeypatch):
     import sys
 
     import tsgu_krylov._levels as pc
+    from tsgu_krylov import _compiled
 
+    monkeypatch.setenv(_compiled.KERNEL_ENV, "torch")  # the level schedule is the PyTorch path
     A = build_case(2, (2, 16, 16), 0.3, torch.sparse_csr, torch.int64, torch.float64, "dominant").sparse
     S = grid_operator((5, 4))
     with_numpy = (ILU0(A), IC0(S))
@@ -300,3 +316,36 @@ def test_the_level_schedule_without_numpy_is_the_same(monkeypatch):
     torch.testing.assert_close(without[0].U.to_dense(), with_numpy[0].U.to_dense(), rtol=0, atol=0)
     torch.testing.assert_close(without[0].L.to_dense(), with_numpy[0].L.to_dense(), rtol=0, atol=0)
     torch.testing.assert_close(without[1].L.to_dense(), with_numpy[1].L.to_dense(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_two_kernels_give_the_same_factors_and_solves(kernel, monkeypatch, dtype):
+    """Compiled loops and PyTorch path side by side (batched, non-symmetric, both dtypes)."""
+    from tsgu_krylov import _compiled, _levels
+
+    A = build_case(5, (2, 30, 30), 0.2, torch.sparse_csr, torch.int64, dtype, "dominant").sparse
+    S = grid_operator((6, 5)).to(dtype)
+    R = torch.randn(2, 30, 3, dtype=dtype)
+    r = torch.randn(30, dtype=dtype)
+    out = {}
+    for name in ("numba", "torch"):
+        monkeypatch.setenv(_compiled.KERNEL_ENV, name)
+        _levels.clear_cache()
+        ilu, ic = ILU0(A), IC0(S)
+        assert bool(ilu._tri.compiled) == (name == "numba") and bool(ic._tri.compiled) == (name == "numba")
+        out[name] = (ilu.L.to_dense(), ilu.U.to_dense(), ic.L.to_dense(), ilu(R), ilu.T(R), ic(r))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-13}
+    for a, b in zip(out["numba"], out["torch"]):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_the_kernel_switch_is_checked(monkeypatch):
+    from tsgu_krylov import _compiled
+
+    monkeypatch.setenv(_compiled.KERNEL_ENV, "fortran")
+    with pytest.raises(ValueError, match="TSGU_KRYLOV_KERNEL must be 'numba' or 'torch', got 'fortran'"):
+        IC0(grid_operator((3, 3)))
+    monkeypatch.setenv(_compiled.KERNEL_ENV, "numba")
+    monkeypatch.setattr(_compiled, "numba_available", lambda: False)
+    with pytest.raises(ImportError, match=r"tsgu-krylov\[fast\]"):
+        IC0(grid_operator((3, 3)))

@@ -13,11 +13,16 @@ keyed by the pattern's canonical indices (compared entry by entry, an ``O(nnz)``
 training loop that refactors a matrix with new values pays only the numeric part
 (:meth:`LevelSchedule.run`: a few kernels per level).
 
-**Application.**  :class:`TriangularFactors` applies ``(F₁ F₂)⁻¹`` for stored factors through
-PyTorch's native sparse triangular solve, with every factor kept as a *lower* triangular CSR
-matrix with 32-bit indices, built once: an upper factor ``U`` is stored as ``Uᵀ`` and solved
-with ``transpose=True`` (on the CPU that kernel is about twice as fast as the upper solve of the
-same matrix, and 64-bit indices would be converted on every call).
+**Application.**  :class:`TriangularFactors` applies ``(F₁ F₂)⁻¹`` for stored factors, every
+factor kept as a *lower* triangular CSR matrix with 32-bit indices, built once (an upper factor
+``U`` is stored as ``Uᵀ``).  On the CPU with numba (float32/float64) the solves are the compiled
+loops of :mod:`._compiled`, each factor prepared once; elsewhere PyTorch's native sparse
+triangular solve, an upper factor solved with ``transpose=True`` (on the CPU that kernel is about
+twice as fast as the upper solve of the same matrix, and 64-bit indices would be converted on
+every call).
+
+The compiled factorisations (:func:`._compiled.ic0_values`, :func:`._compiled.ilu0_values`) need
+no level schedule: :mod:`.incomplete` builds the schedule only for the PyTorch path.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Any
 import torch
 
 from tsgu_ops.internal import compress_rows, lexsort_rows_cols, quiet
+
+from ._compiled import CompiledFactor, use_compiled
 
 
 def _expand(starts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,10 +269,20 @@ class TriangularFactors:
 
     def __init__(self, first: tuple[torch.Tensor, bool], second: tuple[torch.Tensor, bool]):
         self.first, self.second = first, second
+        # on the CPU with numba: the compiled loops (one preparation per distinct factor)
+        self.compiled: dict[int, CompiledFactor] = {}
+        values = first[0].values()
+        if use_compiled(values):
+            for S, _ in (first, second):
+                if id(S) not in self.compiled:
+                    self.compiled[id(S)] = CompiledFactor(S)
+        self.dtype = values.dtype
 
-    @staticmethod
-    def _solve(factor: tuple[torch.Tensor, bool], B: torch.Tensor, flip: bool) -> torch.Tensor:
+    def _solve(self, factor: tuple[torch.Tensor, bool], B: torch.Tensor, flip: bool) -> torch.Tensor:
         S, transposed = factor
+        prepared = self.compiled.get(id(S))
+        if prepared is not None and B.device.type == "cpu" and B.dtype == self.dtype:
+            return prepared.solve(B, transposed != flip)
         return quiet(lambda: torch.triangular_solve(B, S, upper=False, transpose=transposed != flip).solution)
 
     def solve(self, B: torch.Tensor, transposed: bool = False) -> torch.Tensor:

@@ -22,19 +22,26 @@ on some matrices the iteration diverges; its result is therefore checked: finite
 fixed-point residual ``‖(L U − A)|pattern‖ / ‖A|pattern‖`` at most ``max_residual`` (default 1),
 else ``ValueError``.  Sweeps also do not keep ILU(0) of a symmetric matrix symmetric.
 
-Applying ``M⁻¹`` is two native sparse triangular solves of factors prepared once
-(:class:`._levels.TriangularFactors`).
+On the CPU with numba installed (``tsgu-krylov[fast]``; float32/float64) the exact factors come
+instead from the sequential loop itself, compiled (:mod:`._compiled`: the same factors, pivots and
+checks, no level schedule); ``TSGU_KRYLOV_KERNEL=torch`` forces the level schedule.
+
+Applying ``M⁻¹`` is two triangular solves of factors prepared once
+(:class:`._levels.TriangularFactors`): compiled loops on the CPU with numba, else PyTorch's native
+sparse triangular solve.
 """
 
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any
 
 import torch
 
 from tsgu_ops.internal import SparsePattern, compress_rows, lexsort_rows_cols, quiet
 
+from ._compiled import ic0_values, ilu0_values, use_compiled
 from ._levels import LevelSchedule, TriangularFactors, _expand, cached, lower_csr, transposed_order
 from ._precond_base import Preconditioner, _canonical, _pattern_of, _where
 
@@ -220,9 +227,9 @@ class _IluSymbolic:
     """Pattern-only part of ILU(0) (cached per pattern): update pairs, level schedule, factor layout."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, N: int):
+        self.rows, self.cols, self.N = rows, cols, N
         self.diag_pos = _diagonal_slots(rows, cols, N, "ILU(0)")
-        s1, s2, t, div = _ilu_pairs(rows, cols, N, self.diag_pos)
-        self.schedule = LevelSchedule(rows.numel(), s1, s2, t, div, None)
+        self.crow = compress_rows(rows, N).to(torch.int64)
         self.lower = torch.nonzero(cols <= rows).squeeze(-1)
         self.upper = torch.nonzero(cols >= rows).squeeze(-1)
         lr, lc = rows[self.lower], cols[self.lower]
@@ -234,18 +241,36 @@ class _IluSymbolic:
         Ut = lower_csr(uc[self.ut_order], ur[self.ut_order], uc.to(torch.float64), N)
         self.ut_crow, self.ut_col = Ut.crow_indices(), Ut.col_indices()
 
+    @cached_property
+    def schedule(self) -> LevelSchedule:
+        """The level schedule (the PyTorch path only; built on first use)."""
+        s1, s2, t, div = _ilu_pairs(self.rows, self.cols, self.N, self.diag_pos)
+        return LevelSchedule(self.rows.numel(), s1, s2, t, div, None)
+
+    def compiled(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ilu0_values(self.crow, self.cols, self.diag_pos, a)
+
 
 class _IcSymbolic:
     """Pattern-only part of IC(0) on a lower-triangular pattern (cached per pattern)."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, N: int):
+        self.rows, self.cols, self.N = rows, cols, N
         self.diag_pos = _diagonal_slots(rows, cols, N, "IC(0)")
-        s1, s2, t, div = _ic_pairs(rows, cols, N, self.diag_pos)
-        on = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
-        on[self.diag_pos] = True
-        self.schedule = LevelSchedule(rows.numel(), s1, s2, t, div, on)
         L = lower_csr(rows, cols, cols.to(torch.float64), N)
         self.crow, self.col = L.crow_indices(), L.col_indices()
+
+    @cached_property
+    def schedule(self) -> LevelSchedule:
+        """The level schedule (the PyTorch path only; built on first use)."""
+        rows = self.rows
+        s1, s2, t, div = _ic_pairs(rows, self.cols, self.N, self.diag_pos)
+        on = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
+        on[self.diag_pos] = True
+        return LevelSchedule(rows.numel(), s1, s2, t, div, on)
+
+    def compiled(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return ic0_values(self.crow.to(torch.int64), self.cols, self.diag_pos, a)
 
 
 class _Incomplete(Preconditioner):
@@ -272,7 +297,11 @@ class _Incomplete(Preconditioner):
         if not bool(torch.isfinite(a).all()):
             raise ValueError(f"{self._what}: A has non-finite (inf or NaN) values")
         sym = cached(self._key, rows, cols, lambda: self._symbolic(rows, cols, N))
-        if n_sweeps is None:
+        if n_sweeps is None and use_compiled(a):  # the sequential loop, compiled (no schedule)
+            f, pivots, size = sym.compiled(a)
+            _check_pivots(pattern, pivots, size, self._what, positive=self._cholesky)
+            _check_finite(pattern, rows, f, self._what)
+        elif n_sweeps is None:
             f, pivots = sym.schedule.run(a)
             s1, s2, t = sym.schedule.s1, sym.schedule.s2, sym.schedule.t
             size = a.abs().index_add(0, t, (f[s1] * f[s2]).abs())[sym.diag_pos]

@@ -1,0 +1,318 @@
+"""Compiled CPU kernels of IC(0)/ILU(0): the factorisation and the triangular solves (numba).
+
+On the CPU a sparse triangular solve is one long chain of dependent rows, and the sequential
+factorisation is one pass over the rows: both are loops no sequence of PyTorch operators runs
+well (the level schedule of :mod:`._levels` pays a few operator calls per level, the native
+triangular solve several times an SpMV).  With numba installed (the extra ``tsgu-krylov[fast]``),
+a CPU float32/float64 factor is computed and applied by these loops instead:
+
+* :func:`ilu0_values` / :func:`ic0_values`: the textbook algorithms of :mod:`.incomplete` row by
+  row (IKJ for ILU(0), the left-looking row form for IC(0)), with one dense work row; they return
+  the same factor values, pivots and pivot sizes as :meth:`._levels.LevelSchedule.run`, so the
+  same checks follow.  No symbolic analysis is needed.
+* :class:`CompiledFactor`: a lower-triangular factor ``F`` prepared once for ``F x = b`` (forward
+  over the rows of ``F``) and ``Fᵀ x = b`` (backward over the rows of ``Fᵀ``), each row scaled by
+  the inverse of its diagonal entry, so a row costs one multiply-add per stored entry.
+
+Every other device and dtype, and ``TSGU_KRYLOV_KERNEL=torch``, uses the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+try:  # the loops read NumPy as a global (numba compiles its array functions)
+    import numpy as np
+except ImportError:  # pragma: no cover - NumPy accompanies numba
+    np = None  # type: ignore[assignment]
+
+#: Environment variable that forces one kernel: ``"numba"`` or ``"torch"`` (default: numba where
+#: it is installed and the tensors are CPU float32/float64).
+KERNEL_ENV = "TSGU_KRYLOV_KERNEL"
+
+_compiled: dict[str, Callable[..., Any]] = {}
+
+
+def numba_available() -> bool:
+    """Whether numba is importable."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kernel_name() -> str:
+    """``"numba"`` or ``"torch"``: the kernel CPU factorisations use (see :data:`KERNEL_ENV`)."""
+    forced = os.environ.get(KERNEL_ENV, "").strip().lower()
+    if forced == "numba":
+        if not numba_available():
+            raise ImportError(
+                f"{KERNEL_ENV}=numba, but numba is not installed: pip install 'tsgu-krylov[fast]'"
+            )
+        return forced
+    if forced == "torch":
+        return forced
+    if forced:
+        raise ValueError(f"{KERNEL_ENV} must be 'numba' or 'torch', got {forced!r}")
+    return "numba" if numba_available() else "torch"
+
+
+def use_compiled(t: torch.Tensor) -> bool:
+    """Whether values ``t`` go through the compiled kernels (CPU, float32/float64, numba)."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernel_name() == "numba"
+
+
+def _jit(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    if name not in _compiled:
+        import numba
+
+        # error_model="numpy": a zero pivot gives inf/NaN (then reported by the pivot check), not an exception
+        _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+    return _compiled[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# the loops (compiled by numba; the coverage tool does not see inside them)
+def _ilu0_loop(
+    indptr: Any, indices: Any, diag: Any, f: Any, pivot: Any, size: Any
+) -> None:  # pragma: no cover
+    # IKJ on row-major sorted CSR, in place on f (A's values on entry)
+    n = indptr.shape[0] - 1
+    where = np.full(n, -1, np.int64)  # column -> position in the current row, -1 where none
+    for i in range(n):
+        lo, hi, d = indptr[i], indptr[i + 1], diag[i]
+        for p in range(lo, hi):
+            where[indices[p]] = p
+        s = abs(f[d])
+        for p in range(lo, hi):
+            k = indices[p]
+            if k >= i:
+                break
+            lik = f[p] / f[diag[k]]
+            f[p] = lik
+            for q in range(diag[k] + 1, indptr[k + 1]):
+                t = where[indices[q]]
+                if t >= 0:
+                    u = lik * f[q]
+                    f[t] -= u
+                    if t == d:
+                        s += abs(u)
+        pivot[i] = f[d]
+        size[i] = s
+        for p in range(lo, hi):
+            where[indices[p]] = -1
+
+
+def _ic0_loop(
+    indptr: Any, indices: Any, diag: Any, f: Any, pivot: Any, size: Any
+) -> None:  # pragma: no cover
+    # left-looking rows on a row-major sorted lower-triangular CSR, in place on f
+    n = indptr.shape[0] - 1
+    row = np.zeros(n, f.dtype)  # row i of L so far, by column (zero elsewhere)
+    for i in range(n):
+        lo, hi = indptr[i], indptr[i + 1]
+        sq = 0.0
+        for p in range(lo, hi):
+            j = indices[p]
+            if j == i:
+                bracket = f[p] - sq
+                pivot[i] = bracket
+                size[i] = abs(f[p]) + sq
+                f[p] = np.sqrt(bracket)  # NaN for a negative bracket: the pivot check reports it
+            else:
+                s = 0.0
+                for q in range(indptr[j], diag[j]):
+                    s += f[q] * row[indices[q]]
+                v = (f[p] - s) / f[diag[j]]
+                f[p] = v
+                row[j] = v
+                sq += v * v
+        for p in range(lo, hi):
+            row[indices[p]] = 0.0
+
+
+def _prepare_loop(
+    indptr: Any, indices: Any, data: Any, lp: Any, li: Any, ld: Any, up: Any, ui: Any, ud: Any, dinv: Any
+) -> None:  # pragma: no cover
+    # a lower CSR F -> its strict part and the strict part of Fᵀ (CSR), rows scaled by 1/diag
+    n = indptr.shape[0] - 1
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                dinv[i] = 1.0 / data[p]
+    lp[0] = 0
+    for i in range(n + 1):
+        up[i] = 0
+    m = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < i:
+                li[m] = j
+                ld[m] = data[p] * dinv[i]
+                m += 1
+                up[j + 1] += 1
+        lp[i + 1] = m
+    for j in range(n):
+        up[j + 1] += up[j]
+    fill = up[:n].copy()
+    for i in range(n):  # rows ascending: the columns of every row of Fᵀ come out sorted
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j < i:
+                q = fill[j]
+                ui[q] = i
+                ud[q] = data[p] * dinv[j]
+                fill[j] = q + 1
+
+
+def _solve_vector_loop(
+    indptr: Any, indices: Any, sdata: Any, dinv: Any, b: Any, x: Any, reverse: bool
+) -> None:  # pragma: no cover
+    # x_i = b_i / f_ii - Σ_j (f_ij / f_ii) x_j over the rows in order (reverse: last row first);
+    # the neighbouring row's term (column i ∓ 1, if stored) comes from a register
+    n = b.shape[0]
+    prev = 0.0
+    for s in range(n):
+        i = n - 1 - s if reverse else s
+        acc = b[i] * dinv[i]
+        lo, hi = indptr[i], indptr[i + 1]
+        near = 0.0
+        if reverse:
+            if hi > lo and indices[lo] == i + 1:
+                near = sdata[lo]
+                lo += 1
+        elif hi > lo and indices[hi - 1] == i - 1:
+            near = sdata[hi - 1]
+            hi -= 1
+        for p in range(lo, hi):
+            acc -= sdata[p] * x[indices[p]]
+        acc -= near * prev
+        x[i] = acc
+        prev = acc
+
+
+def _solve_block_loop(
+    indptr: Any, indices: Any, sdata: Any, dinv: Any, b: Any, x: Any, reverse: bool
+) -> None:  # pragma: no cover
+    # the same for a row-major (n, k) block
+    n, k = b.shape
+    for s in range(n):
+        i = n - 1 - s if reverse else s
+        for c in range(k):
+            x[i, c] = b[i, c] * dinv[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            v, j = sdata[p], indices[p]
+            for c in range(k):
+                x[i, c] -= v * x[j, c]
+
+
+def _diagonal_loop(indptr: Any, indices: Any, data: Any, d: Any) -> None:  # pragma: no cover
+    # the diagonal of a CSR matrix (repeated entries summed, any column order)
+    for i in range(indptr.shape[0] - 1):
+        acc = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                acc += data[p]
+        d[i] = acc
+
+
+def _scale_loop(indptr: Any, indices: Any, data: Any, s: Any, out: Any) -> None:  # pragma: no cover
+    # out = values of diag(s) S diag(s)
+    for i in range(indptr.shape[0] - 1):
+        si = s[i]
+        for p in range(indptr[i], indptr[i + 1]):
+            out[p] = data[p] * si * s[indices[p]]
+
+
+# ----------------------------------------------------------------------------------------------
+# entry points
+def csr_diagonal(S: torch.Tensor) -> torch.Tensor:
+    """The diagonal of a 2-D CPU CSR matrix (repeated entries summed)."""
+    d = torch.empty(S.shape[0], dtype=S.dtype)
+    values = S.values().detach().contiguous()
+    _jit("diagonal", _diagonal_loop)(
+        S.crow_indices().numpy(), S.col_indices().numpy(), values.numpy(), d.numpy()
+    )
+    return d
+
+
+def csr_scaled_values(S: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Values of ``diag(s) S diag(s)`` on the pattern of a 2-D CPU CSR matrix ``S``."""
+    values = S.values().detach().contiguous()
+    out = torch.empty_like(values)
+    _jit("scale", _scale_loop)(
+        S.crow_indices().numpy(), S.col_indices().numpy(), values.numpy(), s.contiguous().numpy(), out.numpy()
+    )
+    return out
+
+
+def ilu0_values(
+    crow: torch.Tensor, cols: torch.Tensor, diag: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ILU(0) factor values (row-major, ``L`` strictly below the diagonal, ``U`` on and above), and
+    per row the pivot ``u_ii`` and the size of the terms it comes from."""
+    f = a.detach().clone().contiguous()
+    n = crow.numel() - 1
+    pivot = torch.empty(n, dtype=a.dtype)
+    size = torch.empty(n, dtype=a.dtype)
+    _jit("ilu0", _ilu0_loop)(crow.numpy(), cols.numpy(), diag.numpy(), f.numpy(), pivot.numpy(), size.numpy())
+    return f, pivot, size
+
+
+def ic0_values(
+    crow: torch.Tensor, cols: torch.Tensor, diag: torch.Tensor, a: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IC(0) factor values on a lower-triangular pattern (row-major), and per row the pivot
+    ``a_ii − Σ l_ik²`` (before the square root) and the size of the terms it comes from."""
+    f = a.detach().clone().contiguous()
+    n = crow.numel() - 1
+    pivot = torch.empty(n, dtype=a.dtype)
+    size = torch.empty(n, dtype=a.dtype)
+    _jit("ic0", _ic0_loop)(crow.numpy(), cols.numpy(), diag.numpy(), f.numpy(), pivot.numpy(), size.numpy())
+    return f, pivot, size
+
+
+class CompiledFactor:
+    """A lower-triangular CSR factor ``F`` (diagonal stored, nonzero) prepared for ``F x = b`` and
+    ``Fᵀ x = b`` by the compiled loops."""
+
+    def __init__(self, F: torch.Tensor):
+        crow = F.crow_indices().numpy()
+        col = F.col_indices().numpy()
+        val = F.values().detach().contiguous().numpy()
+        n = F.shape[0]
+        nnz_strict = val.shape[0] - n
+        itype = col.dtype
+        self.lower = (
+            np.empty(n + 1, itype),
+            np.empty(nnz_strict, itype),
+            np.empty(nnz_strict, val.dtype),
+        )
+        self.upper = (
+            np.empty(n + 1, itype),
+            np.empty(nnz_strict, itype),
+            np.empty(nnz_strict, val.dtype),
+        )
+        self.dinv = np.empty(n, val.dtype)
+        _jit("prepare", _prepare_loop)(crow, col, val, *self.lower, *self.upper, self.dinv)
+        self.dtype = F.dtype
+
+    def solve(self, B: torch.Tensor, transpose: bool) -> torch.Tensor:
+        """``F⁻¹ B`` (``transpose``: ``F⁻ᵀ B``) for a contiguous CPU ``(n, k)`` block ``B``."""
+        X = torch.empty_like(B)
+        indptr, indices, sdata = self.upper if transpose else self.lower
+        if B.shape[1] == 1:
+            _jit("solve_vector", _solve_vector_loop)(
+                indptr, indices, sdata, self.dinv, B.view(-1).numpy(), X.view(-1).numpy(), transpose
+            )
+        else:
+            _jit("solve_block", _solve_block_loop)(
+                indptr, indices, sdata, self.dinv, B.numpy(), X.numpy(), transpose
+            )
+        return X
