@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ._compiled import csr_diagonal, csr_scaled_values, use_compiled
 from ._precond_base import Preconditioner, _pattern_of
 
 __all__ = ["Jacobi"]
@@ -29,9 +30,14 @@ class Jacobi(Preconditioner):
     def __init__(self, A: torch.Tensor):
         pattern, values = _pattern_of(A)
         super().__init__(pattern)
-        on = pattern.sorted_rows == pattern.sorted_cols
-        d = torch.zeros(pattern.N, dtype=values.dtype, device=values.device)
-        d = d.index_add(0, pattern.sorted_rows[on], values[on])
+        if A.layout == torch.sparse_csr and A.dim() == 2 and use_compiled(values):
+            d = csr_diagonal(A)  # one compiled pass over A's own entries
+        else:
+            rows = pattern.sorted_rows
+            on = rows == pattern.sorted_cols
+            d = torch.zeros(pattern.N, dtype=values.dtype, device=values.device)
+            # every entry adds (0 off the diagonal): no masked selection (a host sync, a compaction)
+            d = d.index_add_(0, rows, torch.where(on, values, 0))
         if bool((d == 0).any()):
             raise ValueError("Jacobi preconditioner: A has a zero or missing diagonal entry")
         self.diag = d
@@ -60,11 +66,10 @@ class Jacobi(Preconditioner):
             return None
         s = self.diag.rsqrt()
         crow, col = S.crow_indices(), S.col_indices()
-        rows = torch.repeat_interleave(
-            torch.arange(S.shape[0], device=s.device),
-            (crow[1:] - crow[:-1]).to(torch.int64),
-            output_size=col.numel(),
-        )
-        values = S.values() * s[rows] * s[col.to(torch.int64)]
+        if use_compiled(S.values()):
+            values = csr_scaled_values(S, s)
+        else:
+            s_rows = torch.repeat_interleave(s, crow.diff(), output_size=col.numel())  # s of each row
+            values = S.values() * s_rows * s[col]
         scaled = torch.sparse_csr_tensor(crow, col, values, S.shape, check_invariants=False)
         return scaled, s
