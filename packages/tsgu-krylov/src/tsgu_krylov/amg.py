@@ -1,13 +1,18 @@
 """Algebraic multigrid: a smoothed-aggregation V-cycle as a symmetric preconditioner.
 
 The hierarchy (aggregates, smoothed prolongators ``P``, Galerkin operators ``Aₗ₊₁ = Pᵀ Aₗ P``) is
-built by PyAMG (the optional extra ``tsgu-krylov[amg]``) on the CPU, once per pattern and values:
-a later :class:`AMG` of a matrix with the same pattern and values reuses it outright, and one with
-the same pattern and new values (a training loop) reuses the aggregates and redoes only the
-numeric part.  What runs per application is PyTorch on ``A``'s device: every level's operator,
-restriction ``R = Pᵀ`` and prolongation as CSR matrices with 32-bit indices, a Chebyshev smoother
-(a polynomial in ``D⁻¹ Aₗ``: nothing but products and vector updates) and, on the coarsest level,
-a dense Cholesky solve of at most ``max_coarse`` unknowns.
+built on the CPU once per pattern and values: a later :class:`AMG` of a matrix with the same
+pattern and values reuses it outright, and one with the same pattern and new values (a training
+loop) reuses the aggregates and redoes only the numeric part.  The strength of connection and the
+standard aggregation are PyAMG's compiled routines (the optional extra ``tsgu-krylov[amg]``); the
+rest of the setup is :func:`_smoothed_aggregation` (SciPy products and a Lanczos estimate of
+``ρ(D⁻¹A)`` in PyTorch, which also sets the smoother's interval).  A strength measure other than
+``"symmetric"`` or ``"classical"`` goes through PyAMG's whole ``smoothed_aggregation_solver``.
+What runs per application is PyTorch on ``A``'s device: every level's operator, restriction
+``R = Pᵀ`` and prolongation as CSR matrices with 32-bit indices, a Chebyshev smoother (a
+polynomial in ``D⁻¹ Aₗ``: nothing but products and vector updates; one column runs as vectors
+through ``torch.mv``) and, on the coarsest level, a dense Cholesky solve of at most
+``max_coarse`` unknowns.
 
 The V-cycle is symmetric positive definite for a symmetric positive-definite ``A``: the same
 Chebyshev polynomial smooths before and after the coarse correction (its error propagator is
@@ -15,9 +20,11 @@ Chebyshev polynomial smooths before and after the coarse correction (its error p
 use it, and the backward pass of a solve (``Aᵀ = A``) reuses the forward's hierarchy.  A
 non-symmetric ``A`` is refused (use ILU(0) there).
 
-Compared with PyAMG's own ``solve``: the same smoothed-aggregation setup, but the cycle runs as
-native sparse products (PyAMG's default symmetric Gauss–Seidel smoother is a sequential sweep,
-and its cycle is driven from Python per level and per smoothing step in NumPy/SciPy calls).
+Compared with PyAMG's own ``solve``: the same smoothed-aggregation hierarchy (PyAMG's
+aggregates; its candidate improvement by Gauss–Seidel sweeps is left out, the constant vector
+being the near-null space of the scalar problems this targets), but the cycle runs as native
+sparse products (PyAMG's default symmetric Gauss–Seidel smoother is a sequential sweep, and its
+cycle is driven from Python per level and per smoothing step in NumPy/SciPy calls).
 """
 
 from __future__ import annotations
@@ -59,42 +66,174 @@ def _to_torch_csr(M: Any, dtype: torch.dtype, device: torch.device) -> torch.Ten
     )
 
 
+def _spectral_radius(A: torch.Tensor, inv_diag: torch.Tensor, steps: int = 12) -> float:
+    """The largest eigenvalue of ``D⁻¹A`` (SPD ``A``), from ``steps`` Lanczos steps on the
+    similar ``D^-½ A D^-½`` (the largest Ritz value: converged to a few digits, never above ρ).
+
+    Runs on ``A``'s device in native products (PyAMG's estimate is a Python Arnoldi loop with
+    restarts, several times slower here).
+    """
+    n = A.shape[0]
+    s = inv_diag.sqrt()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    v = torch.rand(n, dtype=A.dtype, generator=gen).to(A.device) + 0.5  # no eigenvector is missed
+    v = v / torch.linalg.vector_norm(v)
+    v_prev = torch.zeros_like(v)
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    for _ in range(min(steps, n)):
+        w = s * torch.mv(A, s * v)
+        alpha = float(torch.dot(w, v))
+        w = w - alpha * v - beta * v_prev
+        alphas.append(alpha)
+        beta = float(torch.linalg.vector_norm(w))
+        if not beta > 1e-10 * abs(alpha):  # an invariant subspace: the Ritz values are exact
+            break
+        betas.append(beta)
+        v_prev, v = v, w / beta
+    k = len(alphas)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if k > 1:
+        off = torch.tensor(betas[: k - 1], dtype=torch.float64)
+        T = T + torch.diag(off, 1) + torch.diag(off, -1)
+    return float(torch.linalg.eigvalsh(T).max())
+
+
 class _Level:
     """One level: ``A``, ``D⁻¹``, the Chebyshev interval and the transfers to the next level."""
 
-    def __init__(self, A: Any, P: Any | None, dtype: torch.dtype, device: torch.device, pyamg: Any):
-        import numpy as np
-        import scipy.sparse as sp
-
-        self.A = _to_torch_csr(A, dtype, device)
-        d = np.asarray(A.diagonal(), dtype=np.float64)
-        if not bool((d > 0).all()):
-            raise ValueError(
-                "AMG: A needs a positive diagonal (a symmetric positive-definite A); "
-                "use 'jacobi' or 'ilu0' otherwise"
-            )
-        s = sp.diags(1.0 / np.sqrt(d))
-        rho = float(pyamg.util.linalg.approximate_spectral_radius(s @ A @ s, symmetric=True))
+    def __init__(self, lev: Any, P: Any | None, dtype: torch.dtype, device: torch.device):
+        prepared = getattr(lev, "prepared", None)
+        if prepared is not None and prepared[0].dtype == dtype and prepared[0].device == device:
+            self.A, self.inv_diag, rho = prepared
+        else:
+            self.A, self.inv_diag = _torch_operator(lev.A, dtype, device)
+            rho = _spectral_radius(self.A, self.inv_diag.view(-1))
         # PyAMG's own Chebyshev interval: [ρ/30, 1.1 ρ] of D⁻¹A
         self.lo, self.hi = rho / 30.0, 1.1 * rho
-        self.inv_diag = torch.from_numpy(1.0 / d).to(dtype).to(device).unsqueeze(-1)
         self.P = None if P is None else _to_torch_csr(P, dtype, device)
         self.R = None if P is None else _to_torch_csr(P.T, dtype, device)
+
+
+def _torch_operator(A: Any, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A level's SciPy operator as a CSR tensor and its ``D⁻¹`` as an ``(n, 1)`` column."""
+    import numpy as np
+
+    d = np.asarray(A.diagonal(), dtype=np.float64)
+    if not bool((d > 0).all()):
+        raise ValueError(
+            "AMG: A needs a positive diagonal (a symmetric positive-definite A); "
+            "use 'jacobi' or 'ilu0' otherwise"
+        )
+    inv_diag = torch.from_numpy(1.0 / d).to(dtype).to(device).unsqueeze(-1)
+    return _to_torch_csr(A, dtype, device), inv_diag
+
+
+class _SALevel:
+    """One level of a smoothed-aggregation hierarchy as built by :func:`_smoothed_aggregation`
+    (the attributes PyAMG's levels have: ``A``, ``P``, ``AggOp``), and its prepared operator."""
+
+    def __init__(self, A: Any):
+        self.A = A
+        self.P: Any = None
+        self.AggOp: Any = None
+        self.prepared: tuple[torch.Tensor, torch.Tensor, float] | None = None
+
+
+#: Strength measures built here (others go through PyAMG's own solver setup).
+_NATIVE_STRENGTH = ("symmetric", "classical")
+
+
+def _strength_spec(strength: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(name, options)`` of a strength measure this module builds itself, else ``None``."""
+    if isinstance(strength, str) and strength in _NATIVE_STRENGTH:
+        return strength, {}
+    if (
+        isinstance(strength, tuple)
+        and len(strength) == 2
+        and strength[0] in _NATIVE_STRENGTH
+        and isinstance(strength[1], dict)
+    ):
+        return strength[0], dict(strength[1])
+    return None
+
+
+def _smoothed_aggregation(
+    S: Any,
+    spec: tuple[str, dict[str, Any]],
+    max_coarse: int,
+    max_levels: int,
+    aggregates: list[Any] | None,
+    pyamg: Any,
+    dtype: torch.dtype,
+) -> list[_SALevel]:
+    """A smoothed-aggregation hierarchy (Vaněk, Mandel and Brezina) for one candidate vector ``1``.
+
+    Per level: PyAMG's strength of connection and standard aggregation (compiled routines; or
+    the ``aggregates`` of an earlier setup on the same pattern), the tentative prolongator ``T``
+    (the candidate restricted to each aggregate, normalised), ``P = T − (4/3)/ρ · D⁻¹A T`` with
+    ``ρ = ρ(D⁻¹A)`` from :func:`_spectral_radius` on the level's operator (the same estimate
+    sets the Chebyshev interval), and ``A_c = Pᵀ A P``.  What PyAMG's ``smoothed_aggregation_solver``
+    does with these options, without its Python eigenvalue loop and block-sparse products.
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    name, options = spec
+    measure = (
+        pyamg.strength.symmetric_strength_of_connection
+        if name == "symmetric"
+        else pyamg.strength.classical_strength_of_connection
+    )
+    cpu = torch.device("cpu")
+    levels = [_SALevel(S)]
+    B = np.ones(S.shape[0])
+    while len(levels) < max_levels:
+        lev = levels[-1]
+        A = lev.A
+        n = A.shape[0]
+        if n <= max_coarse:
+            break
+        if aggregates is not None:
+            if len(levels) > len(aggregates):
+                break
+            agg = aggregates[len(levels) - 1].tocsr()
+        else:
+            agg = pyamg.aggregation.standard_aggregation(measure(A, **options).tocsr())[0].tocsr()
+        nc = agg.shape[1]
+        if nc == 0 or nc >= n:
+            break
+        # tentative prolongator: B on each aggregate, scaled to unit norm (a node in no aggregate,
+        # which has no strong connection, has an empty row); the coarse candidate is the norms
+        member = agg.indices
+        b = B[np.repeat(np.arange(n), np.diff(agg.indptr))]
+        norms = np.sqrt(np.bincount(member, weights=b**2, minlength=nc))
+        T = sp.csr_matrix((b / norms[member], member, agg.indptr), shape=(n, nc))
+        A_t, inv_diag = _torch_operator(A, dtype, cpu)
+        rho = _spectral_radius(A_t, inv_diag.view(-1))
+        lev.prepared = (A_t, inv_diag, rho)
+        D_inv = sp.diags(1.0 / A.diagonal())
+        P = (T - (4.0 / 3.0 / rho) * (D_inv @ (A @ T))).tocsr()
+        lev.P, lev.AggOp = P, agg
+        Ac = (P.T.tocsr() @ (A @ P)).tocsr()
+        Ac.sum_duplicates()
+        levels.append(_SALevel(Ac))
+        B = norms
+    return levels
 
 
 class _Hierarchy:
     """The prepared V-cycle of a PyAMG hierarchy."""
 
-    def __init__(self, ml: Any, dtype: torch.dtype, device: torch.device, pyamg: Any, max_coarse: int):
-        levels = ml.levels
+    def __init__(self, levels: list[Any], dtype: torch.dtype, device: torch.device, max_coarse: int):
         self.aggregates = [lev.AggOp for lev in levels[:-1]]
         coarse = levels[-1].A
         n_top = levels[0].A.shape[0]
         direct = len(levels) > 1 and coarse.shape[0] <= max_coarse and coarse.shape[0] < n_top
         keep = levels if not direct else levels[:-1]
         self.levels = [
-            _Level(lev.A, lev.P if i < len(levels) - 1 else None, dtype, device, pyamg)
-            for i, lev in enumerate(keep)
+            _Level(lev, lev.P if i < len(levels) - 1 else None, dtype, device) for i, lev in enumerate(keep)
         ]
         self.coarse: torch.Tensor | None = None
         if direct:  # a small dense Cholesky factor (the coarsest level only, never A's size)
@@ -108,6 +247,12 @@ class _Hierarchy:
             self.coarse = L
 
 
+def _mul(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``M x`` for a sparse ``M`` and a vector or a block (a vector through ``torch.mv``: on the
+    CPU about twice as fast as the one-column product)."""
+    return torch.mv(M, x) if x.dim() == 1 else M @ x
+
+
 def _chebyshev(lev: _Level, b: torch.Tensor, x: torch.Tensor | None, degree: int) -> torch.Tensor:
     """``degree`` steps of Chebyshev iteration for ``A x = b`` preconditioned by ``D``.
 
@@ -117,13 +262,14 @@ def _chebyshev(lev: _Level, b: torch.Tensor, x: torch.Tensor | None, degree: int
     theta, delta = (lev.hi + lev.lo) / 2, (lev.hi - lev.lo) / 2
     sigma = theta / delta
     rho = 1.0 / sigma
-    r = b if x is None else b - lev.A @ x
-    d = (lev.inv_diag * r).div_(theta)
+    inv_diag = lev.inv_diag if b.dim() == 2 else lev.inv_diag.view(-1)
+    r = b if x is None else b - _mul(lev.A, x)
+    d = (inv_diag * r).div_(theta)
     x = d.clone() if x is None else x + d
     for _ in range(degree - 1):
-        r = r - lev.A @ d
+        r = r - _mul(lev.A, d)
         rho_new = 1.0 / (2.0 * sigma - rho)
-        d = d.mul_(rho_new * rho).addcmul_(lev.inv_diag, r, value=2.0 * rho_new / delta)
+        d = d.mul_(rho_new * rho).addcmul_(inv_diag, r, value=2.0 * rho_new / delta)
         rho = rho_new
         x = x.add_(d)
     return x
@@ -139,13 +285,18 @@ class AMG(Preconditioner):
         is one block-diagonal hierarchy); float32 or float64, any device (the setup runs on the
         CPU with PyAMG, the cycle on ``A``'s device).
     degree : int
-        Degree of the Chebyshev smoother, before and after the coarse correction (default 3, as PyAMG).
+        Degree of the Chebyshev smoother, before and after the coarse correction (default 3, as
+        PyAMG: the real-matrix corpus's elasticity problems need it).  On a scalar diffusion
+        problem ``degree=1`` (one weighted Jacobi step each side) is faster: on the benchmark's
+        high-contrast 3-D diffusion a solve takes about two thirds of the time.
     max_coarse : int
         Largest coarsest level, solved by a dense Cholesky factor (default 500).
     max_levels : int
         Most levels of the hierarchy (default 10).
     strength : str or tuple
-        PyAMG's strength-of-connection measure (default ``"symmetric"``).
+        PyAMG's strength-of-connection measure (default ``("symmetric", {"theta": 0.1})``: entries
+        below a tenth of ``√(a_ii a_jj)`` are weak, so aggregates follow the strong couplings of a
+        high-contrast coefficient; ``"symmetric"`` alone, PyAMG's default, is ``theta = 0``).
 
     Attributes
     ----------
@@ -188,7 +339,7 @@ class AMG(Preconditioner):
         degree: int = 3,
         max_coarse: int = 500,
         max_levels: int = 10,
-        strength: Any = "symmetric",
+        strength: Any = ("symmetric", {"theta": 0.1}),
     ):
         for name, value, least in (
             ("degree", degree, 1),
@@ -225,14 +376,18 @@ class AMG(Preconditioner):
                 "AMG needs a symmetric A (the smoothed-aggregation V-cycle is symmetric); "
                 "for a non-symmetric A use 'ilu0' with gmres or bicgstab"
             )
-        kwargs: dict[str, Any] = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
-        if record.get("options") == options and "aggregates" in record:
-            # same pattern, new values: the aggregates (the symbolic part) are kept
-            aggs = record["aggregates"]
-            kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
-            kwargs["max_levels"] = len(aggs) + 1
-        ml = pyamg.smoothed_aggregation_solver(S, B=np.ones((N, 1)), keep=True, **kwargs)
-        self._h = _Hierarchy(ml, a.dtype, a.device, pyamg, limit)
+        # same pattern, new values: the aggregates (the symbolic part) are kept
+        aggs = record["aggregates"] if record.get("options") == options and "aggregates" in record else None
+        spec = _strength_spec(strength)
+        if spec is not None:
+            levels = _smoothed_aggregation(S, spec, limit, max_levels, aggs, pyamg, a.dtype)
+        else:  # another strength measure: PyAMG's own setup
+            kwargs: dict[str, Any] = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
+            if aggs is not None:
+                kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
+                kwargs["max_levels"] = len(aggs) + 1
+            levels = pyamg.smoothed_aggregation_solver(S, B=np.ones((N, 1)), keep=True, **kwargs).levels
+        self._h = _Hierarchy(levels, a.dtype, a.device, limit)
         record.update(hierarchy=self._h, values=a.clone(), options=options, aggregates=self._h.aggregates)
 
     @property
@@ -241,17 +396,18 @@ class AMG(Preconditioner):
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         h, degree = self._h, self.degree
-        b = R.contiguous()
+        # one column runs as vectors (torch.mv), a block as products with the block
+        b = R.reshape(-1) if R.shape[-1] == 1 else R.contiguous()
         down: list[tuple[_Level, torch.Tensor, torch.Tensor]] = []
         for lev in h.levels:
             x = _chebyshev(lev, b, None, degree)
             if lev.P is None or lev.R is None:  # a last level without a direct solve: smoothed only
                 break
             down.append((lev, b, x))
-            b = lev.R @ (b - lev.A @ x)
+            b = _mul(lev.R, b - _mul(lev.A, x))
         else:
             assert h.coarse is not None
-            x = torch.cholesky_solve(b, h.coarse)
+            x = torch.cholesky_solve(b.view(b.shape[0], -1), h.coarse).view(b.shape)
         for lev, b_l, x_l in reversed(down):
-            x = _chebyshev(lev, b_l, x_l + lev.P @ x, degree)  # type: ignore[operator]
-        return x
+            x = _chebyshev(lev, b_l, x_l + _mul(lev.P, x), degree)  # type: ignore[arg-type]
+        return x.view(R.shape)
