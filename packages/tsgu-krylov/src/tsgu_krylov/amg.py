@@ -213,8 +213,9 @@ def _smoothed_aggregation(
         A_t, inv_diag = _torch_operator(A, dtype, cpu)
         rho = _spectral_radius(A_t, inv_diag.view(-1))
         lev.prepared = (A_t, inv_diag, rho)
-        D_inv = sp.diags(1.0 / A.diagonal())
-        P = (T - (4.0 / 3.0 / rho) * (D_inv @ (A @ T))).tocsr()
+        AT = (A @ T).tocsr()
+        AT.data *= np.repeat((4.0 / 3.0 / rho) / A.diagonal(), np.diff(AT.indptr))  # ω/ρ D⁻¹ A T
+        P = (T - AT).tocsr()
         lev.P, lev.AggOp = P, agg
         Ac = (P.T.tocsr() @ (A @ P)).tocsr()
         Ac.sum_duplicates()
