@@ -349,3 +349,24 @@ def test_the_kernel_switch_is_checked(monkeypatch):
     monkeypatch.setattr(_compiled, "numba_available", lambda: False)
     with pytest.raises(ImportError, match=r"tsgu-krylov\[fast\]"):
         IC0(grid_operator((3, 3)))
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_ic0_of_a_csr_matrix_checks_its_entries(index_dtype):
+    """The CSR route of IC(0) (read straight from the CSR arrays when compiled): non-finite values
+    and a missing diagonal entry are errors, and the factor equals the reference."""
+    D = grid_operator((4, 3)).to_dense()
+    S = D.to_sparse_csr()
+    csr = torch.sparse_csr_tensor(
+        S.crow_indices().to(index_dtype), S.col_indices().to(index_dtype), S.values(), S.shape
+    )
+    torch.testing.assert_close(IC0(csr).L.to_dense(), reference_ic0(D, D != 0))
+    bad = csr.values().clone()
+    bad[5] = float("nan")
+    nan = torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), bad, csr.shape)
+    with pytest.raises(ValueError, match=r"IC\(0\): A has non-finite"):
+        IC0(nan)
+    holes = D.clone()
+    holes[7, 7] = 0.0
+    with pytest.raises(ValueError, match="every diagonal entry of A must be stored"):
+        IC0(holes.to_sparse_csr())

@@ -230,8 +230,60 @@ def _scale_loop(indptr: Any, indices: Any, data: Any, s: Any, out: Any) -> None:
             out[p] = data[p] * si * s[indices[p]]
 
 
+def _lower_loop(
+    indptr: Any, indices: Any, data: Any, lp: Any, li: Any, ld: Any, diag: Any
+) -> int:  # pragma: no cover
+    # the lower triangle of a CSR matrix whose rows have strictly increasing columns; 0 when done,
+    # 1 when a row's columns are not strictly increasing, 2 for a non-finite value, 3 for a
+    # missing diagonal entry
+    n = indptr.shape[0] - 1
+    m = 0
+    lp[0] = 0
+    for i in range(n):
+        last = -1
+        diag[i] = -1
+        for p in range(indptr[i], indptr[i + 1]):
+            j = indices[p]
+            if j <= last:
+                return 1
+            last = j
+            v = data[p]
+            if not np.isfinite(v):
+                return 2
+            if j <= i:
+                li[m] = j
+                ld[m] = v
+                if j == i:
+                    diag[i] = m
+                m += 1
+        if diag[i] < 0:
+            return 3
+        lp[i + 1] = m
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # entry points
+def csr_lower(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | str:
+    """The lower triangle of a 2-D CPU CSR matrix as ``(crow, col, values, diagonal positions)``
+    in one pass, or why not: ``"unsorted"`` (columns not strictly increasing in some row: the
+    caller canonicalises), ``"non-finite"`` or ``"no diagonal"``."""
+    crow, col = S.crow_indices(), S.col_indices()
+    values = S.values().detach().contiguous()
+    n, nnz = S.shape[0], values.numel()
+    lp = torch.empty(n + 1, dtype=crow.dtype)
+    li = torch.empty(nnz, dtype=col.dtype)
+    ld = torch.empty(nnz, dtype=values.dtype)
+    diag = torch.empty(n, dtype=torch.int64)
+    status = _jit("lower", _lower_loop)(
+        crow.numpy(), col.numpy(), values.numpy(), lp.numpy(), li.numpy(), ld.numpy(), diag.numpy()
+    )
+    if status:
+        return {1: "unsorted", 2: "non-finite", 3: "no diagonal"}[status]
+    m = int(lp[-1])
+    return lp, li[:m], ld[:m], diag
+
+
 def csr_diagonal(S: torch.Tensor) -> torch.Tensor:
     """The diagonal of a 2-D CPU CSR matrix (repeated entries summed)."""
     d = torch.empty(S.shape[0], dtype=S.dtype)

@@ -41,7 +41,7 @@ import torch
 
 from tsgu_ops.internal import SparsePattern, compress_rows, lexsort_rows_cols, quiet
 
-from ._compiled import ic0_values, ilu0_values, use_compiled
+from ._compiled import csr_lower, ic0_values, ilu0_values, use_compiled
 from ._levels import LevelSchedule, TriangularFactors, _expand, cached, lower_csr, transposed_order
 from ._precond_base import Preconditioner, _canonical, _pattern_of, _where
 
@@ -290,12 +290,17 @@ class _Incomplete(Preconditioner):
         n_sweeps = _check_method(method, sweeps)
         limit = _check_max_residual(max_residual)
         N = pattern.N
+        if n_sweeps is None and self._cholesky and A.layout == torch.sparse_csr and A.dim() == 2:
+            if use_compiled(a) and self._factor_csr_compiled(A):
+                self.method, self.sweeps = method, n_sweeps
+                return
         rows, cols, a = _canonical(pattern, a)
+        # every entry, also those IC(0) does not read: a NaN anywhere means A is not what it seems
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError(f"{self._what}: A has non-finite (inf or NaN) values")
         if self._cholesky:  # only the lower triangle is read
             keep = cols <= rows
             rows, cols, a = rows[keep], cols[keep], a[keep]
-        if not bool(torch.isfinite(a).all()):
-            raise ValueError(f"{self._what}: A has non-finite (inf or NaN) values")
         sym = cached(self._key, rows, cols, lambda: self._symbolic(rows, cols, N))
         if n_sweeps is None and use_compiled(a):  # the sequential loop, compiled (no schedule)
             f, pivots, size = sym.compiled(a)
@@ -314,6 +319,34 @@ class _Incomplete(Preconditioner):
             _check_sweeps(pattern, resid, limit, n_sweeps, self._what)
         self._build(rows, cols, f, sym)
         self.method, self.sweeps = method, n_sweeps
+
+    def _factor_csr_compiled(self, A: torch.Tensor) -> bool:
+        """IC(0) of a 2-D CPU CSR ``A`` with sorted columns straight from its arrays (one compiled
+        pass for the lower triangle and the checks, one for the factor: no canonical copy, no
+        pattern analysis).  ``False`` where the columns need sorting (the general path then)."""
+        lower = csr_lower(A)
+        if lower == "unsorted":
+            return False
+        if lower == "non-finite":
+            raise ValueError(f"{self._what}: A has non-finite (inf or NaN) values")
+        if lower == "no diagonal":
+            raise ValueError(
+                f"{self._what}: every diagonal entry of A must be stored (the pattern lacks some)"
+            )
+        assert not isinstance(lower, str)
+        crow, col, a, diag = lower
+        f, pivots, size = ic0_values(crow, col, diag, a)
+        _check_pivots(self.pattern, pivots, size, self._what, positive=True)
+        bad = torch.nonzero(~torch.isfinite(f)).squeeze(-1)
+        if bad.numel():
+            row = int(torch.searchsorted(crow, bad[:1].to(crow.dtype), right=True)[0]) - 1
+            raise ValueError(
+                f"{self._what}: the factors are not finite (overflow) at {_where(self.pattern, row)}"
+            )
+        N = self.pattern.N
+        self.L = quiet(lambda: torch.sparse_csr_tensor(crow, col, f, (N, N), check_invariants=False))
+        self._tri = TriangularFactors((self.L, False), (self.L, True))
+        return True
 
     def _sweeps(
         self, rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, diag_pos: torch.Tensor, sweeps: int
