@@ -68,7 +68,9 @@ def _to_torch_csr(M: Any, dtype: torch.dtype, device: torch.device) -> torch.Ten
 
 def _spectral_radius(A: torch.Tensor, inv_diag: torch.Tensor, steps: int = 12) -> float:
     """The largest eigenvalue of ``D⁻¹A`` (SPD ``A``), from ``steps`` Lanczos steps on the
-    similar ``D^-½ A D^-½`` (the largest Ritz value: converged to a few digits, never above ρ).
+    similar ``D^-½ A D^-½``: the largest Ritz value, never above ρ and within 2 % of it on the
+    benchmark's 3-D problems (within 1 % on the tested small ones); the Chebyshev interval's
+    upper end ``1.1 ρ`` covers the difference, as it covers PyAMG's estimate (1 % tolerance).
 
     Runs on ``A``'s device in native products (PyAMG's estimate is a Python Arnoldi loop with
     restarts, several times slower here).
@@ -76,7 +78,7 @@ def _spectral_radius(A: torch.Tensor, inv_diag: torch.Tensor, steps: int = 12) -
     n = A.shape[0]
     s = inv_diag.sqrt()
     gen = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.rand(n, dtype=A.dtype, generator=gen).to(A.device) + 0.5  # no eigenvector is missed
+    v = torch.rand(n, dtype=A.dtype, generator=gen).to(A.device) + 0.5  # a fixed random start
     v = v / torch.linalg.vector_norm(v)
     v_prev = torch.zeros_like(v)
     alphas: list[float] = []
@@ -225,7 +227,7 @@ def _smoothed_aggregation(
 
 
 class _Hierarchy:
-    """The prepared V-cycle of a PyAMG hierarchy."""
+    """The prepared V-cycle of a smoothed-aggregation hierarchy (ours or PyAMG's levels)."""
 
     def __init__(self, levels: list[Any], dtype: torch.dtype, device: torch.device, max_coarse: int):
         self.aggregates = [lev.AggOp for lev in levels[:-1]]
@@ -284,7 +286,7 @@ class AMG(Preconditioner):
     A : Tensor
         Symmetric positive-definite sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)`` (a batch
         is one block-diagonal hierarchy); float32 or float64, any device (the setup runs on the
-        CPU with PyAMG, the cycle on ``A``'s device).
+        CPU with PyAMG's aggregation, the cycle on ``A``'s device).
     degree : int
         Degree of the Chebyshev smoother, before and after the coarse correction (default 3, as
         PyAMG: the real-matrix corpus's elasticity problems need it).  On a scalar diffusion
