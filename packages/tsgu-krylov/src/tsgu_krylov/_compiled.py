@@ -304,17 +304,30 @@ def csr_scaled_values(S: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _factor_values(
+    name: str,
+    loop: Callable[..., Any],
+    crow: torch.Tensor,
+    cols: torch.Tensor,
+    diag: torch.Tensor,
+    a: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run a factorisation loop on a copy of the values ``a``: the factor values, and per row the
+    pivot and the size of the terms it comes from."""
+    f = a.detach().clone().contiguous()
+    n = crow.numel() - 1
+    pivot = torch.empty(n, dtype=a.dtype)
+    size = torch.empty(n, dtype=a.dtype)
+    _jit(name, loop)(crow.numpy(), cols.numpy(), diag.numpy(), f.numpy(), pivot.numpy(), size.numpy())
+    return f, pivot, size
+
+
 def ilu0_values(
     crow: torch.Tensor, cols: torch.Tensor, diag: torch.Tensor, a: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ILU(0) factor values (row-major, ``L`` strictly below the diagonal, ``U`` on and above), and
     per row the pivot ``u_ii`` and the size of the terms it comes from."""
-    f = a.detach().clone().contiguous()
-    n = crow.numel() - 1
-    pivot = torch.empty(n, dtype=a.dtype)
-    size = torch.empty(n, dtype=a.dtype)
-    _jit("ilu0", _ilu0_loop)(crow.numpy(), cols.numpy(), diag.numpy(), f.numpy(), pivot.numpy(), size.numpy())
-    return f, pivot, size
+    return _factor_values("ilu0", _ilu0_loop, crow, cols, diag, a)
 
 
 def ic0_values(
@@ -322,12 +335,7 @@ def ic0_values(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """IC(0) factor values on a lower-triangular pattern (row-major), and per row the pivot
     ``a_ii − Σ l_ik²`` (before the square root) and the size of the terms it comes from."""
-    f = a.detach().clone().contiguous()
-    n = crow.numel() - 1
-    pivot = torch.empty(n, dtype=a.dtype)
-    size = torch.empty(n, dtype=a.dtype)
-    _jit("ic0", _ic0_loop)(crow.numpy(), cols.numpy(), diag.numpy(), f.numpy(), pivot.numpy(), size.numpy())
-    return f, pivot, size
+    return _factor_values("ic0", _ic0_loop, crow, cols, diag, a)
 
 
 class CompiledFactor:

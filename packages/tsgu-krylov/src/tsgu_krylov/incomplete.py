@@ -337,12 +337,9 @@ class _Incomplete(Preconditioner):
         crow, col, a, diag = lower
         f, pivots, size = ic0_values(crow, col, diag, a)
         _check_pivots(self.pattern, pivots, size, self._what, positive=True)
-        bad = torch.nonzero(~torch.isfinite(f)).squeeze(-1)
-        if bad.numel():
-            row = int(torch.searchsorted(crow, bad[:1].to(crow.dtype), right=True)[0]) - 1
-            raise ValueError(
-                f"{self._what}: the factors are not finite (overflow) at {_where(self.pattern, row)}"
-            )
+        if not bool(torch.isfinite(f).all()):  # the rows only for the message
+            rows = torch.repeat_interleave(torch.arange(self.pattern.N), crow.diff().to(torch.int64))
+            _check_finite(self.pattern, rows, f, self._what)
         N = self.pattern.N
         self.L = quiet(lambda: torch.sparse_csr_tensor(crow, col, f, (N, N), check_invariants=False))
         self._tri = TriangularFactors((self.L, False), (self.L, True))
