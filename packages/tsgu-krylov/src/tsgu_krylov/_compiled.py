@@ -262,6 +262,230 @@ def _lower_loop(
     return 0
 
 
+def _split_prepare_loop(
+    ap: Any,
+    ai: Any,
+    av: Any,
+    fp: Any,
+    fi: Any,
+    fv: Any,
+    lp: Any,
+    li: Any,
+    ld: Any,
+    up: Any,
+    ui: Any,
+    ud: Any,
+    k: Any,
+    ell: Any,
+    tol: float,
+) -> int:  # pragma: no cover
+    # from A (CSR, strictly increasing columns) and its IC(0) factor L (lower CSR, diagonal last in
+    # each row): F = strict lower part of diag(l)⁻¹ A diag(l)⁻¹ (CSR, lp/li/ld), Fᵀ (CSR, up/ui/ud),
+    # k = 2 − a_ii / l_i² and l; 0 when done, 1 when L is not (D̃ + E) D̃^-½ for A's strict lower
+    # part E (patterns differ, or some l_ij l_jj differs from a_ij beyond rounding), 2 when a row
+    # of A is not strictly increasing or lacks its diagonal entry
+    n = ap.shape[0] - 1
+    for i in range(n):
+        last = fp[i + 1] - 1
+        if last < fp[i] or fi[last] != i:
+            return 1
+        ell[i] = fv[last]
+    m = 0
+    lp[0] = 0
+    for j in range(n + 1):
+        up[j] = 0
+    for i in range(n):
+        q = fp[i]
+        prev = -1
+        d = 0.0
+        found = False
+        for p in range(ap[i], ap[i + 1]):
+            j = ai[p]
+            if j <= prev:
+                return 2
+            prev = j
+            if j > i:
+                continue
+            if j == i:
+                d = av[p]
+                found = True
+                continue
+            if q >= fp[i + 1] - 1 or fi[q] != j:
+                return 1
+            a = av[p]
+            if abs(fv[q] * ell[j] - a) > tol * abs(a):
+                return 1
+            li[m] = j
+            ld[m] = a / (ell[i] * ell[j])
+            m += 1
+            up[j + 1] += 1
+            q += 1
+        if not found or q != fp[i + 1] - 1:
+            return 1 if found else 2
+        lp[i + 1] = m
+        k[i] = 2.0 - d / (ell[i] * ell[i])
+    for j in range(n):
+        up[j + 1] += up[j]
+    fill = up[:n].copy()
+    for i in range(n):  # rows ascending: the columns of every row of Fᵀ come out sorted
+        for p in range(lp[i], lp[i + 1]):
+            j = li[p]
+            q = fill[j]
+            ui[q] = i
+            ud[q] = ld[p]
+            fill[j] = q + 1
+    return 0
+
+
+def _split_cg_loop(
+    lp: Any,
+    li: Any,
+    ld: Any,
+    up: Any,
+    ui: Any,
+    ud: Any,
+    k: Any,
+    ell: Any,
+    x: Any,
+    r: Any,
+    n_iter: int,
+    min_iter: int,
+    check_every: int,
+    eps: float,
+    freeze_at: float,
+    limit: float,
+    out: Any,
+) -> float:  # pragma: no cover
+    # CG with M = L Lᵀ, L = diag(l) (I + F), run as CG on L⁻¹ A L⁻ᵀ (Eisenstat): with
+    # Ã = diag(l)⁻¹ A diag(l)⁻¹ = (I + F) + (I + Fᵀ) − diag(k), the product is
+    # L⁻¹ A L⁻ᵀ p̂ = w + (I + F)⁻¹ (p̂ − k∘w) with w = (I + Fᵀ)⁻¹ p̂ = diag(l) p: two unit
+    # triangular passes, no product with A.  The iterates are PCG's: x̃ = diag(l) x, r̂ = L⁻¹ r,
+    # p̂ = Lᵀ p, r̂ᵀr̂ = rᵀz.  ‖r‖ = ‖L r̂‖ of the current iterate is summed in the forward pass of
+    # the next step, whose update is dropped when it meets the test.  x (in/out) and r (in) are
+    # the normalised solution and residual; out = [iterations, passed, active, non-finite, p̂ᵀAp̂
+    # breakdown]; returns ‖r‖ of the returned x.
+    n = x.shape[0]
+    xt = np.empty(n, x.dtype)
+    rh = np.empty(n, x.dtype)
+    pv = np.empty(n, x.dtype)
+    w = np.empty(n, x.dtype)
+    u = np.empty(n, x.dtype)
+    rho = 0.0
+    for i in range(n):
+        xt[i] = ell[i] * x[i]
+        acc = r[i] / ell[i]
+        for p in range(lp[i], lp[i + 1]):
+            acc -= ld[p] * rh[li[p]]
+        rh[i] = acc
+        pv[i] = acc
+        rho += acc * acc
+    beta = 0.0
+    ratio = -1.0
+    res = -1.0  # not yet known for the current iterate
+    iterations = 0
+    passed = 0
+    active = 1
+    bad = 0
+    broken = 0
+    for it in range(n_iter):
+        for s in range(n):  # p̂ = r̂ + β p̂ and w = (I + Fᵀ)⁻¹ p̂, last row first
+            i = n - 1 - s
+            pi = rh[i] + beta * pv[i]
+            pv[i] = pi
+            acc = pi
+            for p in range(up[i], up[i + 1]):
+                acc -= ud[p] * w[ui[p]]
+            w[i] = acc
+        # ‖r‖ is summed (a few more loads per entry) only when it may decide: every 8th step,
+        # and whenever ‖r̂‖ times the last seen ratio ‖r‖ / ‖r̂‖ comes within 100× of a threshold
+        look = it > 0 and (ratio < 0 or it % 8 == 0 or ratio * np.sqrt(rho) <= 100.0 * max(limit, freeze_at))
+        pq = 0.0
+        rr = 0.0
+        if look:
+            for i in range(n):  # u = (I + F)⁻¹ (p̂ − k∘w), p̂ᵀ(w + u), and ‖L r̂‖²
+                acc = pv[i] - k[i] * w[i]
+                acc_r = rh[i]
+                for p in range(lp[i], lp[i + 1]):
+                    j = li[p]
+                    acc -= ld[p] * u[j]
+                    acc_r += ld[p] * rh[j]
+                u[i] = acc
+                pq += pv[i] * (w[i] + acc)
+                v = ell[i] * acc_r
+                rr += v * v
+        else:
+            for i in range(n):
+                acc = pv[i] - k[i] * w[i]
+                for p in range(lp[i], lp[i + 1]):
+                    acc -= ld[p] * u[li[p]]
+                u[i] = acc
+                pq += pv[i] * (w[i] + acc)
+        if look:
+            res = np.sqrt(rr)
+            ratio = res / np.sqrt(rho) if rho > 0 else -1.0
+            if not np.isfinite(res):
+                bad = 1
+                active = 0
+                break
+            if not res > freeze_at:
+                active = 0
+            if iterations % check_every == 0 and iterations >= min_iter and res <= limit:
+                passed = 1
+                break
+            if active == 0:
+                break
+        if not np.isfinite(pq):
+            bad = 1
+            active = 0
+            break
+        if not pq >= eps:
+            broken = 1
+            active = 0
+            break
+        alpha = rho / pq
+        rho_new = 0.0
+        for i in range(n):
+            xt[i] += alpha * w[i]
+            v = rh[i] - alpha * (w[i] + u[i])
+            rh[i] = v
+            rho_new += v * v
+        iterations = it + 1
+        res = -1.0
+        if not np.isfinite(rho_new):
+            bad = 1
+            active = 0
+            break
+        if not rho_new >= eps:  # the residual vanished: exact convergence
+            active = 0
+            break
+        beta = rho_new / rho
+        rho = rho_new
+    if res < 0:  # ‖L r̂‖ of the last update
+        rr = 0.0
+        for i in range(n):
+            acc_r = rh[i]
+            for p in range(lp[i], lp[i + 1]):
+                acc_r += ld[p] * rh[li[p]]
+            v = ell[i] * acc_r
+            rr += v * v
+        res = np.sqrt(rr)
+        if not np.isfinite(res):
+            bad = 1
+            active = 0
+        elif not res > freeze_at:
+            active = 0
+        if iterations >= min_iter and res <= limit:
+            passed = 1
+    for i in range(n):
+        x[i] = xt[i] / ell[i]
+    out[0] = iterations
+    out[1] = passed
+    out[2] = active
+    out[3] = bad
+    out[4] = broken
+    return res
+
+
 # ----------------------------------------------------------------------------------------------
 # entry points
 def csr_lower(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | str:
@@ -376,3 +600,60 @@ class CompiledFactor:
                 indptr, indices, sdata, self.dinv, B.numpy(), X.numpy(), transpose
             )
         return X
+
+
+class SplitFactor:
+    """An IC(0) factor ``L = diag(l) (I + F)`` whose strict part is ``A``'s own, scaled
+    (``F = strict lower part of diag(l)⁻¹ A diag(l)⁻¹``), prepared for :meth:`cg`.
+
+    That holds when the factorisation changed no off-diagonal entry (no two rows of the lower
+    triangle share a column left of the diagonal, as for 5- and 7-point stencils); then
+    preconditioned CG needs no product with ``A`` (Eisenstat's trick).  Build with :meth:`build`,
+    which returns ``None`` when ``L`` is not of that form.
+    """
+
+    def __init__(self, arrays: tuple[Any, ...], dtype: torch.dtype):
+        self.arrays = arrays
+        self.dtype = dtype
+
+    @classmethod
+    def build(cls, S: torch.Tensor, L: torch.Tensor) -> SplitFactor | None:
+        """For a 2-D CPU CSR ``S`` and its IC(0) factor ``L`` (lower CSR, same dtype), or ``None``."""
+        values = S.values().detach().contiguous()
+        fvals = L.values().detach().contiguous()
+        n = S.shape[0]
+        itype = np.int64
+        ap, ai = S.crow_indices().numpy(), S.col_indices().numpy()
+        fp, fi = L.crow_indices().numpy(), L.col_indices().numpy()
+        m = max(fvals.numel() - n, 0)
+        dt = values.numpy().dtype
+        jtype = np.int32 if n < 2**31 else np.int64
+        lp, li, ld = np.empty(n + 1, itype), np.empty(m, jtype), np.empty(m, dt)
+        up, ui, ud = np.empty(n + 1, itype), np.empty(m, jtype), np.empty(m, dt)
+        k, ell = np.empty(n, dt), np.empty(n, dt)
+        tol = 8.0 * float(torch.finfo(S.dtype).eps)
+        status = _jit("split_prepare", _split_prepare_loop)(
+            ap, ai, values.numpy(), fp, fi, fvals.numpy(), lp, li, ld, up, ui, ud, k, ell, tol
+        )
+        if status:
+            return None
+        return cls((lp, li, ld, up, ui, ud, k, ell), S.dtype)
+
+    def cg(
+        self,
+        x: torch.Tensor,
+        r: torch.Tensor,
+        n_iter: int,
+        min_iter: int,
+        check_every: int,
+        eps: float,
+        freeze_at: float,
+        limit: float,
+    ) -> tuple[float, int, bool, bool, bool, bool]:
+        """Run preconditioned CG from the normalised ``x`` (overwritten with the result) and its
+        residual ``r``: ``(‖r‖, iterations, passed, active, non-finite, breakdown)``."""
+        out = np.zeros(5, np.int64)
+        res = _jit("split_cg", _split_cg_loop)(
+            *self.arrays, x.numpy(), r.numpy(), n_iter, min_iter, check_every, eps, freeze_at, limit, out
+        )
+        return float(res), int(out[0]), bool(out[1]), bool(out[2]), bool(out[3]), bool(out[4])

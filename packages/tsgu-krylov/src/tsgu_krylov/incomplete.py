@@ -41,7 +41,7 @@ import torch
 
 from tsgu_ops.internal import SparsePattern, compress_rows, lexsort_rows_cols, quiet
 
-from ._compiled import csr_lower, ic0_values, ilu0_values, use_compiled
+from ._compiled import SplitFactor, csr_lower, ic0_values, ilu0_values, use_compiled
 from ._levels import LevelSchedule, TriangularFactors, _expand, cached, lower_csr, transposed_order
 from ._precond_base import Preconditioner, _canonical, _pattern_of, _where
 
@@ -534,3 +534,17 @@ class IC0(_Incomplete):
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
         return self._tri.solve(R)  # L Lᵀ is symmetric: the transpose is the same
+
+    def split_form(self, S: torch.Tensor) -> SplitFactor | None:
+        """This factor prepared for CG on ``S`` without products with ``S`` (Eisenstat's trick).
+
+        For a 2-D CPU CSR ``S`` (float32/float64, numba) whose strict lower part is ``L``'s own up
+        to the scaling ``l_ij l_jj = s_ij`` (IC(0) of ``S`` changed no off-diagonal entry, as for
+        5- and 7-point stencils; checked entry by entry); ``None`` otherwise.
+        """
+        L = self.L
+        if S.layout != torch.sparse_csr or S.dim() != 2 or S.shape != L.shape or S.dtype != L.dtype:
+            return None
+        if self.pattern.batch is not None or not use_compiled(S.values()) or S.device != L.device:
+            return None
+        return SplitFactor.build(S, L)

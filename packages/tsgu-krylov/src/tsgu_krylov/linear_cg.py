@@ -613,6 +613,28 @@ def _single_column_cg(
     into = A.mv_into if isinstance(A, SparseOperator) and A.batch is None else None
     rz, res, active = float(rz_t), float(res_t), bool(active_t)
     freeze_at, stop_tol = float(freeze_at_t), float(stop_tol_t)
+    # IC(0) whose factor keeps A's own off-diagonal entries (5/7-point stencils): the whole loop
+    # compiled, in the split form that needs no product with A (see _compiled.SplitFactor)
+    split = getattr(M, "split_form", None)
+    split = split(A.matrix) if split is not None and into is not None and active else None
+    if split is not None:
+        limit = tolerance if convergence_reduction == "mean" else stop_tol
+        res, iterations, loop_passed, active, bad, broken = split.cg(
+            x, r, n_iter, min_iter, check_every, eps, freeze_at, limit
+        )
+        if broken:
+            raise RuntimeError(
+                "CG breakdown: p^T A p must be finite and at least eps for active right-hand sides"
+            )
+        return (
+            x.view(X.shape),
+            torch.full_like(res_t, res),
+            torch.tensor([active], device=X.device),
+            loop_passed,
+            iterations,
+            iterations,
+            torch.tensor([bad], device=X.device),
+        )
     # Jacobi: plain CG on D^-½ A D^-½ in the variables x̂ = D^½ x, r̂ = D^-½ r, p̂ = D^½ p (the same
     # iterates; r̂ᵀr̂ is PCG's rᵀz).  ‖r‖ = ‖D^½ r̂‖ lies within [√d_min, √d_max]·‖r̂‖: it is
     # computed only once that bound reaches a threshold, so the loop costs what CG costs.
