@@ -67,12 +67,14 @@ def use_compiled(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernel_name() == "numba"
 
 
-def _jit(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _jit(name: str, fn: Callable[..., Any], reassociate: bool = False) -> Callable[..., Any]:
     if name not in _compiled:
         import numba
 
-        # error_model="numpy": a zero pivot gives inf/NaN (then reported by the pivot check), not an exception
-        _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+        # error_model="numpy": a zero pivot gives inf/NaN (then reported by the pivot check), not an
+        # exception; reassociate: sums may be reordered (vectorised), NaN and inf keep their meaning
+        flags = {"reassoc", "contract", "nsz"} if reassociate else False
+        _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=flags)(fn)
     return _compiled[name]
 
 
@@ -653,7 +655,7 @@ class SplitFactor:
         """Run preconditioned CG from the normalised ``x`` (overwritten with the result) and its
         residual ``r``: ``(‖r‖, iterations, passed, active, non-finite, breakdown)``."""
         out = np.zeros(5, np.int64)
-        res = _jit("split_cg", _split_cg_loop)(
+        res = _jit("split_cg", _split_cg_loop, reassociate=True)(
             *self.arrays, x.numpy(), r.numpy(), n_iter, min_iter, check_every, eps, freeze_at, limit, out
         )
         return float(res), int(out[0]), bool(out[1]), bool(out[2]), bool(out[3]), bool(out[4])

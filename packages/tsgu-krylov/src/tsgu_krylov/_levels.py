@@ -269,18 +269,20 @@ class TriangularFactors:
 
     def __init__(self, first: tuple[torch.Tensor, bool], second: tuple[torch.Tensor, bool]):
         self.first, self.second = first, second
-        # on the CPU with numba: the compiled loops (one preparation per distinct factor)
+        # on the CPU with numba: the compiled loops (one preparation per distinct factor, at its
+        # first solve: a CG loop in the split form never needs one)
         self.compiled: dict[int, CompiledFactor] = {}
         values = first[0].values()
-        if use_compiled(values):
-            for S, _ in (first, second):
-                if id(S) not in self.compiled:
-                    self.compiled[id(S)] = CompiledFactor(S)
+        self.use_compiled = use_compiled(values)
         self.dtype = values.dtype
 
     def _solve(self, factor: tuple[torch.Tensor, bool], B: torch.Tensor, flip: bool) -> torch.Tensor:
         S, transposed = factor
-        prepared = self.compiled.get(id(S))
+        prepared = None
+        if self.use_compiled:
+            prepared = self.compiled.get(id(S))
+            if prepared is None:
+                prepared = self.compiled[id(S)] = CompiledFactor(S)
         if prepared is not None and B.device.type == "cpu" and B.dtype == self.dtype:
             return prepared.solve(B, transposed != flip)
         return quiet(lambda: torch.triangular_solve(B, S, upper=False, transpose=transposed != flip).solution)

@@ -547,4 +547,16 @@ class IC0(_Incomplete):
             return None
         if self.pattern.batch is not None or not use_compiled(S.values()) or S.device != L.device:
             return None
-        return SplitFactor.build(S, L)
+        key = (S.crow_indices(), S.col_indices(), S.values().detach())
+        # the last one: (crow, col, values) of its matrix and the result (shared with a later .T)
+        cache: list[tuple[tuple[torch.Tensor, ...], SplitFactor | None]] = self.__dict__.setdefault(
+            "_split", []
+        )
+        for seen, result in cache:  # the backward's Sᵀ equals S for a symmetric S: no second pass
+            if all(
+                a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(seen, key)
+            ):
+                return result
+        result = SplitFactor.build(S, L)
+        cache[:] = [(tuple(t.clone() for t in key), result)]
+        return result
