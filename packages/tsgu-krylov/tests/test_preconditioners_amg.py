@@ -63,6 +63,25 @@ def test_amg_is_a_symmetric_positive_definite_operator():
     assert float(torch.linalg.eigvalsh((M + M.T) / 2).min()) > 0
 
 
+def test_default_degree_follows_the_sign_of_the_couplings():
+    """Degree 1 (damped Jacobi) for an M-matrix, 3 where an off-diagonal entry is positive; the
+    default operator is the one of that explicit degree, and each degree is a different one."""
+    M_matrix = diffusion((7, 6, 5), block=2)
+    elasticity = sp.csr_matrix(pyamg.gallery.linear_elasticity((8, 8))[0])
+    C = elasticity.tocoo()
+    E = torch.sparse_coo_tensor(np.vstack([C.row, C.col]), C.data, C.shape).coalesce()
+    for A, expected in ((M_matrix, 1), (E, 3)):
+        R = torch.randn(A.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        P = AMG(A)
+        assert P.degree == expected
+        torch.testing.assert_close(P(R), AMG(A, degree=expected)(R), rtol=0, atol=0)
+        other = 4 - expected  # 3 or 1
+        assert not torch.allclose(P(R), AMG(A, degree=other)(R))
+        M = operator_of(P, A.shape[0])  # still symmetric positive definite
+        torch.testing.assert_close(M, M.T, rtol=1e-10, atol=1e-12)
+        assert float(torch.linalg.eigvalsh((M + M.T) / 2).min()) > 0
+
+
 def test_amg_transpose_is_itself():
     A = grid_operator((12, 12))
     P = AMG(A)

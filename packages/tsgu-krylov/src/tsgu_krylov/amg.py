@@ -114,8 +114,16 @@ class _Level:
             rho = _spectral_radius(self.A, self.inv_diag.view(-1))
         # PyAMG's own Chebyshev interval: [ρ/30, 1.1 ρ] of D⁻¹A
         self.lo, self.hi = rho / 30.0, 1.1 * rho
+        self.theta, self.delta = (self.hi + self.lo) / 2, (self.hi - self.lo) / 2
+        # D⁻¹/θ, the first (for degree 1 the only) step's scaling, as a column and as a vector
+        self.first = self.inv_diag / self.theta
+        self.first_flat = self.first.view(-1)
+        self.inv_diag_flat = self.inv_diag.view(-1)
         self.P = None if P is None else _to_torch_csr(P, dtype, device)
-        self.R = None if P is None else _to_torch_csr(P.T, dtype, device)
+        R = getattr(lev, "R", None)  # PyAMG's levels have none
+        if P is not None and R is None:
+            R = P.T
+        self.R = None if R is None else _to_torch_csr(R, dtype, device)
 
 
 def _torch_operator(A: Any, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +147,7 @@ class _SALevel:
     def __init__(self, A: Any):
         self.A = A
         self.P: Any = None
+        self.R: Any = None  # Pᵀ, formed for the Galerkin product and kept for the restriction
         self.AggOp: Any = None
         self.prepared: tuple[torch.Tensor, torch.Tensor, float] | None = None
 
@@ -218,8 +227,9 @@ def _smoothed_aggregation(
         AT = (A @ T).tocsr()
         AT.data *= np.repeat((4.0 / 3.0 / rho) / A.diagonal(), np.diff(AT.indptr))  # ω/ρ D⁻¹ A T
         P = (T - AT).tocsr()
-        lev.P, lev.AggOp = P, agg
-        Ac = (P.T.tocsr() @ (A @ P)).tocsr()
+        R = P.T.tocsr()
+        lev.P, lev.R, lev.AggOp = P, R, agg
+        Ac = (R @ (A @ P)).tocsr()
         Ac.sum_duplicates()
         levels.append(_SALevel(Ac))
         B = norms
@@ -262,12 +272,16 @@ def _chebyshev(lev: _Level, b: torch.Tensor, x: torch.Tensor | None, degree: int
     The result is ``x₀ + q(D⁻¹A) D⁻¹ (b − A x₀)`` with one fixed polynomial ``q``: the same
     smoother before and after the coarse correction keeps the V-cycle symmetric.
     """
-    theta, delta = (lev.hi + lev.lo) / 2, (lev.hi - lev.lo) / 2
+    block = b.dim() == 2
+    first = lev.first if block else lev.first_flat
+    r = b if x is None else b - _mul(lev.A, x)
+    if degree == 1:  # one damped Jacobi step: x₀ + D⁻¹ r / θ
+        return r * first if x is None else x.addcmul_(first, r)
+    theta, delta = lev.theta, lev.delta
     sigma = theta / delta
     rho = 1.0 / sigma
-    inv_diag = lev.inv_diag if b.dim() == 2 else lev.inv_diag.view(-1)
-    r = b if x is None else b - _mul(lev.A, x)
-    d = (inv_diag * r).div_(theta)
+    inv_diag = lev.inv_diag if block else lev.inv_diag_flat
+    d = r * first
     x = d.clone() if x is None else x + d
     for _ in range(degree - 1):
         r = r - _mul(lev.A, d)
@@ -287,11 +301,17 @@ class AMG(Preconditioner):
         Symmetric positive-definite sparse COO/CSR (or dense) ``(n, n)`` or ``(b, n, n)`` (a batch
         is one block-diagonal hierarchy); float32 or float64, any device (the setup runs on the
         CPU with PyAMG's aggregation, the cycle on ``A``'s device).
-    degree : int
-        Degree of the Chebyshev smoother, before and after the coarse correction (default 3, as
-        PyAMG: the real-matrix corpus's elasticity problems need it).  On a scalar diffusion
-        problem ``degree=1`` (one weighted Jacobi step each side) is faster: on the benchmark's
-        high-contrast 3-D diffusion a solve takes about two thirds of the time.
+    degree : int or None
+        Degree of the Chebyshev smoother, before and after the coarse correction.  ``None`` (the
+        default) picks by the sign of ``A``'s off-diagonal entries: ``1`` (one damped Jacobi step
+        each side) where none is positive (a Stieltjes matrix: finite-difference and
+        finite-volume diffusion, graph Laplacians, P1 Laplacians on non-obtuse meshes), ``3``
+        (as PyAMG) otherwise.  Positive couplings (elasticity, higher-order or obtuse finite
+        elements) are where one Jacobi step smooths poorly: on the real-matrix corpus degree 1
+        needs more than twice the iterations of degree 3 on the elasticity matrices, while on its
+        M-matrices it needs at most 1.5× the iterations (a third of the iterations of plain CG or
+        fewer) at a third of the smoothing cost; on the benchmark's high-contrast 3-D diffusion,
+        19 iterations instead of 16 and 0.6× the solve time.
     max_coarse : int
         Largest coarsest level, solved by a dense Cholesky factor (default 500).
     max_levels : int
@@ -339,13 +359,14 @@ class AMG(Preconditioner):
         self,
         A: torch.Tensor,
         *,
-        degree: int = 3,
+        degree: int | None = None,
         max_coarse: int = 500,
         max_levels: int = 10,
         strength: Any = ("symmetric", {"theta": 0.1}),
     ):
+        checks = [("degree", degree, 1)] if degree is not None else []
         for name, value, least in (
-            ("degree", degree, 1),
+            *checks,
             ("max_coarse", max_coarse, 1),
             ("max_levels", max_levels, 1),
         ):
@@ -356,7 +377,9 @@ class AMG(Preconditioner):
         rows, cols, a = _canonical(pattern, values)
         if not bool(torch.isfinite(a).all()):
             raise ValueError("AMG: A has non-finite (inf or NaN) values")
-        self.degree = degree
+        if degree is None:  # see the parameter: 1 for an M-matrix, 3 where a coupling is positive
+            degree = 3 if bool(((a > 0) & (rows != cols)).any()) else 1
+        self.degree: int = degree
         options = (max_coarse, max_levels, repr(strength), a.dtype, str(a.device))
         record: dict[str, Any] = cached("amg", rows, cols, dict)
         hit = record.get("hierarchy")
