@@ -299,6 +299,19 @@ def test_bad_input_gives_clear_errors():
         AMG(indefinite)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_values_are_refused_even_after_a_cached_setup(bad):
+    """A hierarchy cached for a pattern is never reused for values that are not finite."""
+    A = diffusion((5, 5, 4), block=2)
+    first = AMG(A)  # the hierarchy of the finite values is cached for this pattern
+    values = A.values().clone()
+    values[7] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        AMG(torch.sparse_coo_tensor(A.indices(), values, A.shape).coalesce())
+    M = AMG(A)  # the cache is still the finite matrix's, and still used
+    assert M._h is first._h and M.degree == first.degree == 1
+
+
 def test_preconditioner_on_the_wrong_device_is_refused():
     if not torch.cuda.is_available():
         pytest.skip("needs a second device")

@@ -375,17 +375,20 @@ class AMG(Preconditioner):
         pattern, values = _pattern_of(A)
         super().__init__(pattern)
         rows, cols, a = _canonical(pattern, values)
-        if not bool(torch.isfinite(a).all()):
-            raise ValueError("AMG: A has non-finite (inf or NaN) values")
-        if degree is None:  # see the parameter: 1 for an M-matrix, 3 where a coupling is positive
-            degree = 3 if bool(((a > 0) & (rows != cols)).any()) else 1
-        self.degree: int = degree
         options = (max_coarse, max_levels, repr(strength), a.dtype, str(a.device))
         record: dict[str, Any] = cached("amg", rows, cols, dict)
         hit = record.get("hierarchy")
+        # the same matrix again (the backward pass, a repeated solve); equal values are finite,
+        # since NaN equals nothing
         if hit is not None and record["options"] == options and torch.equal(record["values"], a):
-            self._h = hit  # the same matrix again (the backward pass, a repeated solve)
+            self._h = hit
+            self.degree: int = record["degree"] if degree is None else degree
             return
+        if not bool(torch.isfinite(a).all()):
+            raise ValueError("AMG: A has non-finite (inf or NaN) values")
+        # the default degree (see the parameter): 1 for an M-matrix, 3 where a coupling is positive
+        auto = 3 if bool(((a > 0) & (rows != cols)).any()) else 1
+        self.degree = auto if degree is None else degree
         pyamg = _pyamg()
         import numpy as np
         import scipy.sparse as sp
@@ -414,7 +417,9 @@ class AMG(Preconditioner):
                 kwargs["max_levels"] = len(aggs) + 1
             levels = pyamg.smoothed_aggregation_solver(S, B=np.ones((N, 1)), keep=True, **kwargs).levels
         self._h = _Hierarchy(levels, a.dtype, a.device, limit)
-        record.update(hierarchy=self._h, values=a.clone(), options=options, aggregates=self._h.aggregates)
+        record.update(
+            hierarchy=self._h, values=a.clone(), options=options, aggregates=self._h.aggregates, degree=auto
+        )
 
     @property
     def levels(self) -> int:
