@@ -299,6 +299,23 @@ def test_bad_input_gives_clear_errors():
         AMG(indefinite)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex128, torch.int64])
+@pytest.mark.parametrize("kind", ["jacobi", "ilu0", "ic0", "amg"])
+@pytest.mark.parametrize("layout", ["coo", "csr", "dense"])
+def test_unsupported_dtypes_and_meta_tensors_are_refused_by_name(kind, layout, dtype):
+    """What no solver computes with is refused at construction, before any sparse kernel (AMG's
+    and IC(0)'s native products had no half-precision implementation and failed deep in torch)."""
+    from tsgu_krylov import make_preconditioner
+
+    D = grid_operator((4, 4)).to_dense()
+    as_layout = {"coo": lambda M: M.to_sparse(), "csr": lambda M: M.to_sparse_csr(), "dense": lambda M: M}
+    A = as_layout[layout](D.to(dtype))
+    with pytest.raises(TypeError, match=rf"^A must have one of the dtypes float32, float64, got {dtype}"):
+        make_preconditioner(A, kind)
+    with pytest.raises(ValueError, match=r"^A is on the 'meta' device"):
+        make_preconditioner(as_layout[layout](D).to("meta"), kind)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_values_are_refused_even_after_a_cached_setup(bad):
     """A hierarchy cached for a pattern is never reused for values that are not finite."""

@@ -6,7 +6,13 @@ from typing import Any
 
 import torch
 
-from tsgu_ops.internal import SparsePattern, autocast_fp32, check_sparse_indices
+from tsgu_ops.internal import (
+    SparsePattern,
+    autocast_fp32,
+    check_sparse_indices,
+    require_not_meta,
+    require_value_dtype,
+)
 
 from ._operator import fold_block
 
@@ -17,6 +23,10 @@ def _pattern_of(A: Any, name: str = "A") -> tuple[SparsePattern, torch.Tensor]:
     """Pattern and canonical (row-major, duplicates summed) values of a square matrix."""
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(A).__name__}")
+    # the dtypes of the solvers: there is no half-precision sparse kernel (under autocast the
+    # constructors receive float32, see autocast_fp32), and nothing here is complex
+    require_value_dtype(name, A)
+    require_not_meta(name, A)
     if A.layout == torch.strided:
         if A.dim() not in (2, 3):
             raise ValueError(f"{name} must be (n, n) or (b, n, n), got shape {tuple(A.shape)}")
@@ -25,8 +35,6 @@ def _pattern_of(A: Any, name: str = "A") -> tuple[SparsePattern, torch.Tensor]:
         raise ValueError(f"{name} must be a dense, COO or CSR tensor, got layout {A.layout}")
     if A.dim() not in (2, 3) or A.shape[-1] != A.shape[-2]:
         raise ValueError(f"{name} must be square (n, n) or batched (b, n, n), got shape {tuple(A.shape)}")
-    if not A.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {A.dtype}")
     A = A.detach()
     check_sparse_indices(name, A)
     pattern = SparsePattern(A)
