@@ -82,6 +82,55 @@ def test_default_degree_follows_the_sign_of_the_couplings():
         assert float(torch.linalg.eigvalsh((M + M.T) / 2).min()) > 0
 
 
+def test_the_degree_one_cycle_is_the_textbook_v_cycle_of_its_hierarchy():
+    """The prepared cycle (the fused restriction ``R (I − A D⁻¹/θ)``, the padded prolongator)
+    against the V-cycle written out densely from the hierarchy's operators: one damped Jacobi
+    step ``x = D⁻¹b/θ`` down, the residual restricted by ``Pᵀ`` (taken from the unpadded
+    restriction), the coarse correction, one step up, a dense Cholesky solve at the bottom."""
+    A = diffusion((9, 9, 9), block=3)
+    M = AMG(A, max_coarse=20)  # three levels and a dense coarsest one
+    assert M.degree == 1 and len(M._h.levels) >= 2 and M._h.coarse is not None
+    assert all(lev.K is not None for lev in M._h.levels)
+
+    def cycle(i: int, b: torch.Tensor) -> torch.Tensor:
+        lev = M._h.levels[i]
+        Ad, F, P = lev.A.to_dense(), lev.first_flat, lev.R.to_dense().T
+        x = F * b
+        r = b - Ad @ x
+        if i + 1 < len(M._h.levels):
+            xc = cycle(i + 1, P.T @ r)
+        else:
+            L = M._h.coarse
+            xc = torch.linalg.solve(L @ L.T, P.T @ r)
+        x = x + P @ xc
+        return x + F * (b - Ad @ x)
+
+    R = torch.randn(A.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = torch.stack([cycle(0, R[:, j]) for j in range(3)], 1)
+    torch.testing.assert_close(M(R), expected, rtol=1e-10, atol=1e-12)  # a block
+    torch.testing.assert_close(M(R[:, 0]), expected[:, 0], rtol=1e-10, atol=1e-12)  # a vector
+
+
+def test_padded_rows_keep_the_matrix_and_the_entries_each_row_reads():
+    """Short rows of varying length (an empty one among them) padded by explicit zeros: the same
+    matrix, the same product, and a non-finite entry of x reaches exactly the rows it reached."""
+    import tsgu_krylov.amg as amg
+
+    M = sp.csr_matrix(
+        np.array([[1.0, 0, 2, 0, 0], [0, 0, 0, 0, 0], [0, 3, 0, 0, 0], [4, 5, 0, 6, 7], [0, 0, 0, 0, 8]])
+    )
+    T = amg._to_torch_csr(M, torch.float64, torch.device("cpu"), pad=True)
+    assert T._nnz() == 4 * 4  # four non-empty rows of the longest row's length 4
+    np.testing.assert_array_equal(T.to_dense().numpy(), M.toarray())
+    for j in range(5):
+        x = torch.arange(1.0, 6.0, dtype=torch.float64)
+        x[j] = float("inf")
+        expected = torch.from_numpy(M.toarray()[:, j] != 0)  # the rows with an entry in column j
+        assert torch.equal(~torch.isfinite(torch.mv(T, x)), expected)
+    even = sp.csr_matrix(np.eye(4))  # rows of one length: nothing to pad
+    assert amg._to_torch_csr(even, torch.float64, torch.device("cpu"), pad=True)._nnz() == 4
+
+
 def test_amg_transpose_is_itself():
     A = grid_operator((12, 12))
     P = AMG(A)
