@@ -140,7 +140,7 @@ def _spectral_radius(A: torch.Tensor, inv_diag: torch.Tensor, steps: int = 12) -
 class _Level:
     """One level: ``A``, ``D⁻¹``, the Chebyshev interval and the transfers to the next level."""
 
-    def __init__(self, lev: Any, P: Any | None, dtype: torch.dtype, device: torch.device):
+    def __init__(self, lev: Any, P: Any | None, dtype: torch.dtype, device: torch.device, fuse: bool = False):
         prepared = getattr(lev, "prepared", None)
         if prepared is not None and prepared[0].dtype == dtype and prepared[0].device == device:
             self.A, self.inv_diag, rho = prepared
@@ -161,10 +161,11 @@ class _Level:
         self.R = None if R is None else _to_torch_csr(R, dtype, device)
         # K = R (I − A D⁻¹/θ): the residual left by one damped Jacobi step from zero, restricted,
         # in one product (the downward half of a degree-1 cycle: one product instead of two and a
-        # subtraction).  Formed where the setup kept A P (then R A = (A P)ᵀ, A symmetric).
+        # subtraction).  Formed for a degree-1 smoother (``fuse``) where the setup kept A P (then
+        # R A = (A P)ᵀ, A symmetric); a cycle without it restricts in two products.
         self.K: torch.Tensor | None = None
         AP = getattr(lev, "AP", None)
-        if AP is not None and R is not None:
+        if fuse and AP is not None and R is not None:
             RA = AP.T.tocsr()
             RA.data *= self.first_flat.double().cpu().numpy()[RA.indices]
             self.K = _to_torch_csr(R.tocsr() - RA, dtype, device)
@@ -285,14 +286,17 @@ def _smoothed_aggregation(
 class _Hierarchy:
     """The prepared V-cycle of a smoothed-aggregation hierarchy (ours or PyAMG's levels)."""
 
-    def __init__(self, levels: list[Any], dtype: torch.dtype, device: torch.device, max_coarse: int):
+    def __init__(
+        self, levels: list[Any], dtype: torch.dtype, device: torch.device, max_coarse: int, fuse: bool = False
+    ):
         self.aggregates = [lev.AggOp for lev in levels[:-1]]
         coarse = levels[-1].A
         n_top = levels[0].A.shape[0]
         direct = len(levels) > 1 and coarse.shape[0] <= max_coarse and coarse.shape[0] < n_top
         keep = levels if not direct else levels[:-1]
         self.levels = [
-            _Level(lev, lev.P if i < len(levels) - 1 else None, dtype, device) for i, lev in enumerate(keep)
+            _Level(lev, lev.P if i < len(levels) - 1 else None, dtype, device, fuse)
+            for i, lev in enumerate(keep)
         ]
         self.coarse: torch.Tensor | None = None
         self.coarse_inv: torch.Tensor | None = None
@@ -467,7 +471,7 @@ class AMG(Preconditioner):
                 kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
                 kwargs["max_levels"] = len(aggs) + 1
             levels = pyamg.smoothed_aggregation_solver(S, B=np.ones((N, 1)), keep=True, **kwargs).levels
-        self._h = _Hierarchy(levels, a.dtype, a.device, limit)
+        self._h = _Hierarchy(levels, a.dtype, a.device, limit, fuse=self.degree == 1)
         record.update(
             hierarchy=self._h, values=a.clone(), options=options, aggregates=self._h.aggregates, degree=auto
         )
