@@ -368,7 +368,7 @@ class AMG(Preconditioner):
         fewer) at a third of the smoothing cost; on the benchmark's high-contrast 3-D diffusion,
         19 iterations instead of 16 and 0.6× the solve time.
     max_coarse : int
-        Largest coarsest level, solved by a dense Cholesky factor (default 500).
+        Largest coarsest level, applied as its dense inverse (from a Cholesky factor; default 500).
     max_levels : int
         Most levels of the hierarchy (default 10).
     strength : str or tuple
