@@ -74,7 +74,7 @@ def test_default_degree_follows_the_sign_of_the_couplings():
         R = torch.randn(A.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
         P = AMG(A)
         assert P.degree == expected
-        # the fused restriction is formed for the degree-1 cycle only
+        # the fused restriction is formed where the default is the degree-1 cycle
         assert all((lev.K is not None) == (expected == 1) for lev in P._h.levels)
         torch.testing.assert_close(P(R), AMG(A, degree=expected)(R), rtol=0, atol=0)
         other = 4 - expected  # 3 or 1

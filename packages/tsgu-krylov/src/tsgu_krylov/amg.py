@@ -471,7 +471,9 @@ class AMG(Preconditioner):
                 kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
                 kwargs["max_levels"] = len(aggs) + 1
             levels = pyamg.smoothed_aggregation_solver(S, B=np.ones((N, 1)), keep=True, **kwargs).levels
-        self._h = _Hierarchy(levels, a.dtype, a.device, limit, fuse=self.degree == 1)
+        # the fused restriction where a degree-1 cycle may run on it (this call's degree or the
+        # default a later call on the same matrix gets)
+        self._h = _Hierarchy(levels, a.dtype, a.device, limit, fuse=1 in (self.degree, auto))
         record.update(
             hierarchy=self._h, values=a.clone(), options=options, aggregates=self._h.aggregates, degree=auto
         )
