@@ -533,6 +533,10 @@ class IC0(_Incomplete):
         return f, _sampled_spgemm(_csr(rows, cols, f, N), Lt, keys, N)
 
     def apply_flat(self, R: torch.Tensor) -> torch.Tensor:
+        # a vector, once a split form is prepared (it holds L in the passes' faster layout)
+        split = next((f for _, f in self.__dict__.get("_split", ()) if f is not None), None)
+        if split is not None and R.shape[1] == 1 and R.device.type == "cpu" and R.dtype == split.dtype:
+            return split.solve(R.reshape(-1).contiguous()).view(R.shape)
         return self._tri.solve(R)  # L Lᵀ is symmetric: the transpose is the same
 
     def split_form(self, S: torch.Tensor) -> SplitFactor | None:

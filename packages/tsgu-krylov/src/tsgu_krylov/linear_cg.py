@@ -308,6 +308,15 @@ def linear_cg(
     Bn = B / scale
     X = torch.zeros_like(Bn) if X0 is None else torch.where(zero.unsqueeze(-2), 0.0, X0 / scale)
 
+    # One right-hand side on the CPU: the same loop on Python scalars (reading them costs nothing
+    # there), a third of the kernel calls of the masked block loop below.
+    single = n_tridiag == 0 and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
+    single = single and user_eps is None  # a user eps raises on rᵀz < eps: the block loop's test
+    split_form = getattr(M, "split_form", None)
+    if single and not device_loop and split_form is not None:
+        if isinstance(A, SparseOperator) and A.batch is None:
+            # prepared before M's first application, which then uses it (see _single_column_cg)
+            split_form(A.matrix)
     R = Bn - apply_checked(A, X, "matmul_closure", "rhs")
     # A NaN/Inf in A, b or M (0.2.7: "NaNs encountered ..." error) marks its column, which is
     # cleared so that nothing non-finite reaches the shared loop, and is NaN at the end.
@@ -353,10 +362,6 @@ def linear_cg(
 
     # (the device loop finds out at its first check, without a host read here)
     skip = not device_loop and not bool(active.any()) and n_tridiag == 0 and min_iter == 0
-    # One right-hand side on the CPU: the same loop on Python scalars (reading them costs nothing
-    # there), a third of the kernel calls of the masked block loop below.
-    single = n_tridiag == 0 and B.dim() == 2 and B.shape[-1] == 1 and B.device.type == "cpu"
-    single = single and user_eps is None  # a user eps raises on rᵀz < eps: the block loop's test
     if not skip and device_loop:
         # a column that is still updated after meeting the loop's tolerance would move between
         # checks: then the device loop looks every iteration
