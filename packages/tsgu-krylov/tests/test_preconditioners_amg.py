@@ -111,6 +111,13 @@ def test_the_degree_one_cycle_is_the_textbook_v_cycle_of_its_hierarchy():
     expected = torch.stack([cycle(0, R[:, j]) for j in range(3)], 1)
     torch.testing.assert_close(M(R), expected, rtol=1e-10, atol=1e-12)  # a block
     torch.testing.assert_close(M(R[:, 0]), expected[:, 0], rtol=1e-10, atol=1e-12)  # a vector
+    # the solver loops' form: work vectors per thread, the products written in place
+    out = torch.empty(A.shape[0], dtype=torch.float64)
+    for j in range(3):  # the work vectors hold the last cycle's values: no trace of them remains
+        r = R[:, j].clone()
+        assert M.vector_into(r, out) is out
+        torch.testing.assert_close(out, expected[:, j], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(r, R[:, j], rtol=0, atol=0)  # the input is only read
 
 
 def test_padded_rows_keep_the_matrix_and_the_entries_each_row_reads():
@@ -365,6 +372,32 @@ def test_unsupported_dtypes_and_meta_tensors_are_refused_by_name(kind, layout, d
         make_preconditioner(A, kind)
     with pytest.raises(ValueError, match=r"^A is on the 'meta' device"):
         make_preconditioner(as_layout[layout](D).to("meta"), kind)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_the_same_tensors_again_skip_every_check_until_modified_in_place(monkeypatch, bad):
+    """AMG of the very tensors of an earlier AMG, unmodified, reads none of them; an in-place
+    change (of the values, or of any view of them) is seen, and the matrix analysed again."""
+    import tsgu_krylov.amg as amg
+
+    levels.clear_cache()
+    A = diffusion((6, 5, 4), block=2).to_sparse_csr()
+    first = AMG(A)
+    reads = []
+    original = amg._canonical
+    monkeypatch.setattr(amg, "_canonical", lambda *a: reads.append(1) or original(*a))
+    again = AMG(A.detach())  # a new tensor object on the same memory: the same state
+    assert again._h is first._h and reads == []
+    torch.testing.assert_close(
+        again(torch.ones(A.shape[0], dtype=A.dtype)), first(torch.ones(A.shape[0], dtype=A.dtype))
+    )
+    A.values().mul_(2.0)  # in place: the same memory, a new version
+    scaled = AMG(A)
+    assert reads == [1] and scaled._h is not first._h
+    v = A.values()
+    v[3] = bad  # through a view
+    with pytest.raises(ValueError, match="non-finite"):
+        AMG(A)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

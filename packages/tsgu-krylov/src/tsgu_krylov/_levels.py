@@ -238,8 +238,57 @@ def cached(kind: str, rows: torch.Tensor, cols: torch.Tensor, build: Callable[[]
 
 
 def clear_cache() -> None:
-    """Forget every cached symbolic analysis."""
+    """Forget every cached symbolic analysis (and every :func:`remembered` result)."""
     _CACHE.clear()
+    _SEEN.clear()
+
+
+# results per tensor state: the same tensors again, unmodified (a training loop's backward pass,
+# a repeated solve), found without reading a single index or value
+_SEEN_SIZE = 2
+_SEEN: list[tuple[tuple[Any, ...], list[torch.Tensor], Any]] = []
+
+
+def tensor_stamp(A: torch.Tensor) -> tuple[tuple[Any, ...], list[torch.Tensor]] | None:
+    """What identifies a sparse COO/CSR ``A``'s state: layout, shape, dtype, device and per member
+    tensor (indices, values) its address and version counter (which every in-place change of
+    the member, or of any view of it, advances); with the members, which the caller keeps alive
+    so that no other tensor can take their memory.  ``None`` where there is no version counter
+    (inference mode) or the layout is another."""
+    if A.layout == torch.sparse_csr:
+        members = [A.crow_indices(), A.col_indices(), A.values()]
+    elif A.layout == torch.sparse_coo:
+        members = [A._indices(), A._values()]
+    else:
+        return None
+    try:
+        state = tuple((t.data_ptr(), t._version, tuple(t.shape), t.dtype) for t in members)
+    except RuntimeError:  # an inference tensor has no version counter
+        return None
+    coalesced = A.layout == torch.sparse_coo and A.is_coalesced()
+    key = (A.layout, tuple(A.shape), A.dtype, str(A.device), coalesced)
+    return (key, state), members
+
+
+def remembered(kind: str, A: torch.Tensor, options: Any) -> Any:
+    """The result :func:`remember` stored for these very tensors, unmodified since, or ``None``."""
+    stamp = tensor_stamp(A)
+    if stamp is None:
+        return None
+    for key, _members, result in _SEEN:
+        if key == (kind, stamp[0], options):
+            return result
+    return None
+
+
+def remember(kind: str, A: torch.Tensor, options: Any, result: Any) -> None:
+    """Store ``result`` for ``A``'s present state (the last :data:`_SEEN_SIZE` are kept)."""
+    stamp = tensor_stamp(A)
+    if stamp is None:
+        return
+    key = (kind, stamp[0], options)
+    kept = [e for e in _SEEN if e[0] != key][-(_SEEN_SIZE - 1) :]
+    _SEEN[:] = [*kept, (key, stamp[1], result)]
 
 
 # ----------------------------------------------------------------------------------------------
