@@ -8,7 +8,9 @@ as the peers (each library's tolerance is lowered until it reaches ``PEER_TARGET
 (``spilu``-preconditioned) and PyAMG's own ``solve(accel="cg")`` are forward only, setup included.
 
 ``python -m benchmarks.cases_precond`` measures the issue's targets side by side in one process
-(medians of 5 interleaved calls) and prints them.
+(medians of 5 interleaved calls) and prints them; ``python -m benchmarks.cases_precond
+elasticity [elasticityM]`` only PyAMG's 2-D linear elasticity (default 350 × 350), where AMG and
+PyAMG are given the rigid-body modes.
 """
 
 from __future__ import annotations
@@ -40,10 +42,29 @@ def _problem(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         A = diffusion_operator((40, 40, 40))
     elif name == "convdiff200":
         A = grid_operator((200, 200), 1.0)
+    elif name.startswith("elasticity"):  # PyAMG's 2-D linear elasticity, m x m: 2 m² unknowns
+        A = _elasticity(int(name[len("elasticity") :]))[0]
     else:
         raise ValueError(name)
     b = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     return A.to_sparse_csr(), b
+
+
+def _elasticity(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyAMG's 2-D linear elasticity (COO) and its rigid-body modes, the AMG candidates."""
+    import numpy as np
+    import pyamg
+    import scipy.sparse as sp
+
+    E, B = pyamg.gallery.linear_elasticity((m, m))
+    C = sp.coo_matrix(E)
+    A = torch.sparse_coo_tensor(np.vstack([C.row, C.col]), C.data, C.shape).coalesce()
+    return A, torch.from_numpy(np.ascontiguousarray(B, dtype=np.float64))
+
+
+def _candidates(problem: str) -> torch.Tensor | None:
+    """The near-null space AMG is given for a problem (``None``: the constant vector)."""
+    return _elasticity(int(problem[len("elasticity") :]))[1] if problem.startswith("elasticity") else None
 
 
 def _clear() -> None:
@@ -74,12 +95,20 @@ def tsgu_variant(problem: str, solver: str, pc: str | None, reuse: bool = False)
         extra: dict[str, Any] = {"atol": 0.0} if solver == "bicgstab" else {}
         if solver == "gmres":
             extra["restart"] = 30
-        if pc:
-            extra["preconditioner"] = pc
+        candidates = _candidates(problem) if pc == "amg" else None
+
+        def preconditioner() -> Any:
+            if candidates is None:
+                return pc
+            from tsgu_krylov import AMG
+
+            return AMG(A.detach(), near_null_space=candidates)
 
         def solve(rtol: float, rhs: torch.Tensor = b) -> torch.Tensor:
             if not reuse:
                 _clear()
+            if pc:
+                extra["preconditioner"] = preconditioner()
             return sparse_generic_solve(
                 A, rhs, solver, rtol=rtol, maxiter=20000, on_failure="ignore", **extra
             )
@@ -89,7 +118,10 @@ def tsgu_variant(problem: str, solver: str, pc: str | None, reuse: bool = False)
         if pc:
             _clear()
             t = time.perf_counter()
-            make_preconditioner(A.detach(), pc, symmetric=solver in ("cg", "minres"))
+            if candidates is None:
+                make_preconditioner(A.detach(), pc, symmetric=solver in ("cg", "minres"))
+            else:
+                preconditioner()
             setup_s = time.perf_counter() - t
         note = _peer_note(rtol, res, None, f", setup {setup_s * 1e3:.1f} ms" if pc else "")
         meta = _meta(A0, res, note)
@@ -151,9 +183,11 @@ def pyamg_variant(problem: str) -> Callable[..., Run]:
         C = A0.to_sparse_coo().coalesce()
         S = sp.csr_matrix((C.values().numpy(), tuple(C.indices().numpy())), shape=A0.shape)
         b = b0.numpy()
+        candidates = _candidates(problem)
+        B = None if candidates is None else candidates.numpy()
 
         def solve(rtol: float) -> Any:
-            ml = pyamg.smoothed_aggregation_solver(S)
+            ml = pyamg.smoothed_aggregation_solver(S, B=B)
             return ml.solve(b, tol=rtol, accel="cg", maxiter=2000)
 
         def residual(x: Any) -> float:
@@ -380,8 +414,31 @@ def targets() -> None:  # pragma: no cover - a measurement script
     print({k: round(v * 1e3, 1) for k, v in t.items()})
     print(f"convdiff200: gmres+ilu0 / gmres = {t['gmres+ilu0'] / t['gmres']:.3f} (target <= 0.8)")
     print(f"convdiff200: bicgstab+ilu0 / bicgstab = {t['bicgstab+ilu0'] / t['bicgstab']:.3f} (target <= 0.8)")
+    elasticity_targets()
+
+
+def elasticity_targets(problem: str = "elasticity350") -> None:  # pragma: no cover - a measurement
+    """PyAMG's 2-D linear elasticity (350 × 350: 245,000 unknowns), AMG given the rigid-body
+    modes, PyAMG too; three interleaved calls (CG + Jacobi takes seconds)."""
+    t = measure(
+        {
+            "cg+jacobi": tsgu_variant(problem, "cg", "jacobi"),
+            "cg+amg": tsgu_variant(problem, "cg", "amg"),
+            "cg+amg reused": tsgu_variant(problem, "cg", "amg", True),
+            "pyamg": pyamg_variant(problem),
+        },
+        repeats=3,
+    )
+    print({k: round(v * 1e3, 1) for k, v in t.items()})
+    print(f"{problem}: cg+amg / cg+jacobi = {t['cg+amg'] / t['cg+jacobi']:.3f} (target <= 0.4)")
+    print(f"{problem}: cg+amg / pyamg solve = {t['cg+amg'] / t['pyamg']:.3f} (target <= 0.5)")
+    print(
+        f"{problem}: cg+amg reused / cg+jacobi = {t['cg+amg reused'] / t['cg+jacobi']:.3f} (target <= 0.25)"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover
+    import sys
+
     torch.set_num_threads(2)
-    targets()
+    elasticity_targets(*sys.argv[2:]) if sys.argv[1:2] == ["elasticity"] else targets()

@@ -31,6 +31,7 @@ cycle is driven from Python per level and per smoothing step in NumPy/SciPy call
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Any
 
@@ -42,6 +43,27 @@ from ._levels import cached, remember, remembered
 from ._precond_base import Preconditioner, _canonical, _pattern_of
 
 __all__ = ["AMG"]
+
+
+def _candidates(B: Any, A: Any) -> Any:
+    """The near-null-space candidates ``B`` as a C-contiguous float64 NumPy ``(N, k)`` array (a
+    batch's ``(b, n, k)`` flattened, as the hierarchy is), or ``None``; checked."""
+    if B is None:
+        return None
+    if not isinstance(B, torch.Tensor):
+        raise TypeError(f"near_null_space must be a torch.Tensor or None, got {type(B).__name__}")
+    if B.layout != torch.strided or B.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"near_null_space must be a dense float32/float64 tensor, got {B.dtype} with layout {B.layout}"
+        )
+    batched = isinstance(A, torch.Tensor) and A.dim() == 3
+    if B.dim() != (3 if batched else 2) or B.shape[-1] < 1:
+        want = "(b, n, k)" if batched else "(n, k)"
+        raise ValueError(f"near_null_space must be {want} with k >= 1, got shape {tuple(B.shape)}")
+    flat = B.detach().reshape(-1, B.shape[-1]).to("cpu", torch.float64)
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("near_null_space has non-finite (inf or NaN) values")
+    return flat.numpy().copy(order="C")
 
 
 def _pyamg() -> Any:
@@ -378,6 +400,14 @@ class AMG(Preconditioner):
         PyAMG's strength-of-connection measure (default ``("symmetric", {"theta": 0.1})``: entries
         below a tenth of ``√(a_ii a_jj)`` are weak, so aggregates follow the strong couplings of a
         high-contrast coefficient; ``"symmetric"`` alone, PyAMG's default, is ``theta = 0``).
+    near_null_space : Tensor or None
+        Candidate vectors ``B`` of the near-null space, dense ``(n, k)`` (``(b, n, k)`` for a
+        batch): the modes the smoother cannot reduce, which the coarse levels must represent.
+        ``None`` (the default) is the constant vector, right for scalar diffusion; for elasticity
+        pass the rigid-body modes (PyAMG's ``gallery.linear_elasticity`` returns them): on its
+        2-D problem (100 × 100) CG then takes 11–16 iterations instead of 72.  With candidates the
+        setup is PyAMG's ``smoothed_aggregation_solver`` (which fits them per aggregate); the
+        cycle still runs in PyTorch.
 
     Attributes
     ----------
@@ -421,6 +451,7 @@ class AMG(Preconditioner):
         max_coarse: int = 500,
         max_levels: int = 10,
         strength: Any = ("symmetric", {"theta": 0.1}),
+        near_null_space: torch.Tensor | None = None,
     ):
         checks = [("degree", degree, 1)] if degree is not None else []
         for name, value, least in (
@@ -432,7 +463,9 @@ class AMG(Preconditioner):
                 raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
         # the very tensors of an earlier AMG, unmodified since (a backward pass, a repeated solve
         # in a training loop): its checks passed and its hierarchy holds, nothing is read again
-        setting = (max_coarse, max_levels, repr(strength))
+        candidates = _candidates(near_null_space, A)
+        digest = None if candidates is None else hashlib.sha1(candidates.tobytes()).hexdigest()
+        setting = (max_coarse, max_levels, repr(strength), digest)
         seen = remembered("amg", A, setting) if isinstance(A, torch.Tensor) else None
         if seen is not None:
             super().__init__(seen[0])
@@ -458,6 +491,7 @@ class AMG(Preconditioner):
         auto = 3 if bool(((a > 0) & (rows != cols)).any()) else 1
         self.degree = auto if degree is None else degree
         pyamg = _pyamg()
+        kwargs: dict[str, Any]
         import numpy as np
         import scipy.sparse as sp
 
@@ -476,10 +510,20 @@ class AMG(Preconditioner):
         # same pattern, new values: the aggregates (the symbolic part) are kept
         aggs = record["aggregates"] if record.get("options") == options and "aggregates" in record else None
         spec = _strength_spec(strength)
-        if spec is not None:
+        if candidates is not None:  # several candidate vectors: PyAMG's own setup fits them
+            if candidates.shape[0] != N:
+                raise ValueError(
+                    f"near_null_space must have {N} rows (one per unknown of A), got {candidates.shape[0]}"
+                )
+            kwargs = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
+            if aggs is not None:
+                kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
+                kwargs["max_levels"] = len(aggs) + 1
+            levels = pyamg.smoothed_aggregation_solver(S, B=candidates, keep=True, **kwargs).levels
+        elif spec is not None:
             levels = _smoothed_aggregation(S, spec, limit, max_levels, aggs, pyamg, a.dtype)
         else:  # another strength measure: PyAMG's own setup
-            kwargs: dict[str, Any] = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
+            kwargs = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
             if aggs is not None:
                 kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
                 kwargs["max_levels"] = len(aggs) + 1
