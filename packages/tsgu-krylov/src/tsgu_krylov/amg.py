@@ -515,7 +515,15 @@ class AMG(Preconditioner):
                 raise ValueError(
                     f"near_null_space must have {N} rows (one per unknown of A), got {candidates.shape[0]}"
                 )
-            kwargs = {"max_coarse": limit, "max_levels": max_levels, "strength": strength}
+            # without PyAMG's improvement of the candidates by Gauss–Seidel sweeps, as in our own
+            # setup: on the 2-D elasticity benchmark (245,000 unknowns) the setup took 0.8–0.9 s
+            # instead of 1.06–1.18 s, and the solve 21 iterations in 0.29 s instead of 22 in 0.42 s
+            kwargs = {
+                "max_coarse": limit,
+                "max_levels": max_levels,
+                "strength": strength,
+                "improve_candidates": None,
+            }
             if aggs is not None:
                 kwargs["aggregate"] = [("predefined", {"AggOp": g.tocsr()}) for g in aggs]
                 kwargs["max_levels"] = len(aggs) + 1
