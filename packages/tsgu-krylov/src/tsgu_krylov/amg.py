@@ -405,9 +405,9 @@ class AMG(Preconditioner):
         batch): the modes the smoother cannot reduce, which the coarse levels must represent.
         ``None`` (the default) is the constant vector, right for scalar diffusion; for elasticity
         pass the rigid-body modes (PyAMG's ``gallery.linear_elasticity`` returns them): on its
-        2-D problem (100 × 100, rtol 1e-8) CG then takes 16 iterations instead of 72 (Jacobi: 398).  With candidates the
-        setup is PyAMG's ``smoothed_aggregation_solver`` (which fits them per aggregate); the
-        cycle still runs in PyTorch.
+        2-D problem (100 × 100, rtol 1e-8) CG then takes 16 iterations instead of 72 (Jacobi:
+        398).  With candidates the setup is PyAMG's ``smoothed_aggregation_solver`` (which fits
+        them per aggregate); the cycle still runs in PyTorch.
 
     Attributes
     ----------
