@@ -462,7 +462,7 @@ def family_figure(family: str, rows: list[dict[str, Any]], cases: list[str]) -> 
     fig.legend(
         handles=[Patch(color=COLOURS[lib], label=lib) for lib in order],
         loc="upper right",
-        ncol=len(order),
+        ncol=max(1, len(order)),  # every variant of the family failed: no bar, no colour
         fontsize=9,
         frameon=False,
         bbox_to_anchor=(0.99, 1 - 0.28 / total),

@@ -513,3 +513,29 @@ def test_near_null_space_is_checked():
     bad[3, 1] = float("nan")
     with pytest.raises(ValueError, match="near_null_space has non-finite"):
         AMG(A, near_null_space=bad)
+
+
+def test_coarsening_does_not_stall_where_no_coarse_connection_is_strong():
+    """Poisson 20³: on the first coarse level every off-diagonal entry is below a tenth of its
+    diagonal, so the default strength (theta 0.1) finds no strong connection.  That level is
+    aggregated with theta 0 instead (before: one empty aggregate, a zero coarse operator, and a
+    false "not positive definite" error); a matrix with no connection at all (diagonal) is one
+    smoothed level."""
+    levels.clear_cache()
+    A = grid_operator((20, 20, 20)).to_sparse_csr()
+    M = AMG(A)
+    assert M.levels >= 3 and M._h.coarse_inv is not None
+    for lev in M._h.levels:  # every level's diagonal positive: no empty aggregate
+        assert float(lev.inv_diag.min()) > 0 and bool(torch.isfinite(lev.inv_diag).all())
+    b = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    x, info = linear_cg(A, b, rtol=1e-10, max_iter=500, preconditioner=M, return_info=True)
+    _, plain = linear_cg(A, b, rtol=1e-10, max_iter=2000, return_info=True)
+    assert info.iterations * 3 <= plain.iterations, (info.iterations, plain.iterations)
+    ref = spla.spsolve(sp.csr_matrix(A.to_dense().numpy()).tocsc(), b.numpy())
+    assert close(x, torch.from_numpy(ref), 1e-8)
+    d = torch.arange(1.0, 601.0, dtype=torch.float64)
+    D = torch.sparse_coo_tensor(torch.arange(600).repeat(2, 1), d, (600, 600)).coalesce()
+    x, info = linear_cg(
+        D, torch.ones(600, dtype=torch.float64), rtol=1e-10, preconditioner=AMG(D), return_info=True
+    )
+    assert bool(info.converged.all()) and close(x, 1.0 / d, 1e-9)

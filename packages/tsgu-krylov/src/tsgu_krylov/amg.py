@@ -283,6 +283,17 @@ def _smoothed_aggregation(
             agg = aggregates[len(levels) - 1].tocsr()
         else:
             agg = pyamg.aggregation.standard_aggregation(measure(A, **options).tocsr())[0].tocsr()
+            if agg.nnz == 0 and options.get("theta", 0.0) > 0:
+                # no connection of this level is strong at theta (a coarse operator of Poisson
+                # 20³: every off-diagonal entry below a tenth of its diagonal): every one is
+                # strong instead (theta = 0, PyAMG's default) rather than coarsening stalling
+                relaxed = {**options, "theta": 0.0}
+                agg = pyamg.aggregation.standard_aggregation(measure(A, **relaxed).tocsr())[0].tocsr()
+        # an aggregate without members (PyAMG returns one column and no entry where no node
+        # was aggregated) would be a zero row and column of the coarse operator: dropped
+        size = np.bincount(agg.indices, minlength=agg.shape[1])
+        if bool((size == 0).any()):
+            agg = agg[:, np.flatnonzero(size)].tocsr()
         nc = agg.shape[1]
         if nc == 0 or nc >= n:
             break
