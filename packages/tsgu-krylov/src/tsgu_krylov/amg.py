@@ -410,7 +410,8 @@ class AMG(Preconditioner):
     strength : str or tuple
         PyAMG's strength-of-connection measure (default ``("symmetric", {"theta": 0.1})``: entries
         below a tenth of ``√(a_ii a_jj)`` are weak, so aggregates follow the strong couplings of a
-        high-contrast coefficient; ``"symmetric"`` alone, PyAMG's default, is ``theta = 0``).
+        high-contrast coefficient; ``"symmetric"`` alone, PyAMG's default, is ``theta = 0``).  A
+        level on which no connection is strong at ``theta`` is aggregated with ``theta = 0``.
     near_null_space : Tensor or None
         Candidate vectors ``B`` of the near-null space, dense ``(n, k)`` (``(b, n, k)`` for a
         batch): the modes the smoother cannot reduce, which the coarse levels must represent.
