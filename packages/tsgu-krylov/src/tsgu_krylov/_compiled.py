@@ -416,23 +416,6 @@ def _split_prepare_loop(
     return 0
 
 
-def _padded_loop(
-    indptr: Any, indices: Any, data: Any, width: int, pi: Any, pd: Any
-) -> None:  # pragma: no cover
-    # a CSR matrix's rows as one (n, width) block each (row-major, flat): short rows padded by
-    # column n (the passes keep a zero there) with value 0
-    n = indptr.shape[0] - 1
-    for i in range(n):
-        t = i * width
-        for p in range(indptr[i], indptr[i + 1]):
-            pi[t] = indices[p]
-            pd[t] = data[p]
-            t += 1
-        for q in range(t, (i + 1) * width):
-            pi[q] = n
-            pd[q] = 0.0
-
-
 def _back_pass(
     gw: int, gi: Any, gd: Any, near: Any, rh: Any, pv: Any, w: Any, beta: float
 ) -> None:  # pragma: no cover
@@ -853,9 +836,10 @@ class SplitFactor:
         if (fw + gw) * n > 2 * (2 * m + n):
             return None
         padded = []
+        none = np.empty(n, dt)  # the chain entries are near already: none is left in these rows
         for indptr, indices, data, width in ((lp, li, ld, fw), (up, ui, ud, gw)):
             pi, pd = np.empty(n * width, jtype), np.empty(n * width, dt)
-            _jit("split_pad", _padded_loop)(indptr, indices, data, width, pi, pd)
+            _jit("chain_layout", _chain_layout_loop)(indptr, indices, data, False, width, none, pi, pd)
             padded += [width, pi, pd]
         return cls((*padded, near, k, ell), S.dtype)
 
