@@ -596,6 +596,41 @@ def test_near_null_space_with_another_strength_goes_through_pyamg():
     assert bool(info.converged.all()) and close(x, torch.from_numpy(ref), 1e-7)
 
 
+def test_aggregates_of_other_values_are_kept_only_where_the_strong_connections_hold():
+    """Same pattern, new values.  Poisson's aggregates on a high-contrast diffusion of the same
+    grid (where most of Poisson's strong connections are weak) would cost several times the
+    iterations (99 instead of 19 on 40³): the finest level's strong connections are compared and
+    the aggregation is made anew, so CG takes as many iterations as on a fresh setup.  New values
+    with the same strong connections (a scaled matrix) keep the aggregates (no new aggregation)."""
+    levels.clear_cache()
+    P = grid_operator((12, 12, 12)).to_sparse_csr()
+    D = diffusion((12, 12, 12)).to_sparse_csr()
+    assert torch.equal(P.col_indices(), D.col_indices())
+    b = torch.randn(P.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(13))
+    _, fresh = linear_cg(D, b, rtol=1e-10, preconditioner=AMG(D), return_info=True)
+    levels.clear_cache()
+    AMG(P)
+    calls = []
+    real = pyamg.aggregation.standard_aggregation
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    pyamg.aggregation.standard_aggregation = counted
+    try:
+        M = AMG(D)
+        assert calls, "Poisson's aggregates were reused for the high-contrast values"
+        _, info = linear_cg(D, b, rtol=1e-10, preconditioner=M, return_info=True)
+        assert info.iterations == fresh.iterations
+        calls.clear()
+        D2 = torch.sparse_csr_tensor(D.crow_indices(), D.col_indices(), D.values() * 3.0, D.shape)
+        AMG(D2)
+        assert not calls, "a scaled matrix (the same strong connections) made new aggregates"
+    finally:
+        pyamg.aggregation.standard_aggregation = real
+
+
 def test_near_null_space_is_checked():
     A, B = _elasticity(5)
     with pytest.raises(ValueError, match="near_null_space must have 50 rows"):
