@@ -7,11 +7,11 @@ version counters unchanged — without reading an index or a value: the last two
 until ``_levels.clear_cache``), and one with the same pattern and new values (a training
 loop) reuses the aggregates and redoes only the numeric part, as long as the finest level's
 strong connections are those the aggregates were made from (at most 5 % of them differ;
-otherwise the aggregation is made anew: another operator on the same grid is no training step).  The strength of connection, the
-standard aggregation and the fit of several candidate vectors per aggregate are PyAMG's compiled
-routines (the optional extra ``tsgu-krylov[amg]``); the rest of the setup is
-:func:`_smoothed_aggregation` (SciPy products and a Lanczos estimate of ``ρ(D⁻¹A)`` in PyTorch,
-which also sets the smoother's interval).  A strength measure other than
+otherwise the aggregation is made anew: another operator on the same grid is no training
+step).  The strength of connection, the standard aggregation and the fit of several candidate
+vectors per aggregate are PyAMG's compiled routines (the optional extra ``tsgu-krylov[amg]``);
+the rest of the setup is :func:`_smoothed_aggregation` (SciPy products and a Lanczos estimate of
+``ρ(D⁻¹A)`` in PyTorch, which also sets the smoother's interval).  A strength measure other than
 ``"symmetric"`` or ``"classical"`` goes through PyAMG's whole ``smoothed_aggregation_solver``.
 What runs per application is PyTorch on ``A``'s device: every level's operator, restriction
 ``R = Pᵀ`` and prolongation as CSR matrices with 32-bit indices, a Chebyshev smoother (a
@@ -285,16 +285,17 @@ def _measure(name: str, pyamg: Any) -> Any:
     )
 
 
-def _strong_keys(S: Any, spec: tuple[str, dict[str, Any]], pyamg: Any) -> Any:
-    """The strong off-diagonal connections of ``S`` (its finest level) as sorted keys
-    ``row · n + col``: what the aggregates of the finest level were made from."""
+def _strong_keys(C: Any) -> Any:
+    """The strong off-diagonal connections of a strength matrix ``C`` (of the finest level) as
+    sorted keys ``row · n + col``: what the aggregates of the finest level were made from."""
     import numpy as np
 
-    C = _measure(spec[0], pyamg)(S, **spec[1]).tocsr()
-    C.eliminate_zeros()
     rows = np.repeat(np.arange(C.shape[0], dtype=np.int64), np.diff(C.indptr))
-    keys = rows * C.shape[0] + C.indices
-    return np.sort(keys[rows != C.indices])
+    keep = (rows != C.indices) & (C.data != 0)
+    keys = rows[keep] * C.shape[0] + C.indices[keep]
+    if C.has_sorted_indices:  # row by row, columns ascending: sorted already
+        return keys
+    return np.sort(keys)
 
 
 def _similar(strong: Any, before: Any, tolerance: float = 0.05) -> bool:
@@ -304,6 +305,8 @@ def _similar(strong: Any, before: Any, tolerance: float = 0.05) -> bool:
 
     if strong is None or before is None:
         return False
+    if strong.size == before.size and np.array_equal(strong, before):  # (a training step)
+        return True
     differ = np.setxor1d(strong, before, assume_unique=True).size
     return differ <= tolerance * max(strong.size, before.size, 1)
 
@@ -317,6 +320,7 @@ def _smoothed_aggregation(
     pyamg: Any,
     dtype: torch.dtype,
     candidates: Any = None,
+    strength0: Any = None,
 ) -> list[_SALevel]:
     """A smoothed-aggregation hierarchy (Vaněk, Mandel and Brezina) for the candidate vector ``1``
     or the ``k`` columns of ``candidates`` (an ``(n, k)`` array).
@@ -357,7 +361,8 @@ def _smoothed_aggregation(
         else:  # (the earlier setup's aggregates of this level were of other nodes: made anew)
             aggregates = None
             G = A if block == 1 else _amalgamated(A, block)
-            agg = pyamg.aggregation.standard_aggregation(measure(G, **options).tocsr())[0].tocsr()
+            C = strength0 if len(levels) == 1 and strength0 is not None else measure(G, **options).tocsr()
+            agg = pyamg.aggregation.standard_aggregation(C)[0].tocsr()
             if agg.nnz == 0 and options.get("theta", 0.0) > 0:
                 # no connection of this level is strong at theta (a coarse operator of Poisson
                 # 20³: every off-diagonal entry below a tenth of its diagonal): every one is
@@ -627,7 +632,8 @@ class AMG(Preconditioner):
         # the aggregates of other values are kept only where the finest level's strong
         # connections are (nearly) those they were made for: Poisson's aggregates on a
         # high-contrast diffusion of the same grid took 99 CG iterations instead of 19
-        strong = _strong_keys(S, spec, pyamg) if spec is not None else None
+        strength0 = _measure(spec[0], pyamg)(S, **spec[1]).tocsr() if spec is not None else None
+        strong = _strong_keys(strength0) if strength0 is not None else None
         if aggs is not None and not _similar(strong, record.get("strong")):
             aggs = None
         if candidates is not None and candidates.shape[0] != N:
@@ -635,7 +641,9 @@ class AMG(Preconditioner):
                 f"near_null_space must have {N} rows (one per unknown of A), got {candidates.shape[0]}"
             )
         if spec is not None:
-            levels = _smoothed_aggregation(S, spec, limit, max_levels, aggs, pyamg, a.dtype, candidates)
+            levels = _smoothed_aggregation(
+                S, spec, limit, max_levels, aggs, pyamg, a.dtype, candidates, strength0
+            )
         elif candidates is not None:  # another strength measure: PyAMG's own setup fits them
             # without PyAMG's improvement of the candidates by Gauss–Seidel sweeps, as in our own
             # setup: on the 2-D elasticity benchmark (245,000 unknowns) the setup took 0.8–0.9 s
