@@ -627,6 +627,20 @@ def test_aggregates_of_other_values_are_kept_only_where_the_strong_connections_h
         D2 = torch.sparse_csr_tensor(D.crow_indices(), D.col_indices(), D.values() * 3.0, D.shape)
         AMG(D2)
         assert not calls, "a scaled matrix (the same strong connections) made new aggregates"
+        # a slow drift from Poisson to the diffusion values in small steps: compared with the
+        # connections the aggregates were made from (not the previous step's), so it is seen
+        levels.clear_cache()
+        AMG(P)
+        calls.clear()
+        for t in torch.linspace(0.01, 1.0, 100).tolist():
+            Mt = AMG(
+                torch.sparse_csr_tensor(
+                    P.crow_indices(), P.col_indices(), (1 - t) * P.values() + t * D.values(), P.shape
+                )
+            )
+        assert calls, "a drift away from the aggregates' strong connections was not seen"
+        _, drifted = linear_cg(D, b, rtol=1e-10, preconditioner=Mt, return_info=True)
+        assert drifted.iterations <= 1.5 * fresh.iterations, (drifted.iterations, fresh.iterations)
     finally:
         pyamg.aggregation.standard_aggregation = real
 

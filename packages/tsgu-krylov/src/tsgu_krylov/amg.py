@@ -8,9 +8,10 @@ until ``_levels.clear_cache``), and one with the same pattern and new values (a 
 loop) reuses the aggregates and redoes only the numeric part, as long as the finest level's
 strong connections are those the aggregates were made from (at most 5 % of them differ;
 otherwise the aggregation is made anew: another operator on the same grid is no training
-step).  The strength of connection, the standard aggregation and the fit of several candidate
-vectors per aggregate are PyAMG's compiled routines (the optional extra ``tsgu-krylov[amg]``);
-the rest of the setup is :func:`_smoothed_aggregation` (SciPy products and a Lanczos estimate of
+step; with a strength measure PyAMG's setup computes, which this check cannot see, always).
+The strength of connection, the standard aggregation and the fit of several candidate vectors
+per aggregate are PyAMG's compiled routines (the optional extra ``tsgu-krylov[amg]``); the rest
+of the setup is :func:`_smoothed_aggregation` (SciPy products and a Lanczos estimate of
 ``ρ(D⁻¹A)`` in PyTorch, which also sets the smoother's interval).  A strength measure other than
 ``"symmetric"`` or ``"classical"`` goes through PyAMG's whole ``smoothed_aggregation_solver``.
 What runs per application is PyTorch on ``A``'s device: every level's operator, restriction
@@ -219,12 +220,9 @@ def _torch_operator(
     d = np.asarray(A.diagonal(), dtype=np.float64)
     if coarse:
         dead = np.asarray(abs(A).sum(axis=1)).ravel() == 0
-        if bool(dead.any()):
-            inv = np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, d))
-            if bool((d[~dead] > 0).all()):
-                return _to_torch_csr(A, dtype, device), torch.from_numpy(inv).to(dtype).to(device).unsqueeze(
-                    -1
-                )
+        if bool(dead.any()) and bool((d[~dead] > 0).all()):
+            inv = torch.from_numpy(np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, d)))
+            return _to_torch_csr(A, dtype, device), inv.to(dtype).to(device).unsqueeze(-1)
     if not bool((d > 0).all()):
         raise ValueError(
             "AMG: A needs a positive diagonal (a symmetric positive-definite A); "
@@ -668,7 +666,9 @@ class AMG(Preconditioner):
         # default a later call on the same matrix gets)
         self._h = _Hierarchy(levels, a.dtype, a.device, limit, fuse=1 in (self.degree, auto))
         record.update(
-            strong=strong,
+            # the strong connections the aggregates were made from (not those of a later step
+            # that reused them: a slow drift over many steps is seen)
+            strong=strong if aggs is None else record.get("strong"),
             hierarchy=self._h,
             values=a.clone(),
             options=options,
