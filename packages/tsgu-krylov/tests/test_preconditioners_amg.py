@@ -471,7 +471,7 @@ def test_near_null_space_candidates_make_elasticity_converge_fast():
         x, info = linear_cg(A, b, rtol=1e-10, max_iter=2000, preconditioner=M, return_info=True)
         assert close(x, torch.from_numpy(ref), 1e-7)
         its[name] = info.iterations
-    assert its["rigid"] <= 0.6 * its["ones"], its  # 12 vs 22 here; ~16 vs 72 at 100 x 100
+    assert its["rigid"] <= 0.6 * its["ones"], its  # 12 vs 22 here; 11 vs 72 at 100 x 100 (rtol 1e-8)
     D = operator_of(AMG(A, near_null_space=B), n)
     torch.testing.assert_close(D, D.T, rtol=1e-9, atol=1e-11)
     assert float(torch.linalg.eigvalsh((D + D.T) / 2).min()) > 0
