@@ -553,7 +553,21 @@ def test_near_null_space_degenerate_candidates_are_dropped_not_an_error():
     assert bool(info.converged.all()) and close(x, torch.from_numpy(ref), 1e-7)
 
 
-def test_near_null_space_new_values_on_the_same_pattern_reuse_the_aggregates():
+@pytest.fixture
+def aggregations(monkeypatch):
+    """The calls of PyAMG's standard aggregation (one per level aggregated anew) while a test runs."""
+    calls: list[int] = []
+    real = pyamg.aggregation.standard_aggregation
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pyamg.aggregation, "standard_aggregation", counted)
+    return calls
+
+
+def test_near_null_space_new_values_on_the_same_pattern_reuse_the_aggregates(aggregations):
     """A training loop's second step: new values, same pattern, the same modes: the first
     setup's node-level aggregates are reused (no new aggregation), and the cycle is that of the
     new matrix (SciPy's answer)."""
@@ -562,19 +576,9 @@ def test_near_null_space_new_values_on_the_same_pattern_reuse_the_aggregates():
     n = A.shape[0]
     first = AMG(A, near_null_space=B)
     A2 = torch.sparse_csr_tensor(A.crow_indices(), A.col_indices(), A.values() * 2.5, A.shape)
-    calls = []
-    real = pyamg.aggregation.standard_aggregation
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    pyamg.aggregation.standard_aggregation = counted
-    try:
-        second = AMG(A2, near_null_space=B)
-    finally:
-        pyamg.aggregation.standard_aggregation = real
-    assert not calls and second._h is not first._h
+    aggregations.clear()
+    second = AMG(A2, near_null_space=B)
+    assert not aggregations and second._h is not first._h
     assert [g.shape for g in second._h.aggregates] == [g.shape for g in first._h.aggregates]
     b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(11))
     x, info = linear_cg(A2, b, rtol=1e-10, preconditioner=second, return_info=True)
@@ -596,7 +600,7 @@ def test_near_null_space_with_another_strength_goes_through_pyamg():
     assert bool(info.converged.all()) and close(x, torch.from_numpy(ref), 1e-7)
 
 
-def test_aggregates_of_other_values_are_kept_only_where_the_strong_connections_hold():
+def test_aggregates_of_other_values_are_kept_only_where_the_strong_connections_hold(aggregations):
     """Same pattern, new values.  Poisson's aggregates on a high-contrast diffusion of the same
     grid (where most of Poisson's strong connections are weak) would cost several times the
     iterations (99 instead of 19 on 40³): the finest level's strong connections are compared and
@@ -610,39 +614,29 @@ def test_aggregates_of_other_values_are_kept_only_where_the_strong_connections_h
     _, fresh = linear_cg(D, b, rtol=1e-10, preconditioner=AMG(D), return_info=True)
     levels.clear_cache()
     AMG(P)
-    calls = []
-    real = pyamg.aggregation.standard_aggregation
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    pyamg.aggregation.standard_aggregation = counted
-    try:
-        M = AMG(D)
-        assert calls, "Poisson's aggregates were reused for the high-contrast values"
-        _, info = linear_cg(D, b, rtol=1e-10, preconditioner=M, return_info=True)
-        assert info.iterations == fresh.iterations
-        calls.clear()
-        D2 = torch.sparse_csr_tensor(D.crow_indices(), D.col_indices(), D.values() * 3.0, D.shape)
-        AMG(D2)
-        assert not calls, "a scaled matrix (the same strong connections) made new aggregates"
-        # a slow drift from Poisson to the diffusion values in small steps: compared with the
-        # connections the aggregates were made from (not the previous step's), so it is seen
-        levels.clear_cache()
-        AMG(P)
-        calls.clear()
-        for t in torch.linspace(0.01, 1.0, 100).tolist():
-            Mt = AMG(
-                torch.sparse_csr_tensor(
-                    P.crow_indices(), P.col_indices(), (1 - t) * P.values() + t * D.values(), P.shape
-                )
+    aggregations.clear()
+    M = AMG(D)
+    assert aggregations, "Poisson's aggregates were reused for the high-contrast values"
+    _, info = linear_cg(D, b, rtol=1e-10, preconditioner=M, return_info=True)
+    assert info.iterations == fresh.iterations
+    aggregations.clear()
+    D2 = torch.sparse_csr_tensor(D.crow_indices(), D.col_indices(), D.values() * 3.0, D.shape)
+    AMG(D2)
+    assert not aggregations, "a scaled matrix (the same strong connections) made new aggregates"
+    # a slow drift from Poisson to the diffusion values in small steps: compared with the
+    # connections the aggregates were made from (not the previous step's), so it is seen
+    levels.clear_cache()
+    AMG(P)
+    aggregations.clear()
+    for t in torch.linspace(0.01, 1.0, 100).tolist():
+        Mt = AMG(
+            torch.sparse_csr_tensor(
+                P.crow_indices(), P.col_indices(), (1 - t) * P.values() + t * D.values(), P.shape
             )
-        assert calls, "a drift away from the aggregates' strong connections was not seen"
-        _, drifted = linear_cg(D, b, rtol=1e-10, preconditioner=Mt, return_info=True)
-        assert drifted.iterations <= 1.5 * fresh.iterations, (drifted.iterations, fresh.iterations)
-    finally:
-        pyamg.aggregation.standard_aggregation = real
+        )
+    assert aggregations, "a drift away from the aggregates' strong connections was not seen"
+    _, drifted = linear_cg(D, b, rtol=1e-10, preconditioner=Mt, return_info=True)
+    assert drifted.iterations <= 1.5 * fresh.iterations, (drifted.iterations, fresh.iterations)
 
 
 def test_near_null_space_is_checked():

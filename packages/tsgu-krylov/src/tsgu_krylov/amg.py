@@ -218,7 +218,7 @@ def _torch_operator(
     import numpy as np
 
     d = np.asarray(A.diagonal(), dtype=np.float64)
-    if coarse:
+    if coarse and not bool((d > 0).all()):  # (rows are looked at only where a diagonal is not)
         dead = np.asarray(abs(A).sum(axis=1)).ravel() == 0
         if bool(dead.any()) and bool((d[~dead] > 0).all()):
             inv = torch.from_numpy(np.where(dead, 0.0, 1.0 / np.where(dead, 1.0, d)))
@@ -391,7 +391,7 @@ def _smoothed_aggregation(
             # an aggregate too small for k independent candidates (or a zero candidate) has an
             # empty column, which would be a zero row and column of the coarse operator: dropped,
             # and the coarse levels below no longer come in blocks of k
-            live = np.diff(T.tocsc().indptr) > 0
+            live = np.bincount(T.indices, minlength=T.shape[1]) > 0
             if not bool(live.all()):
                 T = T[:, np.flatnonzero(live)].tocsr()
                 norms = norms[live]
