@@ -221,3 +221,71 @@ def test_vector_applications_match_dense_triangular_solves(make):
     # a block takes the CSR loops: the same answer column by column
     R2 = torch.cat([r, 2 * r], 1)
     torch.testing.assert_close(M(R2), torch.cat([ref, 2 * ref], 1), rtol=1e-12, atol=1e-11)
+
+
+def _lower_with_width(n: int, width: int, seed: int) -> torch.Tensor:
+    # a lower triangle: every row its diagonal, the previous row (the chain) and up to `width`
+    # entries further left at offsets of a band (so that Fᵀ's rows are as short), some rows
+    # fewer (the padding)
+    g = np.random.default_rng(seed)
+    offsets = np.array([2, 3, 5, 7, 11, 13, 17, 19, 23])[:width]
+    rows, cols = [np.arange(n), np.arange(1, n)], [np.arange(n), np.arange(n - 1)]
+    for i in range(2, n):
+        far = i - offsets[(offsets <= i) & (g.random(width) < 0.8)]
+        rows.append(np.full(far.size, i))
+        cols.append(far)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    v = np.where(r == c, 2.0 + g.random(r.size), g.uniform(-0.5, 0.5, r.size))
+    L = sp.csr_matrix((v, (r, c)), shape=(n, n))
+    L.sort_indices()
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(L.indptr.astype(np.int64)),
+        torch.from_numpy(L.indices.astype(np.int64)),
+        torch.from_numpy(L.data),
+        (n, n),
+    )
+
+
+@pytest.mark.parametrize("width", [0, 1, 2, 3, 4, 5, 8])
+def test_chain_solves_of_every_row_width_match_scipy(width):
+    # each row width compiles its own copy of the passes (the width a constant): every one must
+    # solve F x = b and Fᵀ x = b as SciPy does
+    from tsgu_krylov._compiled import CompiledFactor
+
+    F = _lower_with_width(300, width, seed=width)
+    prepared = CompiledFactor(F)
+    Fs = _scipy(F)
+    b = _rhs(300, seed=width).view(-1, 1)
+    for transpose in (False, True):
+        x = prepared.solve(b, transpose)
+        assert prepared.chain[transpose] is not None  # the padded layout took it
+        M = Fs.T.tocsr() if transpose else Fs
+        ref = sla.spsolve_triangular(M, b.numpy().ravel(), lower=not transpose)
+        np.testing.assert_allclose(x.numpy().ravel(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_split_cg_with_different_row_widths_of_f_and_its_transpose():
+    # a binary tree's Laplacian (no triangles: IC(0) keeps its entries), numbered as a heap: F
+    # holds one entry per row (the parent), Fᵀ two (the children)
+    g = np.random.default_rng(5)
+    n = 400
+    child = np.arange(1, n)
+    parent = (child - 1) // 2
+    w = g.uniform(0.5, 2.0, n - 1)
+    W = sp.coo_matrix((w, (child, parent)), shape=(n, n))
+    Lap = sp.diags(np.asarray((W + W.T).sum(1)).ravel() + 0.1) - W - W.T
+    Lap = Lap.tocsr()
+    Lap.sort_indices()
+    A = torch.sparse_csr_tensor(
+        torch.from_numpy(Lap.indptr.astype(np.int64)),
+        torch.from_numpy(Lap.indices.astype(np.int64)),
+        torch.from_numpy(Lap.data),
+        (n, n),
+    )
+    M = IC0(A)
+    split = M.split_form(A)
+    assert split is not None and split.widths[0] != split.widths[1]
+    b = _rhs(n, seed=6)
+    x = linear_cg(A, b, tolerance=1e-11, max_iter=2000, preconditioner=M)
+    ref = sla.spsolve(Lap.tocsc(), b.numpy())
+    np.testing.assert_allclose(x.numpy(), ref, rtol=0, atol=1e-9 * np.abs(ref).max())

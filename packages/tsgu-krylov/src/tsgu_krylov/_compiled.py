@@ -16,8 +16,10 @@ a CPU float32/float64 factor is computed and applied by these loops instead:
 * The *chain layout* of the vector solves: a triangular solve is a chain of dependent rows, and
   its speed is set by what lies on that chain.  Each row's entry in the neighbouring column
   (``i − 1``, or ``i + 1`` for ``Fᵀ``) is kept apart and added last from a register; the other
-  entries sit in rows of one fixed width, padded by a zero column.  On Poisson 40³ a pass went
-  from ~3 to ~2 ns per row (one multiply-add of latency per row, a predictable trip count).
+  entries sit in rows of one fixed width, padded by a zero column, and each width compiles its
+  own copy of the passes (the width a constant, :func:`_with_width`), fused multiply-adds in
+  source order.  On Poisson 40³ a pass went from ~3 to ~1.1 ns per row (one multiply-add of
+  latency per row; the rows' other terms overlap with it).
 * :class:`SplitFactor`: IC(0)-preconditioned CG in Eisenstat's split form, the whole loop
   compiled, in the same layout, its passes compiled as separate functions (written out inside
   one long loop they ran ~25 % slower).
@@ -75,14 +77,24 @@ def use_compiled(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and kernel_name() == "numba"
 
 
-def _jit(name: str, fn: Callable[..., Any], reassociate: bool = False) -> Callable[..., Any]:
+#: fastmath flags of the passes along a chain of dependent rows: multiply-adds fused, nothing
+#: reordered (reordering lets LLVM move the chain's term to the front of a row's sum, which made
+#: every row wait for the previous one through all of its terms: ~2 instead of ~1 ns per row)
+_CHAIN = frozenset({"contract"})
+#: fastmath flags of independent element-wise passes and sums (reordered, vectorised)
+_SUMS = frozenset({"reassoc", "contract", "nsz"})
+
+
+def _jit(
+    name: str, fn: Callable[..., Any], reassociate: bool = False, flags: frozenset[str] | None = None
+) -> Callable[..., Any]:
     if name not in _compiled:
         import numba
 
         # error_model="numpy": a zero pivot gives inf/NaN (then reported by the pivot check), not an
         # exception; reassociate: sums may be reordered (vectorised), NaN and inf keep their meaning
-        flags = {"reassoc", "contract", "nsz"} if reassociate else False
-        _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=flags)(fn)
+        fast: Any = set(flags) if flags is not None else (set(_SUMS) if reassociate else False)
+        _compiled[name] = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=fast)(fn)
     return _compiled[name]
 
 
@@ -244,29 +256,66 @@ def _chain_layout_loop(
             pd[q] = 0.0
 
 
-def _solve_chain_loop(
-    width: int, pi: Any, pd: Any, near: Any, dinv: Any, b: Any, x: Any, reverse: bool
-) -> None:  # pragma: no cover
-    # _solve_vector_loop on the passes' layout (_chain_layout_loop); x has n + 1 entries, x[n] = 0
-    n = b.shape[0]
-    last = 0.0
+# The passes along a chain of rows read the row width of the passes' layout (_chain_layout_loop) from
+# the global `_W`, which :func:`_with_width` binds to the factor's width in a copy of the pass
+# (compiled, and cached, under its own name): with the width a compile-time constant the loop
+# over a row's slots is unrolled and consecutive rows overlap, ~1 instead of ~2 ns per row of a
+# 7-point stencil (a width passed as an argument, even through per-width helper functions, or
+# both directions in one function kept them apart).
+_W = 0
+
+
+def _with_width(name: str, fn: Callable[..., Any], width: int, **bound: Any) -> Callable[..., Any]:
+    """``fn`` compiled (fastmath :data:`_CHAIN`) with its global ``_W`` bound to ``width`` and
+    others to ``bound`` (by name); the copy is named ``{name}_w{width}``, so numba caches each apart."""
+    key = f"{name}_w{width}"
+    if key not in _compiled:
+        import types
+
+        import numba
+
+        scope = dict(fn.__globals__)
+        scope.update(bound, _W=int(width))
+        copy = types.FunctionType(fn.__code__, scope, key, fn.__defaults__, fn.__closure__)
+        copy.__qualname__ = key
+        copy.__module__ = fn.__module__
+        _compiled[key] = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=set(_CHAIN))(copy)
+    return _compiled[key]
+
+
+def _chain_solver(width: int, reverse: bool) -> Callable[..., Any]:
+    """:func:`_solve_chain_loop` (``reverse``: :func:`_solve_chain_reverse_loop`) for rows of
+    ``width`` slots."""
     if reverse:
-        for s in range(n):
-            i = n - 1 - s
-            acc = b[i] * dinv[i]
-            for p in range(i * width, i * width + width):
-                acc -= pd[p] * x[pi[p]]
-            acc -= near[i] * last
-            x[i] = acc
-            last = acc
-    else:
-        for i in range(n):
-            acc = b[i] * dinv[i]
-            for p in range(i * width, i * width + width):
-                acc -= pd[p] * x[pi[p]]
-            acc -= near[i] * last
-            x[i] = acc
-            last = acc
+        return _with_width("_solve_chain_reverse", _solve_chain_reverse_loop, width)
+    return _with_width("_solve_chain", _solve_chain_loop, width)
+
+
+# (one direction per function: both loops in one function ran ~40 % slower)
+def _solve_chain_loop(pi: Any, pd: Any, near: Any, dinv: Any, b: Any, x: Any) -> None:  # pragma: no cover
+    # _solve_vector_loop on the passes' layout (_chain_layout_loop); x has n + 1 entries, x[n] = 0
+    last = 0.0
+    for i in range(b.shape[0]):
+        acc = b[i] * dinv[i]
+        for p in range(i * _W, i * _W + _W):
+            acc -= pd[p] * x[pi[p]]
+        acc -= near[i] * last
+        x[i] = acc
+        last = acc
+
+
+def _solve_chain_reverse_loop(
+    pi: Any, pd: Any, near: Any, dinv: Any, b: Any, x: Any
+) -> None:  # pragma: no cover
+    # the same, last row first (a descending range: an index computed as n - 1 - s ran ~2x slower)
+    last = 0.0
+    for i in range(b.shape[0] - 1, -1, -1):
+        acc = b[i] * dinv[i]
+        for p in range(i * _W, i * _W + _W):
+            acc -= pd[p] * x[pi[p]]
+        acc -= near[i] * last
+        x[i] = acc
+        last = acc
 
 
 def _solve_block_loop(
@@ -417,18 +466,16 @@ def _split_prepare_loop(
 
 
 def _back_pass(
-    gw: int, gi: Any, gd: Any, near: Any, rh: Any, pv: Any, w: Any, beta: float
+    gi: Any, gd: Any, near: Any, rh: Any, pv: Any, w: Any, beta: float
 ) -> None:  # pragma: no cover
     # p̂ = r̂ + β p̂ and w = (I + Fᵀ)⁻¹ p̂, last row first (layout: see _split_cg_loop)
-    n = pv.shape[0]
     last = 0.0
     nxt = 0.0  # near[i + 1]
-    for s in range(n):
-        i = n - 1 - s
+    for i in range(pv.shape[0] - 1, -1, -1):
         pi = rh[i] + beta * pv[i]
         pv[i] = pi
         acc = pi
-        for p in range(i * gw, i * gw + gw):
+        for p in range(i * _W, i * _W + _W):
             acc -= gd[p] * w[gi[p]]
         acc -= nxt * last
         w[i] = acc
@@ -436,15 +483,13 @@ def _back_pass(
         nxt = near[i]
 
 
-def _forward_pass(
-    fw: int, fi: Any, fd: Any, near: Any, k: Any, pv: Any, w: Any, u: Any
-) -> float:  # pragma: no cover
+def _forward_pass(fi: Any, fd: Any, near: Any, k: Any, pv: Any, w: Any, u: Any) -> float:  # pragma: no cover
     # u = (I + F)⁻¹ (p̂ − k∘w); returns p̂ᵀ(w + u)
     last = 0.0
     pq = 0.0
     for i in range(pv.shape[0]):
         acc = pv[i] - k[i] * w[i]
-        for p in range(i * fw, i * fw + fw):
+        for p in range(i * _W, i * _W + _W):
             acc -= fd[p] * u[fi[p]]
         acc -= near[i] * last
         u[i] = acc
@@ -454,7 +499,7 @@ def _forward_pass(
 
 
 def _forward_pass_norm(
-    fw: int, fi: Any, fd: Any, near: Any, k: Any, ell: Any, pv: Any, w: Any, u: Any, rh: Any, out: Any
+    fi: Any, fd: Any, near: Any, k: Any, ell: Any, pv: Any, w: Any, u: Any, rh: Any, out: Any
 ) -> None:  # pragma: no cover
     # the same, and ‖L r̂‖² beside it: out = [p̂ᵀ(w + u), ‖L r̂‖²]
     last = 0.0
@@ -464,7 +509,7 @@ def _forward_pass_norm(
     for i in range(pv.shape[0]):
         acc = pv[i] - k[i] * w[i]
         acc_r = rh[i]
-        for p in range(i * fw, i * fw + fw):
+        for p in range(i * _W, i * _W + _W):
             j = fi[p]
             acc -= fd[p] * u[j]
             acc_r += fd[p] * rh[j]
@@ -480,13 +525,13 @@ def _forward_pass_norm(
     out[1] = rr
 
 
-def _residual_norm2(fw: int, fi: Any, fd: Any, near: Any, ell: Any, rh: Any) -> float:  # pragma: no cover
+def _residual_norm2(fi: Any, fd: Any, near: Any, ell: Any, rh: Any) -> float:  # pragma: no cover
     # ‖L r̂‖²
     rr = 0.0
     last_r = 0.0
     for i in range(ell.shape[0]):
         acc_r = rh[i]
-        for p in range(i * fw, i * fw + fw):
+        for p in range(i * _W, i * _W + _W):
             acc_r += fd[p] * rh[fi[p]]
         acc_r += near[i] * last_r
         last_r = rh[i]
@@ -506,8 +551,9 @@ def _update_pass(xt: Any, rh: Any, w: Any, u: Any, alpha: float) -> float:  # pr
     return rho
 
 
-# the passes as compiled functions, called by the compiled _split_cg_loop (set by _split_cg_kernel:
-# separately compiled, the passes run ~25 % faster than written out inside one long function)
+# the passes as compiled functions, called by the compiled _split_cg_loop (bound by _split_cg_kernel
+# in its copy of the loop: separately compiled, the passes run ~25 % faster than written out inside
+# one long function)
 _nb_back_pass: Any = None
 _nb_forward_pass: Any = None
 _nb_forward_pass_norm: Any = None
@@ -516,10 +562,8 @@ _nb_update_pass: Any = None
 
 
 def _split_cg_loop(
-    fw: int,
     fi: Any,
     fd: Any,
-    gw: int,
     gi: Any,
     gd: Any,
     near: Any,
@@ -544,8 +588,8 @@ def _split_cg_loop(
     # the normalised solution and residual; out = [iterations, passed, active, non-finite, p̂ᵀAp̂
     # breakdown]; returns ‖r‖ of the returned x.
     #
-    # Layout: F's entries (i, i-1) are near[i]; its other strict entries are rows of fw slots
-    # (fi/fd, row-major; Fᵀ's likewise in gw slots of gi/gd), padded by column n, where every
+    # Layout: F's entries (i, i-1) are near[i]; its other strict entries are rows of _W slots
+    # (fi/fd, row-major; Fᵀ's likewise in the back pass's _W slots of gi/gd), padded by column n, where every
     # work vector holds 0.  Each pass adds the near term last, from the previous row's result
     # held in a register, so the chain of dependent rows costs one multiply-add per row (not a
     # store, a load and every term of the row), and every row runs the same trip count.
@@ -561,7 +605,7 @@ def _split_cg_loop(
     for i in range(n):
         xt[i] = ell[i] * x[i]
         acc = r[i] / ell[i]
-        for p in range(i * fw, i * fw + fw):
+        for p in range(i * _W, i * _W + _W):
             acc -= fd[p] * rh[fi[p]]
         acc -= near[i] * last
         rh[i] = acc
@@ -577,13 +621,13 @@ def _split_cg_loop(
     bad = 0
     broken = 0
     for it in range(n_iter):
-        _nb_back_pass(gw, gi, gd, near, rh, pv, w, beta)  # p̂ = r̂ + β p̂, w = (I + Fᵀ)⁻¹ p̂
+        _nb_back_pass(gi, gd, near, rh, pv, w, beta)  # p̂ = r̂ + β p̂, w = (I + Fᵀ)⁻¹ p̂
         # ‖r‖ is summed (a few more loads per entry) only when it may decide: every 8th step,
         # and whenever ‖r̂‖ times the last seen ratio ‖r‖ / ‖r̂‖ comes within 100× of a threshold
         look = it > 0 and (ratio < 0 or it % 8 == 0 or ratio * np.sqrt(rho) <= 100.0 * max(limit, freeze_at))
         # u = (I + F)⁻¹ (p̂ − k∘w) and p̂ᵀ(w + u) (and, to look, ‖L r̂‖²)
         if look:
-            _nb_forward_pass_norm(fw, fi, fd, near, k, ell, pv, w, u, rh, sums)
+            _nb_forward_pass_norm(fi, fd, near, k, ell, pv, w, u, rh, sums)
             pq = sums[0]
             res = np.sqrt(sums[1])
             ratio = res / np.sqrt(rho) if rho > 0 else -1.0
@@ -599,7 +643,7 @@ def _split_cg_loop(
             if active == 0:
                 break
         else:
-            pq = _nb_forward_pass(fw, fi, fd, near, k, pv, w, u)
+            pq = _nb_forward_pass(fi, fd, near, k, pv, w, u)
         if not np.isfinite(pq):
             bad = 1
             active = 0
@@ -622,7 +666,7 @@ def _split_cg_loop(
         beta = rho_new / rho
         rho = rho_new
     if res < 0:  # ‖L r̂‖ of the last update
-        res = np.sqrt(_nb_residual_norm2(fw, fi, fd, near, ell, rh))
+        res = np.sqrt(_nb_residual_norm2(fi, fd, near, ell, rh))
         if not np.isfinite(res):
             bad = 1
             active = 0
@@ -640,14 +684,17 @@ def _split_cg_loop(
     return res
 
 
-def _split_cg_kernel() -> Callable[..., Any]:
-    """The compiled :func:`_split_cg_loop`, its passes compiled first (it calls them by name)."""
-    if "split_cg" not in _compiled:
-        g = globals()
-        for name in ("back_pass", "forward_pass", "forward_pass_norm", "residual_norm2", "update_pass"):
-            g["_nb_" + name] = _jit(name, g["_" + name], reassociate=True)
-        _jit("split_cg", _split_cg_loop, reassociate=True)
-    return _compiled["split_cg"]
+def _split_cg_kernel(fw: int, gw: int) -> Callable[..., Any]:
+    """The compiled :func:`_split_cg_loop` for ``F`` rows of ``fw`` and ``Fᵀ`` rows of ``gw``
+    slots, its passes compiled first (bound by name in its copy, each for its width)."""
+    passes = {
+        "_nb_back_pass": _with_width("_back_pass", _back_pass, gw),
+        "_nb_forward_pass": _with_width("_forward_pass", _forward_pass, fw),
+        "_nb_forward_pass_norm": _with_width("_forward_pass_norm", _forward_pass_norm, fw),
+        "_nb_residual_norm2": _with_width("_residual_norm2", _residual_norm2, fw),
+        "_nb_update_pass": _jit("update_pass", _update_pass, reassociate=True),
+    }
+    return _with_width(f"_split_cg_g{gw}", _split_cg_loop, fw, **passes)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -778,9 +825,7 @@ class CompiledFactor:
             # one more entry, kept 0, for the padding's column n
             x = torch.zeros(B.shape[0] + 1, dtype=B.dtype)
             width, pi, pd, near = chain
-            _jit("solve_chain", _solve_chain_loop, reassociate=True)(
-                width, pi, pd, near, self.dinv, B.view(-1).numpy(), x.numpy(), transpose
-            )
+            _chain_solver(width, transpose)(pi, pd, near, self.dinv, B.view(-1).numpy(), x.numpy())
             return x[:-1].view(B.shape)
         X = torch.empty_like(B)
         if B.shape[1] == 1:
@@ -804,7 +849,8 @@ class SplitFactor:
     which returns ``None`` when ``L`` is not of that form.
     """
 
-    def __init__(self, arrays: tuple[Any, ...], dtype: torch.dtype):
+    def __init__(self, widths: tuple[int, int], arrays: tuple[Any, ...], dtype: torch.dtype):
+        self.widths = widths  # the row widths of F and Fᵀ in the passes' layout
         self.arrays = arrays
         self.dtype = dtype
         self._extra: tuple[Any, Any, Any] | None = None
@@ -840,21 +886,21 @@ class SplitFactor:
         for indptr, indices, data, width in ((lp, li, ld, fw), (up, ui, ud, gw)):
             pi, pd = np.empty(n * width, jtype), np.empty(n * width, dt)
             _jit("chain_layout", _chain_layout_loop)(indptr, indices, data, False, width, none, pi, pd)
-            padded += [width, pi, pd]
-        return cls((*padded, near, k, ell), S.dtype)
+            padded += [pi, pd]
+        return cls((fw, gw), (*padded, near, k, ell), S.dtype)
 
     def solve(self, r: torch.Tensor) -> torch.Tensor:
         """``M⁻¹ r = L⁻ᵀ L⁻¹ r`` for a contiguous CPU vector ``r``: ``(I + F)⁻¹ diag(l)⁻¹ r``,
         then ``diag(l)⁻¹ (I + Fᵀ)⁻¹``, by the passes' loops (no preparation of ``L``)."""
-        fw, fi, fd, gw, gi, gd, near, _k, ell = self.arrays
+        fw, gw = self.widths
+        fi, fd, gi, gd, near, _k, ell = self.arrays
         if self._extra is None:  # 1 / l, ones, and Fᵀ's chain entries (i, i + 1) = near[i + 1]
             self._extra = (1.0 / ell, np.ones_like(ell), np.append(near[1:], 0.0))
         linv, ones, near_up = self._extra
-        solve = _jit("solve_chain", _solve_chain_loop, reassociate=True)
         y = np.zeros(ell.shape[0] + 1, ell.dtype)
-        solve(fw, fi, fd, near, linv, r.numpy(), y, False)
+        _chain_solver(fw, False)(fi, fd, near, linv, r.numpy(), y)
         z = torch.zeros(ell.shape[0] + 1, dtype=self.dtype)
-        solve(gw, gi, gd, near_up, ones, y[:-1], z.numpy(), True)
+        _chain_solver(gw, True)(gi, gd, near_up, ones, y[:-1], z.numpy())
         return z[:-1].mul_(torch.from_numpy(linv))
 
     def cg(
@@ -871,7 +917,7 @@ class SplitFactor:
         """Run preconditioned CG from the normalised ``x`` (overwritten with the result) and its
         residual ``r``: ``(‖r‖, iterations, passed, active, non-finite, breakdown)``."""
         out = np.zeros(5, np.int64)
-        res = _split_cg_kernel()(
+        res = _split_cg_kernel(*self.widths)(
             *self.arrays, x.numpy(), r.numpy(), n_iter, min_iter, check_every, eps, freeze_at, limit, out
         )
         return float(res), int(out[0]), bool(out[1]), bool(out[2]), bool(out[3]), bool(out[4])
