@@ -238,6 +238,36 @@ def test_single_column_jacobi_equals_the_block_loop():
     torch.testing.assert_close(x1, ref, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("c", [1e-9, 6.0, 1e9])
+def test_jacobi_of_a_constant_diagonal_runs_plain_cg(c, monkeypatch):
+    """M = c·I: the single-column loop runs CG on A itself (no scaled matrix), with PCG's answer
+    (the block loop applies M) and SciPy's; a varying diagonal still takes the scaled matrix."""
+    sla = pytest.importorskip("scipy.sparse.linalg")
+    scaled = []
+    original = Jacobi.scaled_matrix
+    monkeypatch.setattr(Jacobi, "scaled_matrix", lambda self, S: scaled.append(1) or original(self, S))
+    A = (grid_operator((9, 8, 7)) * c).to_sparse_csr()  # diagonal 6c everywhere
+    P = Jacobi(A)
+    assert P.scalar == pytest.approx(6.0 * c) and P.T.scalar == P.scalar
+    b = torch.randn(A.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x1, i1 = linear_cg(A, b, rtol=1e-10, preconditioner=P, return_info=True)
+    assert scaled == []
+    x2, i2 = linear_cg(A, torch.stack([b, b], -1), rtol=1e-10, preconditioner=P, return_info=True)
+    assert abs(i1.iterations - i2.iterations) <= 1
+    torch.testing.assert_close(x1, x2[:, 0], rtol=1e-8, atol=1e-8 * float(x1.abs().max()))
+    sp = pytest.importorskip("scipy.sparse")
+    S = A.to_sparse_coo().coalesce()
+    ref = sla.spsolve(sp.csc_matrix((S.values().numpy(), S.indices().numpy()), shape=A.shape), b.numpy())
+    np.testing.assert_allclose(x1.numpy(), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    # one diagonal entry different: the scaled matrix again
+    D = diffusion((6, 6, 6), sigma=1.0).to_sparse_csr()
+    assert Jacobi(D).scalar is None
+    linear_cg(D, torch.ones(216, dtype=torch.float64), rtol=1e-8, preconditioner=Jacobi(D))
+    assert scaled == [1]
+    # a constant negative diagonal is no SPD scalar
+    assert Jacobi((grid_operator((4, 4)) * -1.0).to_sparse_csr()).scalar is None
+
+
 def test_amg_setup_once_and_reused_by_the_backward(monkeypatch):
     import tsgu_krylov.amg as amg
 

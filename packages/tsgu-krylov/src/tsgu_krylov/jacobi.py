@@ -15,7 +15,10 @@ class Jacobi(Preconditioner):
 
     Applying it is one element-wise multiply.  The single-column CG loop goes further and runs
     Jacobi-preconditioned CG as plain CG on the symmetrically scaled matrix
-    ``D^-½ A D^-½`` (the same iterates in exact arithmetic), so it costs what CG costs.
+    ``D^-½ A D^-½`` (the same iterates in exact arithmetic), so it costs what CG costs; where
+    every diagonal entry is the same positive number (:attr:`scalar`, e.g. a Laplacian on a
+    uniform grid) ``M`` is a multiple of the identity, to which CG is blind, and the loop runs
+    plain CG on ``A`` itself.
 
     Examples
     --------
@@ -43,6 +46,9 @@ class Jacobi(Preconditioner):
         self.diag = d
         self.inv_diag = (1.0 / d).unsqueeze(-1)
         self._inv = self.inv_diag.view(-1)
+        lo, hi = torch.aminmax(d) if d.numel() else (d.new_ones(()), d.new_ones(()))
+        #: the common diagonal entry where all are equal and positive (``M = scalar·I``), else ``None``
+        self.scalar: float | None = float(lo) if bool((lo == hi) & (lo > 0)) else None
 
     @property
     def symmetric(self) -> bool:  # type: ignore[override]

@@ -643,6 +643,9 @@ def _single_column_cg(
     # Jacobi: plain CG on D^-½ A D^-½ in the variables x̂ = D^½ x, r̂ = D^-½ r, p̂ = D^½ p (the same
     # iterates; r̂ᵀr̂ is PCG's rᵀz).  ‖r‖ = ‖D^½ r̂‖ lies within [√d_min, √d_max]·‖r̂‖: it is
     # computed only once that bound reaches a threshold, so the loop costs what CG costs.
+    # M = c·I (Jacobi of a constant positive diagonal): CG's iterates do not see it
+    if into is not None and getattr(M, "scalar", None) is not None:
+        M = None
     scaled = getattr(M, "scaled_matrix", None)
     scaled = scaled(A.matrix) if scaled is not None and into is not None else None
     if scaled is not None:
