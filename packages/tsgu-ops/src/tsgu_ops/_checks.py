@@ -148,8 +148,57 @@ def index_stamp(A: torch.Tensor) -> tuple | None:
         return None
 
 
-#: ``id(A) -> (weak reference to A, index_stamp(A))`` of tensors whose indices were validated.
-_VALIDATED: dict[int, tuple[weakref.ref, tuple]] = {}
+def _index_members(A: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return (A._indices(),) if A.layout == torch.sparse_coo else (A.crow_indices(), A.col_indices())
+
+
+#: Devices on which cache hits compare the indices with a copy (:func:`index_snapshot`).
+COMPARED_DEVICES: tuple[str, ...] = ("cpu",)
+#: Whether :func:`indices_unchanged` compares (``tsgu_ops.testing.count_kernels`` turns it off
+#: while it counts: it counts what a device runs, and no device runs the comparison).
+_COMPARING = [True]
+
+
+def index_snapshot(A: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """A private copy of a CPU ``A``'s index tensors, for :func:`indices_unchanged`; ``None`` on
+    other devices (those not in :data:`COMPARED_DEVICES`).
+
+    Version counters do not see every change of the indices: a CSR or COO tensor built from the
+    user's ``col`` tensor shares its memory, but ``A``'s version counter (which its index views
+    report) does not move when ``col`` itself is written in place.  A cached analysis of ``A``
+    would then describe indices ``A`` no longer holds: a silently wrong result, or, for
+    out-of-range indices validated before the change, a native CPU kernel reading outside its
+    memory.  On the CPU every cache hit therefore also compares the indices with this copy (one
+    pass over them).  On other devices the comparison would cost a host synchronisation per call
+    (and is not allowed while a CUDA graph is captured): there the cache trusts the stamp, and
+    indices must not be changed in place behind ``A``'s back.
+    """
+    if A.device.type not in COMPARED_DEVICES:
+        return None
+    return tuple(t.clone() for t in _index_members(A))
+
+
+def validated_snapshot(A: torch.Tensor, stamp: tuple) -> tuple[torch.Tensor, ...] | None:
+    """The copy :func:`check_sparse_indices` keeps of ``A``'s indices at ``stamp``, if it holds
+    one (so that a pattern cache can share it instead of copying again), else a new one."""
+    hit = _VALIDATED.get(id(A))
+    if hit is not None and hit[0]() is A and hit[1] == stamp and hit[2] is not None:
+        return hit[2]
+    return index_snapshot(A)
+
+
+def indices_unchanged(A: torch.Tensor, snapshot: tuple[torch.Tensor, ...] | None) -> bool:
+    """Whether ``A``'s index tensors still hold what :func:`index_snapshot` copied (``True`` for
+    ``None``: nothing to compare)."""
+    if snapshot is None or not _COMPARING[0]:
+        return True
+    members = _index_members(A)
+    return all(m.shape == c.shape and torch.equal(m, c) for m, c in zip(members, snapshot))
+
+
+#: ``id(A) -> (weak reference to A, index_stamp(A), index_snapshot(A))`` of tensors whose indices
+#: were validated.
+_VALIDATED: dict[int, tuple[weakref.ref, tuple, tuple[torch.Tensor, ...] | None]] = {}
 
 
 def check_sparse_indices(name: str, A: torch.Tensor) -> None:
@@ -182,13 +231,15 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
     ValueError: A has a row index out of range: indices[0] must lie in [0, 2), found 2
 
     The very same tensor with unchanged indices (same versions and storage) is validated once:
-    later calls cost no kernel and no host synchronisation (a training loop's fixed matrix).
+    later calls cost no host synchronisation (a training loop's fixed matrix); on the CPU they
+    compare the indices with a copy taken at validation (:func:`index_snapshot`), which sees a
+    change the version counters miss.
     """
     stamp = index_stamp(A)
     key = id(A)
     if stamp is not None:
         hit = _VALIDATED.get(key)
-        if hit is not None and hit[0]() is A and hit[1] == stamp:
+        if hit is not None and hit[0]() is A and hit[1] == stamp and indices_unchanged(A, hit[2]):
             return
     _check_sparse_indices(name, A)
     if stamp is not None:
@@ -198,7 +249,7 @@ def check_sparse_indices(name: str, A: torch.Tensor) -> None:
             if cur is not None and cur[0] is ref:
                 del _VALIDATED[key]
 
-        _VALIDATED[key] = (weakref.ref(A, forget), stamp)
+        _VALIDATED[key] = (weakref.ref(A, forget), stamp, index_snapshot(A))
 
 
 def _check_sparse_indices(name: str, A: torch.Tensor) -> None:

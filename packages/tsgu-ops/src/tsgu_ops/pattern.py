@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import weakref
 from functools import cached_property
+from typing import Any
 
 import torch
 
 from . import _kernels
 from ._checks import index_stamp as _stamp
+from ._checks import indices_unchanged, validated_snapshot
 from ._compat import quiet
 from ._kernels import COMPUTE_DTYPES, SAMPLED_CHUNK_ELEMENTS, conj
 
@@ -68,8 +70,14 @@ def lexsort_rows_cols(rows: torch.Tensor, cols: torch.Tensor, num_cols: int) -> 
     return perm[torch.argsort(rows[perm], stable=True)]
 
 
-#: ``id(A) -> (weakref to A, stamp, pattern)``: see :meth:`SparsePattern.of`.
-_PATTERNS: dict[int, tuple[weakref.ref, tuple, SparsePattern]] = {}
+#: ``id(A) -> (weakref to A, stamp, pattern, index snapshot)``: see :meth:`SparsePattern.of`.
+_PATTERNS: dict[int, tuple[weakref.ref, tuple, SparsePattern, Any]] = {}
+#: ``[(index stamp, pattern, index snapshot)]``, oldest first, at most :data:`_BY_INDICES_SIZE`:
+#: patterns of other tensors built on the very same index tensors (see :meth:`SparsePattern.of`).
+#: A pattern holds its index tensors, so no other tensor can take their memory (and address)
+#: while it is kept.
+_BY_INDICES: list[tuple[tuple, SparsePattern, Any]] = []
+_BY_INDICES_SIZE = 8
 
 
 class SparsePattern:
@@ -98,10 +106,17 @@ class SparsePattern:
         The index analysis (row expansion, the transposed order that every backward needs: a sort
         of the entries) depends only on ``A``'s index tensors, so repeated operations on one
         matrix (a fixed graph's adjacency in every training step, the same system solved again)
-        share it.  An entry is used only for the very same tensor object, with unchanged version
+        share it.  An entry is used for the very same tensor object, with unchanged version
         counters (``A`` and each index tensor) and storage; it holds no values and disappears
-        with ``A``.  Under ``torch.compile`` tracing, for tensor subclasses and for anything whose
-        versions cannot be read, a fresh pattern is built.
+        with ``A``.  A new tensor built on the very same index tensors, unchanged since (a CSR
+        matrix made from fixed ``crow``/``col`` and new values in every training step), shares
+        the pattern too: the last 8 such patterns are kept, each holding its index tensors (never
+        values), so that their memory cannot be taken by other indices.  Equal indices in other
+        tensors get a pattern of their own.  On the CPU a hit also compares the indices with a
+        copy taken when the pattern was made (version counters miss a write to the tensor ``A``
+        was built from, see :func:`tsgu_ops._checks.index_snapshot`).  Under ``torch.compile``
+        tracing, for tensor subclasses and for anything whose versions cannot be read, a fresh
+        pattern is built.
 
         Examples
         --------
@@ -115,16 +130,26 @@ class SparsePattern:
             return cls(A)
         key = id(A)
         hit = _PATTERNS.get(key)
-        if hit is not None and hit[0]() is A and hit[1] == stamp:
+        if hit is not None and hit[0]() is A and hit[1] == stamp and indices_unchanged(A, hit[3]):
             return hit[2]
-        pattern = cls(A)
+        # the same index tensors in another tensor: the stamp without A's own version counter
+        by_indices = stamp[1:]
+        at = next((i for i, e in enumerate(_BY_INDICES) if e[0] == by_indices), None)
+        found = None if at is None else _BY_INDICES.pop(at)  # re-appended below if it holds: the newest
+        if found is not None and not indices_unchanged(A, found[2]):
+            found = None
+        if found is None:
+            found = (by_indices, cls(A), validated_snapshot(A, stamp))
+        _BY_INDICES.append(found)
+        del _BY_INDICES[:-_BY_INDICES_SIZE]
+        pattern, snapshot = found[1], found[2]
 
         def drop(ref: weakref.ref, key: int = key) -> None:
             cur = _PATTERNS.get(key)
             if cur is not None and cur[0] is ref:
                 del _PATTERNS[key]
 
-        _PATTERNS[key] = (weakref.ref(A, drop), stamp, pattern)
+        _PATTERNS[key] = (weakref.ref(A, drop), stamp, pattern, snapshot)
         return pattern
 
     def __init__(self, A: torch.Tensor) -> None:
