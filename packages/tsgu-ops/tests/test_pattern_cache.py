@@ -153,3 +153,24 @@ def test_the_users_index_tensor_changed_in_place_is_seen(layout):
     (index if layout == torch.sparse_csr else index[1])[1] = 7
     with pytest.raises(ValueError, match="out of range"):
         sparse_mm(A, B)
+
+
+def test_the_index_keyed_patterns_are_bounded_in_entries_and_released(monkeypatch):
+    from tsgu_ops import pattern as module
+
+    SparsePattern.clear_shared()
+    monkeypatch.setattr(module, "_BY_INDICES_NNZ", 13)  # room for two 6-entry patterns
+    kept = [_matrix(torch.sparse_csr) for _ in range(3)]
+    for A in kept:
+        SparsePattern.of(A)
+    assert [e[1].nnz for e in module._BY_INDICES] == [6, 6]
+    big = grid_operator_like(20)
+    SparsePattern.of(big)  # alone larger than the budget: not kept
+    assert all(e[1].nnz == 6 for e in module._BY_INDICES)
+    SparsePattern.clear_shared()
+    assert module._BY_INDICES == []
+    assert SparsePattern.of(kept[0]) is SparsePattern.of(kept[0])  # its own entry stays
+
+
+def grid_operator_like(n: int) -> torch.Tensor:
+    return (torch.eye(n, dtype=F64) * 2).to_sparse_csr()

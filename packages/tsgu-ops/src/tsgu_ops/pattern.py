@@ -78,6 +78,9 @@ _PATTERNS: dict[int, tuple[weakref.ref, tuple, SparsePattern, Any]] = {}
 #: while it is kept.
 _BY_INDICES: list[tuple[tuple, SparsePattern, Any]] = []
 _BY_INDICES_SIZE = 8
+#: At most this many stored entries, summed over the kept patterns (their index tensors and
+#: analyses stay in memory after the matrices are gone; :meth:`SparsePattern.clear_shared`).
+_BY_INDICES_NNZ = 1 << 26
 
 
 class SparsePattern:
@@ -110,8 +113,9 @@ class SparsePattern:
         counters (``A`` and each index tensor) and storage; it holds no values and disappears
         with ``A``.  A new tensor built on the very same index tensors, unchanged since (a CSR
         matrix made from fixed ``crow``/``col`` and new values in every training step), shares
-        the pattern too: the last 8 such patterns are kept, each holding its index tensors (never
-        values), so that their memory cannot be taken by other indices.  Equal indices in other
+        the pattern too: the last 8 such patterns (at most 2²⁶ stored entries in all) are kept,
+        each holding its index tensors (never values), so that their memory cannot be taken by
+        other indices; :meth:`clear_shared` releases them.  Equal indices in other
         tensors get a pattern of their own.  On the CPU a hit also compares the indices with a
         copy taken when the pattern was made (version counters miss a write to the tensor ``A``
         was built from, see :func:`tsgu_ops._checks.index_snapshot`).  Under ``torch.compile``
@@ -142,6 +146,8 @@ class SparsePattern:
             found = (by_indices, cls(A), validated_snapshot(A, stamp))
         _BY_INDICES.append(found)
         del _BY_INDICES[:-_BY_INDICES_SIZE]
+        while _BY_INDICES and sum(e[1].nnz for e in _BY_INDICES) > _BY_INDICES_NNZ:
+            del _BY_INDICES[0]  # the oldest first (a pattern too large alone is not kept)
         pattern, snapshot = found[1], found[2]
 
         def drop(ref: weakref.ref, key: int = key) -> None:
@@ -151,6 +157,18 @@ class SparsePattern:
 
         _PATTERNS[key] = (weakref.ref(A, drop), stamp, pattern, snapshot)
         return pattern
+
+    @staticmethod
+    def clear_shared() -> None:
+        """Forget the patterns kept for tensors built on the same index tensors (see :meth:`of`:
+        the last 8, at most 2²⁶ stored entries in all), releasing their index tensors and
+        analyses.  A pattern of a tensor still alive stays with that tensor.
+
+        Examples
+        --------
+        >>> SparsePattern.clear_shared()
+        """
+        _BY_INDICES.clear()
 
     def __init__(self, A: torch.Tensor) -> None:
         self.layout = A.layout
