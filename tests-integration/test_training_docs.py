@@ -35,10 +35,24 @@ def test_example_runs(index, monkeypatch):
         return
     exec(compile(code, f"{PAGE.name}[{index}]", "exec"), namespace)
     if "def train(rank, world_size, port)" in code:  # the DDP script: run one rank of it here
+        import datetime
+        import functools
+
         import torch.distributed as dist
 
         if not dist.is_available() or not dist.is_gloo_available():
             pytest.skip("needs gloo")
+        # gloo connects through the interface the host name resolves to; on a CI VM that route
+        # once hung the whole session (30 min, gloo's default timeout): use the loopback
+        # interface, and fail within a minute rather than hang
+        loopback = next((name for _, name in socket.if_nameindex() if name.startswith("lo")), None)
+        if loopback is not None:
+            monkeypatch.setenv("GLOO_SOCKET_IFNAME", loopback)
+        monkeypatch.setattr(
+            dist,
+            "init_process_group",
+            functools.partial(dist.init_process_group, timeout=datetime.timedelta(seconds=60)),
+        )
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
