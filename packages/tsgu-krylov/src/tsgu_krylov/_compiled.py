@@ -260,8 +260,8 @@ def _chain_layout_loop(
 # the global `_W`, which :func:`_with_width` binds to the factor's width in a copy of the pass
 # (compiled, and cached, under its own name): with the width a compile-time constant the loop
 # over a row's slots is unrolled and consecutive rows overlap, ~1 instead of ~2 ns per row of a
-# 7-point stencil (a width passed as an argument, even through per-width helper functions, or
-# both directions in one function kept them apart).
+# 7-point stencil (a width passed as an argument, even through per-width helper functions, or a
+# runtime choice between two directions, kept them apart).
 _W = 0
 
 
@@ -284,32 +284,22 @@ def _with_width(name: str, fn: Callable[..., Any], width: int, **bound: Any) -> 
 
 
 def _chain_solver(width: int, reverse: bool) -> Callable[..., Any]:
-    """:func:`_solve_chain_loop` (``reverse``: :func:`_solve_chain_reverse_loop`) for rows of
-    ``width`` slots."""
-    if reverse:
-        return _with_width("_solve_chain_reverse", _solve_chain_reverse_loop, width)
-    return _with_width("_solve_chain", _solve_chain_loop, width)
+    """:func:`_solve_chain_loop` for rows of ``width`` slots, last row first if ``reverse``."""
+    name = "_solve_chain_reverse" if reverse else "_solve_chain"
+    return _with_width(name, _solve_chain_loop, width, _REV=bool(reverse))
 
 
-# (one direction per function: both loops in one function ran ~40 % slower)
+#: the direction of :func:`_solve_chain_loop`, bound (like ``_W``) in each compiled copy: a
+#: runtime branch between the two directions ran ~40 % slower, an index computed as n - 1 - s ~2×
+_REV = False
+
+
 def _solve_chain_loop(pi: Any, pd: Any, near: Any, dinv: Any, b: Any, x: Any) -> None:  # pragma: no cover
     # _solve_vector_loop on the passes' layout (_chain_layout_loop); x has n + 1 entries, x[n] = 0
+    n = b.shape[0]
+    start, stop, step = (n - 1, -1, -1) if _REV else (0, n, 1)
     last = 0.0
-    for i in range(b.shape[0]):
-        acc = b[i] * dinv[i]
-        for p in range(i * _W, i * _W + _W):
-            acc -= pd[p] * x[pi[p]]
-        acc -= near[i] * last
-        x[i] = acc
-        last = acc
-
-
-def _solve_chain_reverse_loop(
-    pi: Any, pd: Any, near: Any, dinv: Any, b: Any, x: Any
-) -> None:  # pragma: no cover
-    # the same, last row first (a descending range: an index computed as n - 1 - s ran ~2x slower)
-    last = 0.0
-    for i in range(b.shape[0] - 1, -1, -1):
+    for i in range(start, stop, step):
         acc = b[i] * dinv[i]
         for p in range(i * _W, i * _W + _W):
             acc -= pd[p] * x[pi[p]]
